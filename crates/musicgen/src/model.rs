@@ -1,0 +1,1 @@
+//! The loaded model and the one entry point that turns a request into audio.
