@@ -1,0 +1,50 @@
+//! `dgx-music`: the command line. Each subcommand lives in its own module and only wires the
+//! engine (`musicgen`) and the server (`dgx-music-server`) together.
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod generate;
+mod models;
+mod serve;
+mod validate;
+
+/// Text-to-music on your own GPU with Meta's MusicGen. No Python needed.
+#[derive(Parser)]
+#[command(name = "dgx-music", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate music from a text prompt and write it to a WAV file.
+    Generate(generate::Args),
+    /// Run the HTTP API, job queue and web page.
+    Serve(serve::Args),
+    /// Check the GPU, driver and CUDA build; ends in PASS or FAIL with advice.
+    Validate(validate::Args),
+    /// Measure generation speed on this machine.
+    Bench(bench::Args),
+    /// List, download or remove cached checkpoints.
+    Models(models::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Models(args) => models::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

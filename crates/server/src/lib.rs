@@ -1,0 +1,1 @@
+//! DGX Music server: HTTP API, job queue, history, web page.
