@@ -1,5 +1,7 @@
 //! The loaded model and the one entry point that turns a request into audio.
 
+pub(crate) mod random;
+
 use crate::audio::Audio;
 use crate::device::{DType, DeviceSpec};
 use crate::error::{Error, Result};
