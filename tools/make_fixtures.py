@@ -58,14 +58,18 @@ S = max_new_tokens greedy steps, F = frames, hop = 640 samples, C = audio channe
       the right channel through the same mono EnCodec, concatenated on dim 1.
   encodec_codes (1, K, T) i64, encodec_audio (1, C, T*hop) f32
       random codes (torch.Generator seeded) decoded the same way as `audio` (stereo: even/odd split).
+  encodec_quantized (C, codebook_dim, T) f32
+      model.audio_encoder.quantizer.decode(channel_codes.transpose(0, 1)) per channel c (codebooks c::C):
+      the summed codebook embeddings that enter the SEANet decoder, to localise an encodec mismatch.
   *_single tensors (input_ids_single, attention_mask_single, logits_single, scores_single, sequences_single,
       codes_single, audio_single)
       the same generate call with only prompts[0] (B=1, no padding) so batch-vs-single can be compared;
       transformers itself matches the batch row to ~1e-6, not bit-exactly (T5 padding changes reductions).
 
 reference.json records prompts, guidance_scale, max_new_tokens, frames, steps, min_top1_margin (smallest
-top-1 minus top-2 of `scores` over all steps and rows, batch and single run), min_top1_margin_relative
-(divided by the largest |score|), versions and a config summary.
+top-1 minus top-2 of `scores` over all steps and rows, batch and single run, including positions the
+delay pattern overwrites), min_top1_margin_relative (divided by the largest |score|),
+min_top1_margin_kept_positions (batch run, only positions whose token is kept), versions and a config summary.
 """
 
 import argparse
@@ -389,6 +393,11 @@ def make_references(name, model, tok, seed):
         0, DECODER_VOCAB, (1, spec["num_codebooks"], ENCODEC_CHECK_FRAMES), generator=gen, dtype=torch.long
     )
     encodec_audio = decode_codes(model, encodec_codes)
+    with torch.no_grad():
+        channels_codes = [encodec_codes[:, c::channels] for c in range(channels)]
+        encodec_quantized = torch.cat(
+            [model.audio_encoder.quantizer.decode(cc.transpose(0, 1)) for cc in channels_codes], dim=0
+        )
 
     tensors = {
         "input_ids": ref["input_ids"],
@@ -403,6 +412,7 @@ def make_references(name, model, tok, seed):
         "audio": ref["audio"],
         "encodec_codes": encodec_codes,
         "encodec_audio": encodec_audio,
+        "encodec_quantized": encodec_quantized,
     }
     for key in ("input_ids", "attention_mask", "logits", "scores", "sequences", "codes", "audio"):
         tensors[key + "_single"] = single[key]
@@ -411,6 +421,8 @@ def make_references(name, model, tok, seed):
         assert tensors[key].dtype == torch.int64, key
 
     margin, rel = top1_margin(torch.cat([ref["scores"].flatten(0, 1), single["scores"].flatten(0, 1)]))
+    kept = ref["delay_pattern_mask"][:, 1:].T.reshape(-1) == -1
+    kept_margin, _ = top1_margin(ref["scores"].flatten(0, 1)[kept])
     batch_vs_single = (ref["audio"][0] - single["audio"][0]).abs().max().item()
     codes_match = bool(torch.equal(ref["codes"][0], single["codes"][0]))
     meta = {
@@ -429,6 +441,7 @@ def make_references(name, model, tok, seed):
         "pad_token_id": DECODER_VOCAB,
         "min_top1_margin": margin,
         "min_top1_margin_relative": rel,
+        "min_top1_margin_kept_positions": kept_margin,
         "max_abs_score": ref["scores"].abs().max().item(),
         "batch_vs_single_audio_max_abs_diff": batch_vs_single,
         "batch_vs_single_codes_equal": codes_match,
