@@ -73,6 +73,7 @@ min_top1_margin_kept_positions (batch run, only positions whose token is kept), 
 """
 
 import argparse
+import collections
 import copy
 import json
 import os
@@ -732,7 +733,8 @@ def make_mono_variants(out, model, ckpt, tok):
         shutil.rmtree(bin_ckpt)
     copy_non_weight_files(ckpt, bin_ckpt)
     bin_sd = with_t5_embedding(legacy_names(sd), ["text_encoder.encoder.embed_tokens.weight"])
-    bin_sd = {k: v.contiguous().clone() for k, v in sorted(bin_sd.items())}
+    # an OrderedDict with one storage per tensor, as torch.save(model.state_dict()) wrote in transformers 4.x
+    bin_sd = collections.OrderedDict((k, v.contiguous().clone()) for k, v in sorted(bin_sd.items()))
     torch.save(bin_sd, os.path.join(bin_ckpt, "pytorch_model.bin"))
     check_loads_like(model, bin_ckpt, tok)
     write_json(os.path.join(root, "reference.json"), {
