@@ -2,24 +2,33 @@
 //! real architectures without a checkpoint. Each tensor's values depend only on the seed and
 //! its name, so a module loaded twice (say in f32 and bf16) gets the same weights.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RandomWeights {
     seed: u64,
+    /// Values handed out so far, over every clone: the model's parameter count once built.
+    drawn: Arc<AtomicUsize>,
 }
 
 impl RandomWeights {
     pub(crate) fn new(seed: u64) -> Self {
-        Self { seed }
+        Self { seed, drawn: Arc::default() }
     }
 
-    pub(crate) fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    pub(crate) fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    pub(crate) fn values_drawn(&self) -> usize {
+        self.drawn.load(Ordering::Relaxed)
     }
 
     /// Uniform values with PyTorch's default scale for the tensor's role: norm scales near 1,
@@ -48,6 +57,7 @@ impl RandomWeights {
 impl SimpleBackend for RandomWeights {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let values = self.values(name, &s);
+        self.drawn.fetch_add(values.len(), Ordering::Relaxed);
         Tensor::from_vec(values, s, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)
     }
 
