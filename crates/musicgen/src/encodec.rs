@@ -5,6 +5,8 @@
 //! per frame) and the SEANet decoder (conv, LSTM, four transposed-conv upsampling stages with
 //! residual blocks, conv) to `(B, audio_channels, T * hop_length)` samples. Everything runs in
 //! f32 whatever the decoder's dtype; weight norm is folded into plain weights at load time.
+//! Inside, signals are time-major `(B, T, C)`: every convolution is then one matrix product
+//! over a time chunk plus shifted sums, with no im2col buffer and no transposes between layers.
 //!
 //! ```no_run
 //! # fn main() -> musicgen::Result<()> {
@@ -77,7 +79,10 @@ impl EncodecDecoder {
         let latent = self.decoder.forward_latent(&latent)?;
         let batch = latent.dim(0)?;
         let items = (0..batch)
-            .map(|i| self.decoder.forward_upsample(&latent.narrow(0, i, 1)?))
+            .map(|i| {
+                let samples = self.decoder.forward_upsample(&latent.narrow(0, i, 1)?)?;
+                Ok(samples.transpose(1, 2)?.contiguous()?)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&items, 0)?)
     }

@@ -44,16 +44,16 @@ impl Lstm {
         Ok(Self { layers, dim })
     }
 
-    /// `(B, dim, T)` -> `(B, dim, T)`: `lstm(x) + x` with zero initial states.
+    /// `(B, T, dim)` -> `(B, T, dim)`: `lstm(x) + x` with zero initial states.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, t) = x.dims3()?;
-        // Time-major, so each step reads one contiguous (B, 4*dim) slab.
-        let input = x.permute((2, 0, 1))?.contiguous()?;
+        let (b, t, _) = x.dims3()?;
+        // Steps outermost, so each step reads one contiguous (B, 4*dim) slab.
+        let input = x.transpose(0, 1)?.contiguous()?;
         let mut hidden = input.clone();
         for layer in &self.layers {
             hidden = self.run_layer(layer, &hidden, b, t)?;
         }
-        Ok((hidden + input)?.permute((1, 2, 0))?.contiguous()?)
+        Ok((hidden + input)?.transpose(0, 1)?.contiguous()?)
     }
 
     fn run_layer(&self, layer: &LstmLayer, xs: &Tensor, b: usize, t: usize) -> Result<Tensor> {

@@ -1,5 +1,5 @@
-//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames `(B, hidden, T)` to a
-//! waveform `(B, audio_channels, T * hop_length)`.
+//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames to a waveform, both
+//! time-major: `(B, T, hidden)` to `(B, T * hop_length, audio_channels)`.
 //!
 //! Checkpoint layout, `decoder.layers.N` numbered as transformers' `nn.ModuleList` (ELUs
 //! take an index but hold no weights):
