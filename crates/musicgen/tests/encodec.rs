@@ -19,12 +19,8 @@ fn safetensors_files(checkpoint: &Path) -> Vec<PathBuf> {
     let index = checkpoint.join("model.safetensors.index.json");
     if index.exists() {
         let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
-        let mut files: Vec<String> = index["weight_map"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect();
+        let mut files: Vec<String> =
+            index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_owned()).collect();
         files.sort();
         files.dedup();
         files.into_iter().map(|f| checkpoint.join(f)).collect()
@@ -139,7 +135,9 @@ impl RandomCodec {
         conv(format!("{d}.0.conv"), [channels, cfg.hidden_size, cfg.kernel_size], &mut others, channels);
         for l in 0..cfg.num_lstm_layers {
             let scale = 1.0 / (channels as f64).sqrt();
-            for (kind, shape) in [("weight_ih", vec![4 * channels, channels]), ("weight_hh", vec![4 * channels, channels])] {
+            for (kind, shape) in
+                [("weight_ih", vec![4 * channels, channels]), ("weight_hh", vec![4 * channels, channels])]
+            {
                 others.insert(format!("{d}.1.lstm.{kind}_l{l}"), randn(&shape, scale));
             }
             for kind in ["bias_ih", "bias_hh"] {
@@ -165,7 +163,10 @@ impl RandomCodec {
         let audio = cfg.audio_channels;
         conv(format!("{d}.{}.conv", index + 1), [audio, cfg.num_filters, cfg.last_kernel_size], &mut others, audio);
         for k in 0..num_codebooks {
-            others.insert(format!("quantizer.layers.{k}.codebook.embed"), randn(&[cfg.codebook_size, cfg.hidden_size], 1.0));
+            others.insert(
+                format!("quantizer.layers.{k}.codebook.embed"),
+                randn(&[cfg.codebook_size, cfg.hidden_size], 1.0),
+            );
         }
         Self { convs, others }
     }
@@ -184,7 +185,8 @@ impl RandomCodec {
                 }
                 Naming::Plain => {
                     let norm = v.sqr().unwrap().sum_keepdim((1, 2)).unwrap().sqrt().unwrap();
-                    tensors.insert(format!("{name}.weight"), v.broadcast_mul(&g.broadcast_div(&norm).unwrap()).unwrap());
+                    tensors
+                        .insert(format!("{name}.weight"), v.broadcast_mul(&g.broadcast_div(&norm).unwrap()).unwrap());
                 }
             }
         }

@@ -55,7 +55,12 @@ pub(super) fn conv_padding(
 
 /// `(left, right)` samples trimmed from a transposed convolution's output
 /// (`padding_total = kernel - stride`).
-pub(super) fn transposed_trim(kernel_size: usize, stride: usize, causal: bool, trim_right_ratio: f64) -> (usize, usize) {
+pub(super) fn transposed_trim(
+    kernel_size: usize,
+    stride: usize,
+    causal: bool,
+    trim_right_ratio: f64,
+) -> (usize, usize) {
     let total = kernel_size - stride;
     let right = if causal { (total as f64 * trim_right_ratio).ceil() as usize } else { total / 2 };
     (total - right, right)
@@ -109,9 +114,8 @@ pub(super) fn load_weight(vb: &VarBuilder, shape: (usize, usize, usize)) -> Resu
         if vb.contains_tensor(g_name) && vb.contains_tensor(v_name) {
             let v = vb.get(shape, v_name)?;
             let g = vb.get_unchecked(g_name)?;
-            return fold_weight_norm(&g, &v).map_err(|message| {
-                Error::Unsupported(format!("{}.{g_name}: {message}", vb.prefix()))
-            });
+            return fold_weight_norm(&g, &v)
+                .map_err(|message| Error::Unsupported(format!("{}.{g_name}: {message}", vb.prefix())));
         }
     }
     if vb.contains_tensor("weight") {
@@ -199,7 +203,8 @@ fn conv1d_time_major(x: &Tensor, taps: &Tensor, kernel_size: usize, dilation: us
     while start < l_out {
         let n = per_chunk.min(l_out - start);
         let rows = x.narrow(1, start, n + span)?.contiguous()?;
-        let responses = rows.reshape((b * (n + span), c_in))?.matmul(taps)?.reshape((b, n + span, kernel_size * c_out))?;
+        let responses =
+            rows.reshape((b * (n + span), c_in))?.matmul(taps)?.reshape((b, n + span, kernel_size * c_out))?;
         let mut sum: Option<Tensor> = None;
         for j in 0..kernel_size {
             let tap = responses.narrow(1, j * dilation, n)?.narrow(2, j * c_out, c_out)?.contiguous()?;
@@ -218,8 +223,9 @@ fn conv1d_time_major(x: &Tensor, taps: &Tensor, kernel_size: usize, dilation: us
 /// then trimming.
 #[derive(Debug, Clone)]
 pub(super) struct ConvTranspose1d {
-    /// `(in, phases * stride * out)`: the kernel zero-padded to `phases * stride` taps, tap
-    /// `q = h * stride + p` in column block `q`. Weight norm already applied.
+    /// `(phases * in, stride * out)`: the kernel zero-padded to `phases * stride` taps; row
+    /// `h * in + c`, column `p * out + o` holds tap `h * stride + p` from `c` to `o`.
+    /// Weight norm already applied.
     taps: Tensor,
     /// `(out)`.
     bias: Tensor,
@@ -240,29 +246,39 @@ impl ConvTranspose1d {
         let (c_in, c_out) = channels;
         let vb = vb.pp("conv");
         let weight = load_weight(&vb, (c_in, c_out, kernel_size))?;
-        let padded_taps = kernel_size.div_ceil(stride) * stride;
-        let taps = weight
-            .pad_with_zeros(2, 0, padded_taps - kernel_size)?
-            .permute((0, 2, 1))?
-            .contiguous()?
-            .reshape((c_in, padded_taps * c_out))?;
+        let taps = phase_stacked(&weight, stride)?;
         let bias = vb.get(c_out, "bias")?;
         Ok(Self { taps, bias, kernel_size, stride, style })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv_transpose1d_time_major(x, &self.taps, self.kernel_size, self.stride, CHUNK_ELEMENTS)?;
-        let (left, right) = transposed_trim(self.kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
+        let (left, right) =
+            transposed_trim(self.kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
         let length = y.dim(1)?;
         Ok(y.narrow(1, left, length - left - right)?.broadcast_add(&self.bias)?)
     }
 }
 
+/// `(in, out, kernel)` -> `(phases * in, stride * out)`, as `ConvTranspose1d::taps` holds it.
+fn phase_stacked(weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (c_in, c_out, kernel_size) = weight.dims3()?;
+    let phases = kernel_size.div_ceil(stride);
+    Ok(weight
+        .pad_with_zeros(2, 0, phases * stride - kernel_size)?
+        .reshape((c_in, c_out, phases, stride))?
+        .permute((2, 0, 3, 1))?
+        .contiguous()?
+        .reshape((phases * c_in, stride * c_out))?)
+}
+
 /// A transposed convolution of `x (B, L, in)` with `stride`, untrimmed:
 /// `(B, (L - 1) * stride + kernel, out)`. Input frame `i` writes tap `q` to output
-/// `i * stride + q`; with the kernel padded to `phases * stride` taps, output group `g`
-/// (samples `g * stride ..`) is the sum over phases `h` of frame `g - h`'s taps
-/// `h * stride ..`, so every group is a sum of `phases` shifted slabs of one matrix product.
+/// `i * stride + q`; with the kernel padded to `phases * stride` taps, the `stride` outputs of
+/// group `g` are frames `g, g - 1, .., g - phases + 1` (zero outside the signal) times taps
+/// `0.., stride.., ..`: one matrix product of those frames side by side with the phase-stacked
+/// kernel, whose rows come out already in output order. Groups are produced in chunks whose
+/// stacked inputs stay under `budget` elements.
 fn conv_transpose1d_time_major(
     x: &Tensor,
     taps: &Tensor,
@@ -272,38 +288,31 @@ fn conv_transpose1d_time_major(
 ) -> Result<Tensor> {
     let (b, length, c_in) = x.dims3()?;
     let phases = kernel_size.div_ceil(stride);
-    let c_out = taps.dim(1)? / (phases * stride);
-    let group = stride * c_out;
+    let c_out = taps.dim(1)? / stride;
     let groups = length + phases - 1;
-    let per_chunk = (budget / (b * phases * group)).saturating_sub(phases).max(1);
+    let per_chunk = (budget / (b * phases * c_in)).max(1);
     let mut pieces = Vec::with_capacity(groups.div_ceil(per_chunk));
     let mut first = 0;
     while first < groups {
         let end = (first + per_chunk).min(groups);
-        let lo = first.saturating_sub(phases - 1);
-        let hi = end.min(length);
-        let frames = x.narrow(1, lo, hi - lo)?.contiguous()?;
-        let responses =
-            frames.reshape((b * (hi - lo), c_in))?.matmul(taps)?.reshape((b, hi - lo, phases * group))?;
-        let mut sum: Option<Tensor> = None;
-        for h in 0..phases {
-            // Groups in [first, end) that frame g - h (within [lo, hi)) reaches.
-            let from = first.max(lo + h);
-            let to = end.min(hi + h);
-            if from >= to {
-                continue;
-            }
-            let slab = responses.narrow(1, from - h - lo, to - from)?.narrow(2, h * group, group)?.contiguous()?;
-            let slab = slab.pad_with_zeros(1, from - first, end - to)?;
-            sum = Some(match sum {
-                None => slab,
-                Some(acc) => (acc + slab)?,
-            });
-        }
-        pieces.extend(sum);
+        let n = end - first;
+        let shifted = (0..phases)
+            .map(|h| {
+                // Frames g - h for g in [first, end), zero where outside [0, length).
+                let from = first.max(h);
+                let to = end.min(length + h);
+                if from >= to {
+                    return Ok(Tensor::zeros((b, n, c_in), x.dtype(), x.device())?);
+                }
+                Ok(x.narrow(1, from - h, to - from)?.pad_with_zeros(1, from - first, end - to)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stacked = Tensor::cat(&shifted, 2)?;
+        let y = stacked.reshape((b * n, phases * c_in))?.matmul(taps)?.reshape((b, n * stride, c_out))?;
+        pieces.push(y);
         first = end;
     }
-    let full = Tensor::cat(&pieces, 1)?.reshape((b, groups * stride, c_out))?;
+    let full = Tensor::cat(&pieces, 1)?;
     Ok(full.narrow(1, 0, (length - 1) * stride + kernel_size)?)
 }
 
@@ -414,20 +423,10 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (2, c_in, length), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (c_in, c_out, kernel), &dev).unwrap();
             // One item at a time: candle 0.11.1's CPU conv_transpose1d mixes up batch items.
-            let items: Vec<Tensor> = (0..2)
-                .map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, stride, 1, 1).unwrap())
-                .collect();
+            let items: Vec<Tensor> =
+                (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, stride, 1, 1).unwrap()).collect();
             let expected = Tensor::cat(&items, 0).unwrap();
-            let padded = kernel.div_ceil(stride) * stride;
-            let taps = w
-                .pad_with_zeros(2, 0, padded - kernel)
-                .unwrap()
-                .permute((0, 2, 1))
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .reshape((c_in, padded * c_out))
-                .unwrap();
+            let taps = phase_stacked(&w, stride).unwrap();
             let x_tm = x.transpose(1, 2).unwrap().contiguous().unwrap();
             for budget in [1, 100, 1 << 20] {
                 let y = conv_transpose1d_time_major(&x_tm, &taps, kernel, stride, budget).unwrap();

@@ -34,11 +34,7 @@ impl Lstm {
                 let w_hh = vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?;
                 let b_ih = vb.get(4 * dim, &format!("bias_ih_l{l}"))?;
                 let b_hh = vb.get(4 * dim, &format!("bias_hh_l{l}"))?;
-                Ok(LstmLayer {
-                    w_ih_t: w_ih.t()?.contiguous()?,
-                    w_hh_t: w_hh.t()?.contiguous()?,
-                    bias: (b_ih + b_hh)?,
-                })
+                Ok(LstmLayer { w_ih_t: w_ih.t()?.contiguous()?, w_hh_t: w_hh.t()?.contiguous()?, bias: (b_ih + b_hh)? })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, dim })
@@ -58,11 +54,8 @@ impl Lstm {
 
     fn run_layer(&self, layer: &LstmLayer, xs: &Tensor, b: usize, t: usize) -> Result<Tensor> {
         let dim = self.dim;
-        let projected = xs
-            .reshape((t * b, dim))?
-            .matmul(&layer.w_ih_t)?
-            .broadcast_add(&layer.bias)?
-            .reshape((t, b, 4 * dim))?;
+        let projected =
+            xs.reshape((t * b, dim))?.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?.reshape((t, b, 4 * dim))?;
         let mut h = Tensor::zeros((b, dim), xs.dtype(), xs.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);

@@ -48,10 +48,7 @@ impl ResidualVectorQuantizer {
     fn checked_codes(&self, codes: &Tensor) -> Result<Tensor> {
         let (_, k, t) = codes.dims3()?;
         if k == 0 || k > self.codebooks.len() {
-            return Err(codes_error(format!(
-                "{k} codebooks given, this decoder holds 1 to {}",
-                self.codebooks.len()
-            )));
+            return Err(codes_error(format!("{k} codebooks given, this decoder holds 1 to {}", self.codebooks.len())));
         }
         if t == 0 {
             return Err(codes_error("no frames to decode".into()));

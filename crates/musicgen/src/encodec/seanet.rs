@@ -30,11 +30,8 @@ impl ResnetBlock {
         let block = vb.pp("block");
         let conv_in = Conv1d::load(&block.pp(1), (dim, hidden), cfg.residual_kernel_size, dilation, style)?;
         let conv_out = Conv1d::load(&block.pp(3), (hidden, dim), 1, 1, style)?;
-        let shortcut = if cfg.use_conv_shortcut {
-            Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?)
-        } else {
-            None
-        };
+        let shortcut =
+            if cfg.use_conv_shortcut { Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?) } else { None };
         Ok(Self { conv_in, conv_out, shortcut })
     }
 
