@@ -306,11 +306,12 @@ fn encodec_a_missing_weight_is_named() {
 fn encodec_unsupported_settings_are_refused_by_name() {
     let dev = Device::Cpu;
     let vb = VarBuilder::zeros(DType::F32, &dev);
-    let cases: [(&str, Box<dyn Fn(&mut EncodecConfig)>); 4] = [
-        ("time_group_norm", Box::new(|c| c.norm_type = "time_group_norm".into())),
-        ("replicate", Box::new(|c| c.pad_mode = "replicate".into())),
-        ("codebook_dim 4", Box::new(|c| c.codebook_dim = Some(4))),
-        ("trim_right_ratio 0.5", Box::new(|c| c.trim_right_ratio = 0.5)),
+    let cases: [(&str, fn(&mut EncodecConfig)); 5] = [
+        ("time_group_norm", |c| c.norm_type = "time_group_norm".into()),
+        ("replicate", |c| c.pad_mode = "replicate".into()),
+        ("codebook_dim 4", |c| c.codebook_dim = Some(4)),
+        ("trim_right_ratio 0.5", |c| c.trim_right_ratio = 0.5),
+        ("compress 0", |c| c.compress = 0),
     ];
     for (needle, edit) in cases {
         let mut cfg = small_config(&[2], "reflect");
