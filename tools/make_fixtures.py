@@ -72,11 +72,15 @@ delay pattern overwrites), min_top1_margin_relative (divided by the largest |sco
 min_top1_margin_kept_positions (batch run, only positions whose token is kept), versions and a config summary.
 """
 
+import os
+
+# deterministic cuBLAS when --device cuda; must be set before CUDA initialises
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 import argparse
 import collections
 import copy
 import json
-import os
 import shutil
 import sys
 
@@ -304,20 +308,21 @@ def build_model(name, seed, text_vocab_size):
 
 def run_generate(model, tok, prompts, steps):
     inputs = tok(prompts, padding=True, return_tensors="pt")
+    device_inputs = inputs.to(model.device)
     captured = {}
     original_sample = model._sample
 
     def sample_and_capture(*args, **kwargs):
         out = original_sample(*args, **kwargs)
-        captured["sequences"] = out.sequences.clone()
+        captured["sequences"] = out.sequences.cpu()
         return out
 
     model._sample = sample_and_capture
     try:
         with torch.no_grad():
             out = model.generate(
-                input_ids=inputs.input_ids,
-                attention_mask=inputs.attention_mask,
+                input_ids=device_inputs.input_ids,
+                attention_mask=device_inputs.attention_mask,
                 do_sample=False,
                 guidance_scale=GUIDANCE_SCALE,
                 max_new_tokens=steps,
@@ -328,6 +333,7 @@ def run_generate(model, tok, prompts, steps):
     finally:
         del model._sample
 
+    inputs = inputs.to("cpu")
     b = inputs.input_ids.shape[0]
     k = model.decoder.num_codebooks
     raw = captured["sequences"]
@@ -335,12 +341,12 @@ def run_generate(model, tok, prompts, steps):
     start = torch.full((b * k, 1), DECODER_VOCAB, dtype=torch.long)
     _, pattern = model.decoder.build_delay_pattern_mask(start, pad_token_id=DECODER_VOCAB, max_length=steps + 1)
     grid = model.decoder.apply_delay_pattern_mask(raw, pattern)
-    logits = torch.stack(out.logits)
-    scores = torch.stack(out.scores)
+    logits = torch.stack(out.logits).cpu()
+    scores = torch.stack(out.scores).cpu()
     # greedy consistency: each raw token is the argmax of that step's CFG scores
     assert torch.equal(raw[:, 1:].T, scores.argmax(dim=-1)), "greedy tokens differ from argmax(scores)"
     codes = grid[grid != DECODER_VOCAB].reshape(b, k, -1)
-    audio = out.sequences
+    audio = out.sequences.cpu()
     assert torch.isfinite(logits).all() and torch.isfinite(audio).all()
     return dict(
         input_ids=inputs.input_ids,
@@ -356,12 +362,13 @@ def run_generate(model, tok, prompts, steps):
 
 def decode_codes(model, codes):
     """Decode (B, K, F) codes as MusicgenForConditionalGeneration.generate does."""
+    codes = codes.to(model.device)
     with torch.no_grad():
         if model.decoder.config.audio_channels == 1:
-            return model.audio_encoder.decode(codes[None], [None]).audio_values
+            return model.audio_encoder.decode(codes[None], [None]).audio_values.cpu()
         left = model.audio_encoder.decode(codes[None, :, 0::2], [None]).audio_values
         right = model.audio_encoder.decode(codes[None, :, 1::2], [None]).audio_values
-        return torch.cat([left, right], dim=1)
+        return torch.cat([left, right], dim=1).cpu()
 
 
 def top1_margin(scores):
@@ -385,9 +392,12 @@ def make_references(name, model, tok, seed):
     assert torch.allclose(decode_codes(model, ref["codes"]), ref["audio"], atol=1e-5)
 
     with torch.no_grad():
-        enc = model.text_encoder(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).last_hidden_state
+        ids = ref["input_ids"].to(model.device)
+        mask = ref["attention_mask"].to(model.device)
+        enc = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         proj = model.enc_to_dec_proj(enc) if hasattr(model, "enc_to_dec_proj") else enc
-        proj = proj * ref["attention_mask"][..., None]
+        proj = (proj * mask[..., None]).cpu()
+        enc = enc.cpu()
 
     gen = torch.Generator().manual_seed(seed + 1000)
     encodec_codes = torch.randint(
@@ -397,8 +407,9 @@ def make_references(name, model, tok, seed):
     with torch.no_grad():
         channels_codes = [encodec_codes[:, c::channels] for c in range(channels)]
         encodec_quantized = torch.cat(
-            [model.audio_encoder.quantizer.decode(cc.transpose(0, 1)) for cc in channels_codes], dim=0
-        )
+            [model.audio_encoder.quantizer.decode(cc.transpose(0, 1).to(model.device)) for cc in channels_codes],
+            dim=0,
+        ).cpu()
 
     tensors = {
         "input_ids": ref["input_ids"],
@@ -664,6 +675,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="crates/musicgen/tests/fixtures", help="fixtures directory")
     parser.add_argument("--only", choices=sorted(VARIANTS), action="append", help="build only these models")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the reference run, e.g. cuda (weights and seeds are always made on "
+                             "CPU, so the checkpoints are identical; the committed references come from cpu)")
     args = parser.parse_args()
 
     torch.use_deterministic_algorithms(True)
@@ -682,7 +696,11 @@ def main():
         # references come from the model as loaded back from disk, like a user would run it
         loaded = MusicgenForConditionalGeneration.from_pretrained(ckpt)
         loaded.eval()
-        tensors, meta, margin, rel = make_references(name, loaded, tok, seed)
+        runner = loaded
+        if args.device != "cpu":
+            runner = MusicgenForConditionalGeneration.from_pretrained(ckpt).to(args.device).eval()
+        tensors, meta, margin, rel = make_references(name, runner, tok, seed)
+        meta["device"] = str(runner.device)
         save_file(tensors, os.path.join(root, "reference.safetensors"), metadata={"format": "pt"})
         meta["versions"] = versions()
         meta["config"] = config_summary(loaded)
