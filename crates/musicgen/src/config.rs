@@ -4,11 +4,14 @@
 //! `MusicgenDecoderConfig`: the same in 4.3x and 5.x), an unknown one is ignored. This matters
 //! because `save_pretrained` writes only the fields that differ from those class defaults.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+
+/// Named in errors from [`MusicgenConfig::from_json`], which has no path.
+const CONFIG_FILE_NAME: &str = "config.json";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MusicgenConfig {
@@ -29,14 +32,15 @@ impl MusicgenConfig {
             hint: format!("{e}; a MusicGen checkpoint directory holds config.json"),
         })?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::Unsupported(_) => e,
-            other => Error::BadCheckpoint { path: path.to_path_buf(), message: other.to_string() },
+            Error::BadCheckpoint { message, .. } => Error::BadCheckpoint { path: path.to_path_buf(), message },
+            other => other,
         })
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
+        let malformed = |message: String| Error::BadCheckpoint { path: PathBuf::from(CONFIG_FILE_NAME), message };
         let raw: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Unsupported(format!("config.json is not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| malformed(format!("not valid JSON ({e}); download it again")))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         if model_type != "musicgen" {
             let name = if model_type.is_empty() { "(no model_type)" } else { model_type };
@@ -56,7 +60,7 @@ impl MusicgenConfig {
             }
         }
         let config: Self = serde_json::from_value(raw)
-            .map_err(|e| Error::Unsupported(format!("config.json does not describe a MusicGen model: {e}")))?;
+            .map_err(|e| malformed(format!("a field has the wrong type ({e}); download it again")))?;
         config.check()?;
         Ok(config)
     }
@@ -311,6 +315,8 @@ pub struct DecoderConfig {
     pub audio_channels: usize,
     pub pad_token_id: u32,
     pub bos_token_id: u32,
+    /// Saved by transformers 5.x beside `bos_token_id`; generation_config.json's value wins.
+    pub decoder_start_token_id: Option<u32>,
     pub tie_word_embeddings: bool,
 }
 
@@ -330,6 +336,7 @@ impl Default for DecoderConfig {
             audio_channels: 1,
             pad_token_id: 2048,
             bos_token_id: 2048,
+            decoder_start_token_id: None,
             tie_word_embeddings: false,
         }
     }

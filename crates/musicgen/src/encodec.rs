@@ -5,6 +5,10 @@
 //! per frame) and the SEANet decoder (conv, LSTM, four transposed-conv upsampling stages with
 //! residual blocks, conv) to `(B, audio_channels, T * hop_length)` samples. Everything runs in
 //! f32 whatever the decoder's dtype; weight norm is folded into plain weights at load time.
+//! Inside, signals are time-major `(B, T, C)`: each convolution is one matrix product per time
+//! chunk (plus shifted sums of tap responses), with no im2col buffer and no transposes between
+//! layers. The LSTM, sequential over frames, runs once for the whole batch; the upsampling
+//! stack runs one item at a time to bound memory.
 //!
 //! ```no_run
 //! # fn main() -> musicgen::Result<()> {
@@ -77,7 +81,10 @@ impl EncodecDecoder {
         let latent = self.decoder.forward_latent(&latent)?;
         let batch = latent.dim(0)?;
         let items = (0..batch)
-            .map(|i| self.decoder.forward_upsample(&latent.narrow(0, i, 1)?))
+            .map(|i| {
+                let samples = self.decoder.forward_upsample(&latent.narrow(0, i, 1)?)?;
+                Ok(samples.transpose(1, 2)?.contiguous()?)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&items, 0)?)
     }
@@ -87,7 +94,7 @@ impl EncodecDecoder {
     /// channel's codebooks are decoded alone. `(B, channels * K', T)` ->
     /// `(B, channels * audio_channels, T * hop_length)`.
     pub fn decode_interleaved(&self, codes: &Tensor, channels: usize) -> Result<Tensor> {
-        let (_, k, _) = codes.dims3()?;
+        let (batch, k, _) = codes.dims3()?;
         if channels == 0 || k % channels != 0 {
             return Err(Error::Tensor(candle_core::Error::Msg(format!(
                 "EnCodec codes: {k} codebooks do not split over {channels} channels"
@@ -96,13 +103,18 @@ impl EncodecDecoder {
         if channels == 1 {
             return self.decode(codes);
         }
-        let outputs = (0..channels)
+        // The channels become batch items of one decode, so the LSTM reads its weights once
+        // per frame for all of them.
+        let per_channel = (0..channels)
             .map(|c| {
                 let ids: Vec<u32> = (c..k).step_by(channels).map(|i| i as u32).collect();
                 let ids = Tensor::from_vec(ids, k / channels, codes.device())?;
-                self.decode(&codes.index_select(&ids, 1)?)
+                Ok(codes.index_select(&ids, 1)?)
             })
             .collect::<Result<Vec<_>>>()?;
+        let audio = self.decode(&Tensor::cat(&per_channel, 0)?)?;
+        let outputs =
+            (0..channels).map(|c| audio.narrow(0, c * batch, batch)).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::cat(&outputs, 1)?)
     }
 

@@ -7,7 +7,7 @@
 //! by 1/sqrt(d_kv) (T5 folds that into its initialisation); positions enter only as a learned
 //! bias per (relative-distance bucket, head), computed by the first block and reused by all.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::config::{T5Activation, T5Config, T5FeedForward};

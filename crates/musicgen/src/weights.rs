@@ -81,7 +81,11 @@ impl GenerationDefaults {
     fn resolve(raw: RawGenerationConfig, config: &MusicgenConfig) -> Self {
         let decoder = &config.decoder;
         Self {
-            decoder_start_token_id: raw.decoder_start_token_id.or(raw.bos_token_id).unwrap_or(decoder.bos_token_id),
+            decoder_start_token_id: raw
+                .decoder_start_token_id
+                .or(decoder.decoder_start_token_id)
+                .or(raw.bos_token_id)
+                .unwrap_or(decoder.bos_token_id),
             pad_token_id: raw.pad_token_id.unwrap_or(decoder.pad_token_id),
             guidance_scale: raw.guidance_scale,
             do_sample: raw.do_sample,

@@ -1,8 +1,9 @@
 //! The SEANet decoder's convolutions: transformers' `EncodecConv1d` / `EncodecConvTranspose1d`
-//! padding rules, weight norm folded at load time, and time-chunked execution so that a
-//! long waveform never needs one giant im2col buffer.
+//! padding rules and weight norm (folded at load time), computed on time-major signals
+//! `(B, T, C)` as large matrix products over time chunks, so a long waveform needs neither
+//! an im2col buffer nor a transpose between layers.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
@@ -24,9 +25,9 @@ pub(super) struct ConvStyle {
     pub trim_right_ratio: f64,
 }
 
-/// Most elements one convolution call may stage in its im2col (or col2im) buffer; longer
-/// signals are processed in time chunks. 8 Mi f32 = 32 MiB keeps a 30 s, 64-channel layer in
-/// cache-friendly pieces while each chunk is still a large matrix product.
+/// Most elements of tap responses one convolution computes at once; longer signals are
+/// processed in time chunks. 8 Mi f32 = 32 MiB bounds memory at any duration while each
+/// chunk is still a large matrix product.
 const CHUNK_ELEMENTS: usize = 1 << 23;
 
 /// `(left, right)` padding transformers adds before a convolution over `length` samples:
@@ -54,28 +55,33 @@ pub(super) fn conv_padding(
 
 /// `(left, right)` samples trimmed from a transposed convolution's output
 /// (`padding_total = kernel - stride`).
-pub(super) fn transposed_trim(kernel_size: usize, stride: usize, causal: bool, trim_right_ratio: f64) -> (usize, usize) {
+pub(super) fn transposed_trim(
+    kernel_size: usize,
+    stride: usize,
+    causal: bool,
+    trim_right_ratio: f64,
+) -> (usize, usize) {
     let total = kernel_size - stride;
     let right = if causal { (total as f64 * trim_right_ratio).ceil() as usize } else { total / 2 };
     (total - right, right)
 }
 
-/// Pads the last axis. Reflect padding of a signal no longer than the padding first appends
+/// Pads `axis`. Reflect padding of a signal no longer than the padding first appends
 /// zeros so the reflection exists, then drops them again, as transformers' `_pad1d` does; the
 /// result therefore reflects those zeros.
-pub(super) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
+pub(super) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode, axis: usize) -> Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }
     match mode {
-        PadMode::Constant => Ok(x.pad_with_zeros(D::Minus1, left, right)?),
+        PadMode::Constant => Ok(x.pad_with_zeros(axis, left, right)?),
         PadMode::Reflect => {
-            let length = x.dim(D::Minus1)?;
+            let length = x.dim(axis)?;
             let extra = (left.max(right) + 1).saturating_sub(length);
-            let x = x.pad_with_zeros(D::Minus1, 0, extra)?;
+            let x = x.pad_with_zeros(axis, 0, extra)?;
             let indices = reflect_indices(length + extra, left, length + left + right);
             let indices = Tensor::from_vec(indices, length + left + right, x.device())?;
-            Ok(x.index_select(&indices, D::Minus1)?)
+            Ok(x.index_select(&indices, axis)?)
         }
     }
 }
@@ -108,9 +114,8 @@ pub(super) fn load_weight(vb: &VarBuilder, shape: (usize, usize, usize)) -> Resu
         if vb.contains_tensor(g_name) && vb.contains_tensor(v_name) {
             let v = vb.get(shape, v_name)?;
             let g = vb.get_unchecked(g_name)?;
-            return fold_weight_norm(&g, &v).map_err(|message| {
-                Error::Unsupported(format!("{}.{g_name}: {message}", vb.prefix()))
-            });
+            return fold_weight_norm(&g, &v)
+                .map_err(|message| Error::Unsupported(format!("{}.{g_name}: {message}", vb.prefix())));
         }
     }
     if vb.contains_tensor("weight") {
@@ -145,14 +150,14 @@ fn fold_weight_norm(g: &Tensor, v: &Tensor) -> std::result::Result<Tensor, Strin
     fold().map_err(|e| e.to_string())
 }
 
-/// transformers' `EncodecConv1d`: pad, then a plain convolution.
+/// transformers' `EncodecConv1d` on time-major signals `(B, T, C)`: pad, then convolve.
 #[derive(Debug, Clone)]
 pub(super) struct Conv1d {
-    /// `(out, in, kernel)`, weight norm already applied.
-    weight: Tensor,
-    /// `(1, out, 1)`.
+    /// `(in, kernel * out)`: column block `j` is tap `j`; weight norm already applied.
+    taps: Tensor,
+    /// `(out)`.
     bias: Tensor,
-    stride: usize,
+    kernel_size: usize,
     dilation: usize,
     style: ConvStyle,
 }
@@ -169,56 +174,62 @@ impl Conv1d {
         let (c_in, c_out) = channels;
         let vb = vb.pp("conv");
         let weight = load_weight(&vb, (c_out, c_in, kernel_size))?;
-        let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1))?;
-        Ok(Self { weight, bias, stride: 1, dilation, style })
+        let taps = weight.permute((1, 2, 0))?.contiguous()?.reshape((c_in, kernel_size * c_out))?;
+        let bias = vb.get(c_out, "bias")?;
+        Ok(Self { taps, bias, kernel_size, dilation, style })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, kernel_size) = self.weight.dims3()?;
-        let length = x.dim(D::Minus1)?;
-        let (left, right) = conv_padding(length, kernel_size, self.stride, self.dilation, self.style.causal);
-        let x = pad1d(x, left, right, self.style.pad_mode)?;
-        let y = if kernel_size == 1 && self.stride == 1 {
-            // A pointwise convolution is one matrix product; im2col would only copy the input.
-            let (b, _, _) = x.dims3()?;
-            let (c_out, c_in, _) = self.weight.dims3()?;
-            self.weight.reshape((c_out, c_in))?.broadcast_left(b)?.matmul(&x.contiguous()?)?
-        } else {
-            conv1d_chunked(&x, &self.weight, self.stride, self.dilation)?
-        };
+        let length = x.dim(1)?;
+        let (left, right) = conv_padding(length, self.kernel_size, 1, self.dilation, self.style.causal);
+        let x = pad1d(x, left, right, self.style.pad_mode, 1)?;
+        let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, CHUNK_ELEMENTS)?;
         Ok(y.broadcast_add(&self.bias)?)
     }
 }
 
-/// A convolution without padding, run over time chunks whose im2col buffers stay under
-/// [`CHUNK_ELEMENTS`]. Every output sample is the same dot product either way.
-fn conv1d_chunked(x: &Tensor, weight: &Tensor, stride: usize, dilation: usize) -> Result<Tensor> {
-    let (b, c_in, length) = x.dims3()?;
-    let (_, _, kernel_size) = weight.dims3()?;
-    let effective = (kernel_size - 1) * dilation + 1;
-    let l_out = (length - effective) / stride + 1;
-    let per_chunk = (CHUNK_ELEMENTS / (b * c_in * kernel_size)).max(1);
-    if l_out <= per_chunk {
-        return Ok(x.conv1d(weight, 0, stride, dilation, 1)?);
-    }
+/// An unpadded stride-1 convolution of `x (B, T, in)` with `taps (in, kernel * out)`:
+/// one matrix product gives every tap's response at every input sample, and output `t`
+/// sums tap `j`'s response at `t + j * dilation`. Output rows are produced in chunks whose
+/// products stay under `budget` elements.
+fn conv1d_time_major(x: &Tensor, taps: &Tensor, kernel_size: usize, dilation: usize, budget: usize) -> Result<Tensor> {
+    let (b, length, c_in) = x.dims3()?;
+    let c_out = taps.dim(1)? / kernel_size;
+    let span = (kernel_size - 1) * dilation;
+    let l_out = length - span;
+    let per_chunk = (budget / (b * kernel_size * c_out)).saturating_sub(span).max(1);
     let mut pieces = Vec::with_capacity(l_out.div_ceil(per_chunk));
     let mut start = 0;
     while start < l_out {
         let n = per_chunk.min(l_out - start);
-        let input = x.narrow(2, start * stride, (n - 1) * stride + effective)?;
-        pieces.push(input.conv1d(weight, 0, stride, dilation, 1)?);
+        let rows = x.narrow(1, start, n + span)?.contiguous()?;
+        let responses =
+            rows.reshape((b * (n + span), c_in))?.matmul(taps)?.reshape((b, n + span, kernel_size * c_out))?;
+        let mut sum: Option<Tensor> = None;
+        for j in 0..kernel_size {
+            let tap = responses.narrow(1, j * dilation, n)?.narrow(2, j * c_out, c_out)?.contiguous()?;
+            sum = Some(match sum {
+                None => tap,
+                Some(acc) => (acc + tap)?,
+            });
+        }
+        pieces.extend(sum);
         start += n;
     }
-    Ok(Tensor::cat(&pieces, 2)?)
+    Ok(Tensor::cat(&pieces, 1)?)
 }
 
-/// transformers' `EncodecConvTranspose1d`: a transposed convolution, then trimming.
+/// transformers' `EncodecConvTranspose1d` on time-major signals: a transposed convolution,
+/// then trimming.
 #[derive(Debug, Clone)]
 pub(super) struct ConvTranspose1d {
-    /// `(in, out, kernel)`, weight norm already applied.
-    weight: Tensor,
-    /// `(1, out, 1)`.
+    /// `(phases * in, stride * out)`: the kernel zero-padded to `phases * stride` taps; row
+    /// `h * in + c`, column `p * out + o` holds tap `h * stride + p` from `c` to `o`.
+    /// Weight norm already applied.
+    taps: Tensor,
+    /// `(out)`.
     bias: Tensor,
+    kernel_size: usize,
     stride: usize,
     style: ConvStyle,
 }
@@ -235,50 +246,74 @@ impl ConvTranspose1d {
         let (c_in, c_out) = channels;
         let vb = vb.pp("conv");
         let weight = load_weight(&vb, (c_in, c_out, kernel_size))?;
-        let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1))?;
-        Ok(Self { weight, bias, stride, style })
+        let taps = phase_stacked(&weight, stride)?;
+        let bias = vb.get(c_out, "bias")?;
+        Ok(Self { taps, bias, kernel_size, stride, style })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, kernel_size) = self.weight.dims3()?;
-        let y = conv_transpose1d_chunked(x, &self.weight, self.stride)?.broadcast_add(&self.bias)?;
-        let (left, right) = transposed_trim(kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
-        let length = y.dim(D::Minus1)?;
-        Ok(y.narrow(D::Minus1, left, length - left - right)?)
+        let y = conv_transpose1d_time_major(x, &self.taps, self.kernel_size, self.stride, CHUNK_ELEMENTS)?;
+        let (left, right) =
+            transposed_trim(self.kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
+        let length = y.dim(1)?;
+        Ok(y.narrow(1, left, length - left - right)?.broadcast_add(&self.bias)?)
     }
 }
 
-/// A transposed convolution over input chunks whose col2im buffers stay under
-/// [`CHUNK_ELEMENTS`]. Input frame `i` writes outputs `i*stride .. i*stride + kernel`, so two
-/// neighbouring chunks overlap on `kernel - stride` outputs, which are summed; with
-/// `kernel <= 2 * stride` (EnCodec uses exactly 2x) each output has at most two contributions
-/// and the sum is the same float either way round.
-fn conv_transpose1d_chunked(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
-    let (b, _, l_in) = x.dims3()?;
-    let (_, c_out, kernel_size) = weight.dims3()?;
-    let per_chunk = (CHUNK_ELEMENTS / (b * c_out * kernel_size)).max(1);
-    if l_in <= per_chunk || kernel_size > 2 * stride {
-        return Ok(x.conv_transpose1d(weight, 0, 0, stride, 1, 1)?);
+/// `(in, out, kernel)` -> `(phases * in, stride * out)`, as `ConvTranspose1d::taps` holds it.
+fn phase_stacked(weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (c_in, c_out, kernel_size) = weight.dims3()?;
+    let phases = kernel_size.div_ceil(stride);
+    Ok(weight
+        .pad_with_zeros(2, 0, phases * stride - kernel_size)?
+        .reshape((c_in, c_out, phases, stride))?
+        .permute((2, 0, 3, 1))?
+        .contiguous()?
+        .reshape((phases * c_in, stride * c_out))?)
+}
+
+/// A transposed convolution of `x (B, L, in)` with `stride`, untrimmed:
+/// `(B, (L - 1) * stride + kernel, out)`. Input frame `i` writes tap `q` to output
+/// `i * stride + q`; with the kernel padded to `phases * stride` taps, the `stride` outputs of
+/// group `g` are frames `g, g - 1, .., g - phases + 1` (zero outside the signal) times taps
+/// `0.., stride.., ..`: one matrix product of those frames side by side with the phase-stacked
+/// kernel, whose rows come out already in output order. Groups are produced in chunks whose
+/// stacked inputs stay under `budget` elements.
+fn conv_transpose1d_time_major(
+    x: &Tensor,
+    taps: &Tensor,
+    kernel_size: usize,
+    stride: usize,
+    budget: usize,
+) -> Result<Tensor> {
+    let (b, length, c_in) = x.dims3()?;
+    let phases = kernel_size.div_ceil(stride);
+    let c_out = taps.dim(1)? / stride;
+    let groups = length + phases - 1;
+    let per_chunk = (budget / (b * phases * c_in)).max(1);
+    let mut pieces = Vec::with_capacity(groups.div_ceil(per_chunk));
+    let mut first = 0;
+    while first < groups {
+        let end = (first + per_chunk).min(groups);
+        let n = end - first;
+        let shifted = (0..phases)
+            .map(|h| {
+                // Frames g - h for g in [first, end), zero where outside [0, length).
+                let from = first.max(h);
+                let to = end.min(length + h);
+                if from >= to {
+                    return Ok(Tensor::zeros((b, n, c_in), x.dtype(), x.device())?);
+                }
+                Ok(x.narrow(1, from - h, to - from)?.pad_with_zeros(1, from - first, end - to)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stacked = Tensor::cat(&shifted, 2)?;
+        let y = stacked.reshape((b * n, phases * c_in))?.matmul(taps)?.reshape((b, n * stride, c_out))?;
+        pieces.push(y);
+        first = end;
     }
-    let overlap = kernel_size - stride;
-    let mut pieces = Vec::with_capacity(l_in.div_ceil(per_chunk) + 1);
-    let mut carry: Option<Tensor> = None;
-    let mut start = 0;
-    while start < l_in {
-        let n = per_chunk.min(l_in - start);
-        let y = x.narrow(2, start, n)?.conv_transpose1d(weight, 0, 0, stride, 1, 1)?;
-        let own = n * stride;
-        let mut head = y.narrow(2, 0, own)?;
-        if let Some(previous) = carry.take() {
-            let summed = (head.narrow(2, 0, overlap)? + previous)?;
-            head = Tensor::cat(&[&summed, &head.narrow(2, overlap, own - overlap)?], 2)?;
-        }
-        pieces.push(head);
-        carry = Some(y.narrow(2, own, overlap)?);
-        start += n;
-    }
-    pieces.extend(carry);
-    Ok(Tensor::cat(&pieces, 2)?)
+    let full = Tensor::cat(&pieces, 1)?;
+    Ok(full.narrow(1, 0, (length - 1) * stride + kernel_size)?)
 }
 
 #[cfg(test)]
@@ -322,26 +357,26 @@ mod tests {
 
     #[test]
     fn reflect_pads_like_torch() {
-        let padded = pad1d(&row(&[1., 2., 3., 4.]), 2, 3, PadMode::Reflect).unwrap();
+        let padded = pad1d(&row(&[1., 2., 3., 4.]), 2, 3, PadMode::Reflect, 2).unwrap();
         assert_eq!(values(&padded), [3., 2., 1., 2., 3., 4., 3., 2., 1.]);
     }
 
     #[test]
     fn reflect_of_short_input_reflects_appended_zeros() {
         // transformers' _pad1d: [5] -> [5, 0, 0, 0] -> reflect (3, 3) -> drop the 3 zeros added.
-        let padded = pad1d(&row(&[5.]), 3, 3, PadMode::Reflect).unwrap();
+        let padded = pad1d(&row(&[5.]), 3, 3, PadMode::Reflect, 2).unwrap();
         assert_eq!(values(&padded), [0., 0., 0., 5., 0., 0., 0.]);
         // [1, 2] padded (3, 1): [1, 2, 0, 0] -> [0, 0, 2, 1, 2, 0, 0, 0] minus 2 at the end.
-        let padded = pad1d(&row(&[1., 2.]), 3, 1, PadMode::Reflect).unwrap();
+        let padded = pad1d(&row(&[1., 2.]), 3, 1, PadMode::Reflect, 2).unwrap();
         assert_eq!(values(&padded), [0., 0., 2., 1., 2., 0.]);
         // Exactly as long as the padding still takes the workaround (torch needs pad < length).
-        let padded = pad1d(&row(&[1., 2., 3.]), 3, 0, PadMode::Reflect).unwrap();
+        let padded = pad1d(&row(&[1., 2., 3.]), 3, 0, PadMode::Reflect, 2).unwrap();
         assert_eq!(values(&padded), [0., 3., 2., 1., 2., 3.]);
     }
 
     #[test]
     fn constant_pads_with_zeros() {
-        let padded = pad1d(&row(&[1., 2.]), 2, 1, PadMode::Constant).unwrap();
+        let padded = pad1d(&row(&[1., 2.]), 2, 1, PadMode::Constant, 2).unwrap();
         assert_eq!(values(&padded), [0., 0., 1., 2., 0.]);
     }
 
@@ -356,23 +391,48 @@ mod tests {
         assert!(fold_weight_norm(&bad, &v).is_err());
     }
 
-    #[test]
-    fn chunked_convolutions_equal_whole_ones() {
-        let dev = Device::Cpu;
-        // Long enough for several chunks of CHUNK_ELEMENTS at 64 channels.
-        let x = Tensor::randn(0f32, 1., (1, 64, 70_000), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (8, 64, 3), &dev).unwrap();
-        let chunked = conv1d_chunked(&x, &w, 1, 2).unwrap();
-        let whole = x.conv1d(&w, 0, 1, 2, 1).unwrap();
-        let diff = (chunked - whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "{diff}");
+    /// Candle's channel-major convolutions are the reference for the time-major ones.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
 
-        let x = Tensor::randn(0f32, 1., (1, 16, 20_000), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (16, 64, 8), &dev).unwrap();
-        let chunked = conv_transpose1d_chunked(&x, &w, 4).unwrap();
-        let whole = x.conv_transpose1d(&w, 0, 0, 4, 1, 1).unwrap();
-        assert_eq!(chunked.dims(), whole.dims());
-        let diff = (chunked - whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "{diff}");
+    #[test]
+    fn time_major_convolution_matches_candle_in_any_chunking() {
+        let dev = Device::Cpu;
+        for (c_in, c_out, kernel, dilation) in [(6, 5, 3, 2), (4, 1, 7, 1), (3, 8, 1, 1)] {
+            let x = Tensor::randn(0f32, 1., (2, c_in, 40), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, kernel), &dev).unwrap();
+            let expected = x.conv1d(&w, 0, 1, dilation, 1).unwrap();
+            let taps = w.permute((1, 2, 0)).unwrap().contiguous().unwrap().reshape((c_in, kernel * c_out)).unwrap();
+            let x_tm = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            for budget in [1, 200, 1 << 20] {
+                let y = conv1d_time_major(&x_tm, &taps, kernel, dilation, budget).unwrap();
+                let diff = max_diff(&y.transpose(1, 2).unwrap(), &expected);
+                assert!(diff < 1e-5, "k {kernel} budget {budget}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn time_major_transposed_convolution_matches_candle_in_any_chunking() {
+        let dev = Device::Cpu;
+        // EnCodec's kernel = 2 * stride, an odd ratio, and kernels needing 1 and 3 phases.
+        for (kernel, stride) in [(8, 4), (10, 5), (3, 3), (7, 3), (1, 1)] {
+            let (c_in, c_out, length) = (5, 3, 13);
+            let x = Tensor::randn(0f32, 1., (2, c_in, length), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_in, c_out, kernel), &dev).unwrap();
+            // One item at a time: candle 0.11.1's CPU conv_transpose1d mixes up batch items.
+            let items: Vec<Tensor> =
+                (0..2).map(|i| x.narrow(0, i, 1).unwrap().conv_transpose1d(&w, 0, 0, stride, 1, 1).unwrap()).collect();
+            let expected = Tensor::cat(&items, 0).unwrap();
+            let taps = phase_stacked(&w, stride).unwrap();
+            let x_tm = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            for budget in [1, 100, 1 << 20] {
+                let y = conv_transpose1d_time_major(&x_tm, &taps, kernel, stride, budget).unwrap();
+                let diff = max_diff(&y.transpose(1, 2).unwrap(), &expected);
+                assert!(diff < 1e-5, "k {kernel} s {stride} budget {budget}: {diff}");
+            }
+        }
     }
 }

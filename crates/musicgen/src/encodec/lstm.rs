@@ -34,35 +34,28 @@ impl Lstm {
                 let w_hh = vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?;
                 let b_ih = vb.get(4 * dim, &format!("bias_ih_l{l}"))?;
                 let b_hh = vb.get(4 * dim, &format!("bias_hh_l{l}"))?;
-                Ok(LstmLayer {
-                    w_ih_t: w_ih.t()?.contiguous()?,
-                    w_hh_t: w_hh.t()?.contiguous()?,
-                    bias: (b_ih + b_hh)?,
-                })
+                Ok(LstmLayer { w_ih_t: w_ih.t()?.contiguous()?, w_hh_t: w_hh.t()?.contiguous()?, bias: (b_ih + b_hh)? })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, dim })
     }
 
-    /// `(B, dim, T)` -> `(B, dim, T)`: `lstm(x) + x` with zero initial states.
+    /// `(B, T, dim)` -> `(B, T, dim)`: `lstm(x) + x` with zero initial states.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, t) = x.dims3()?;
-        // Time-major, so each step reads one contiguous (B, 4*dim) slab.
-        let input = x.permute((2, 0, 1))?.contiguous()?;
+        let (b, t, _) = x.dims3()?;
+        // Steps outermost, so each step reads one contiguous (B, 4*dim) slab.
+        let input = x.transpose(0, 1)?.contiguous()?;
         let mut hidden = input.clone();
         for layer in &self.layers {
             hidden = self.run_layer(layer, &hidden, b, t)?;
         }
-        Ok((hidden + input)?.permute((1, 2, 0))?.contiguous()?)
+        Ok((hidden + input)?.transpose(0, 1)?.contiguous()?)
     }
 
     fn run_layer(&self, layer: &LstmLayer, xs: &Tensor, b: usize, t: usize) -> Result<Tensor> {
         let dim = self.dim;
-        let projected = xs
-            .reshape((t * b, dim))?
-            .matmul(&layer.w_ih_t)?
-            .broadcast_add(&layer.bias)?
-            .reshape((t, b, 4 * dim))?;
+        let projected =
+            xs.reshape((t * b, dim))?.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?.reshape((t, b, 4 * dim))?;
         let mut h = Tensor::zeros((b, dim), xs.dtype(), xs.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);

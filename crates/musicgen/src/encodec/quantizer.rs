@@ -26,7 +26,7 @@ impl ResidualVectorQuantizer {
         self.codebooks.len()
     }
 
-    /// `(B, K, T)` integer codes -> `(B, dim, T)`: codebook `k` looks up row `codes[:, k, :]`
+    /// `(B, K, T)` integer codes -> time-major `(B, T, dim)`: codebook `k` looks up row `codes[:, k, :]`
     /// and the K vectors are summed in codebook order, as transformers does.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let (b, k, t) = codes.dims3()?;
@@ -40,8 +40,7 @@ impl ResidualVectorQuantizer {
                 Some(acc) => (acc + vectors)?,
             });
         }
-        let sum = sum.ok_or_else(|| codes_error("no codebooks to decode".into()))?;
-        Ok(sum.transpose(1, 2)?.contiguous()?)
+        sum.ok_or_else(|| codes_error("no codebooks to decode".into()))
     }
 
     /// The codes as u32 after checking every one indexes its codebook, so that a stray pad
@@ -49,10 +48,7 @@ impl ResidualVectorQuantizer {
     fn checked_codes(&self, codes: &Tensor) -> Result<Tensor> {
         let (_, k, t) = codes.dims3()?;
         if k == 0 || k > self.codebooks.len() {
-            return Err(codes_error(format!(
-                "{k} codebooks given, this decoder holds 1 to {}",
-                self.codebooks.len()
-            )));
+            return Err(codes_error(format!("{k} codebooks given, this decoder holds 1 to {}", self.codebooks.len())));
         }
         if t == 0 {
             return Err(codes_error("no frames to decode".into()));

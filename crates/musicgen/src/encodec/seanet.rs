@@ -1,5 +1,5 @@
-//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames `(B, hidden, T)` to a
-//! waveform `(B, audio_channels, T * hop_length)`.
+//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames to a waveform, both
+//! time-major: `(B, T, hidden)` to `(B, T * hop_length, audio_channels)`.
 //!
 //! Checkpoint layout, `decoder.layers.N` numbered as transformers' `nn.ModuleList` (ELUs
 //! take an index but hold no weights):
@@ -30,11 +30,8 @@ impl ResnetBlock {
         let block = vb.pp("block");
         let conv_in = Conv1d::load(&block.pp(1), (dim, hidden), cfg.residual_kernel_size, dilation, style)?;
         let conv_out = Conv1d::load(&block.pp(3), (hidden, dim), 1, 1, style)?;
-        let shortcut = if cfg.use_conv_shortcut {
-            Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?)
-        } else {
-            None
-        };
+        let shortcut =
+            if cfg.use_conv_shortcut { Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?) } else { None };
         Ok(Self { conv_in, conv_out, shortcut })
     }
 
