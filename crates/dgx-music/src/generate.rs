@@ -20,7 +20,7 @@ pub struct Args {
     prompts: Vec<String>,
 
     /// Seconds of audio to generate.
-    #[arg(short, long, default_value_t = 10.0)]
+    #[arg(short, long, default_value_t = 10.0, allow_negative_numbers = true)]
     duration: f64,
 
     /// Hub id (facebook/musicgen-small, -medium, -large, -stereo-*), short name (small, medium,
@@ -33,15 +33,15 @@ pub struct Args {
     top_k: usize,
 
     /// Nucleus sampling threshold in [0, 1]; 0 turns it off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     top_p: f64,
 
     /// Softmax temperature (> 0); lower is more conservative.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
 
     /// Classifier-free guidance: how strongly the prompt steers the music (1 turns it off).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     cfg_coef: f64,
 
     /// Random seed; the same seed, prompt and settings give the same music on the same device.
