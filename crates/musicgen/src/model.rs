@@ -56,7 +56,8 @@ enum Prompts {
     Synthetic,
 }
 
-/// Token ids of [`Prompts::Synthetic`]: eleven word pieces and T5's `</s>`.
+/// Token ids of [`Prompts::Synthetic`]: eleven word pieces and T5's `</s>` (taken modulo the
+/// vocabulary size of smaller test encoders).
 const SYNTHETIC_PROMPT: [u32; 12] = [3, 9, 2003, 5640, 1287, 28, 4836, 5941, 11, 3, 7, 1];
 
 /// A MusicGen checkpoint loaded on one device, reusable across requests.
@@ -214,7 +215,9 @@ impl MusicGen {
             }
             Prompts::Synthetic => {
                 let batch = request.items.len();
-                let ids = Tensor::new(&SYNTHETIC_PROMPT, &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;
+                let vocab = self.config.text_encoder.vocab_size as u32;
+                let ids: Vec<u32> = SYNTHETIC_PROMPT.iter().map(|id| id % vocab).collect();
+                let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;
                 let mask = ids.ones_like()?;
                 (ids, mask)
             }
