@@ -72,7 +72,6 @@ pub struct MusicGen {
     decoder: Decoder,
     codec: EncodecDecoder,
     decoder_start_token: u32,
-    pad_token: u32,
     device: Device,
 }
 
@@ -93,7 +92,7 @@ impl MusicGen {
             vb,
             options,
             device,
-            (generation.decoder_start_token_id, generation.pad_token_id),
+            generation.decoder_start_token_id,
             checkpoint.parameter_count(),
         )
         .map_err(|e| match e {
@@ -116,8 +115,8 @@ impl MusicGen {
         let device = options.device.open()?;
         let weights = random::RandomWeights::new(0);
         let vb = weights.var_builder(TensorDType::F32, &device);
-        let tokens = (config.decoder.bos_token_id, config.decoder.pad_token_id);
-        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, tokens, 0)?;
+        let start = config.decoder.bos_token_id;
+        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, start, 0)?;
         model.info.parameters = weights.values_drawn();
         Ok(model)
     }
@@ -130,7 +129,7 @@ impl MusicGen {
         vb: VarBuilder<'static>,
         options: &LoadOptions,
         device: Device,
-        (decoder_start_token, pad_token): (u32, u32),
+        decoder_start_token: u32,
         parameters: usize,
     ) -> Result<Self> {
         let text = &config.text_encoder;
@@ -164,7 +163,6 @@ impl MusicGen {
             decoder,
             codec,
             decoder_start_token,
-            pad_token,
             device,
         })
     }
