@@ -254,6 +254,7 @@ describe('the page of dgx-music serve', () => {
       { timeout: 60_000 },
     );
     assert.equal(await job.getAttribute('data-status'), 'running', 'the job is still running when cancelled');
+    await page.evaluate(() => window.scrollTo(0, 0));
     await shoot('running-desktop', DESKTOP);
     await job.getByRole('button', { name: 'Cancel', exact: true }).click();
     await job.and(page.locator('[data-status="cancelled"]')).waitFor({ timeout: 30_000 });

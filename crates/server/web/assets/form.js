@@ -127,7 +127,7 @@ export class GenerateForm {
     }
     const custom = NUMBER_FIELDS.some((name) => name !== 'seed' && this.inputs[name].value !== ADVANCED_DEFAULTS[name]);
     if (custom) this.advanced.open = true;
-    this.form.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    this.form.scrollIntoView({ behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth', block: 'start' });
     this.inputs.prompt.focus({ preventScroll: true });
     this.announce('The form now holds that track’s prompt and settings. Press Generate to make it again.');
   }

@@ -219,6 +219,10 @@ export class JobList {
     this.total += 1;
     this.renderSummary();
     this.pumpStreams();
+    // On a phone the list sits below the form: show the new card without taking focus from the form.
+    if (matchMedia('(max-width: 800px)').matches) {
+      this.cards.get(job.id).el.scrollIntoView({ block: 'nearest', behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth' });
+    }
   }
 
   upsert(job, { quiet = false } = {}) {
