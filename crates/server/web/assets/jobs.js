@@ -132,7 +132,7 @@ class JobCard {
     p.prompt.textContent = job.prompt;
     p.prompt.title = job.prompt;
     p.params.textContent = describeParams(job);
-    const percent = job.status === 'completed' ? 100 : Math.round((job.progress ?? 0) * 100);
+    const percent = job.status === 'completed' ? 100 : Math.floor((job.progress ?? 0) * 100);
     p.bar.setAttribute('aria-valuenow', String(percent));
     p.bar.setAttribute('aria-valuetext', `${percent}%, ${STATUS_WORDS[job.status] ?? job.status}`);
     p.bar.setAttribute('aria-label', `Progress of “${job.prompt.slice(0, 60)}”`);
