@@ -51,6 +51,7 @@ const jobPath = (id) => `/api/v1/jobs/${encodeURIComponent(id)}`;
 
 export const api = {
   health: () => request('GET', '/api/v1/health'),
+  models: () => request('GET', '/api/v1/models'),
   jobs: ({ limit, offset }) => request('GET', `/api/v1/jobs?limit=${limit}&offset=${offset}`),
   generate: (params) => request('POST', '/api/v1/generate', params),
   // 200 with the cancelled job while it was queued or running, 204 (null here) once deleted.

@@ -73,6 +73,11 @@ async function pollJobs() {
   setTimeout(pollJobs, jobs.hasActive() ? JOBS_EVERY_MS : IDLE_JOBS_EVERY_MS);
 }
 
+// Without an answer the form keeps the usual defaults, and the server explains any top-k it refuses.
+api.models().then(
+  ({ models }) => form.setVocabulary(models?.[0]?.vocab_size),
+  () => {},
+);
 refreshHealth();
 setInterval(() => {
   if (!document.hidden) refreshHealth();

@@ -4,8 +4,10 @@
 import { api, plainWords } from './api.js';
 import { formatLength } from './format.js';
 
-const ADVANCED_DEFAULTS = { top_k: '250', top_p: '0', temperature: '1', cfg_coef: '3', seed: '' };
-const NUMBER_FIELDS = ['top_k', 'top_p', 'temperature', 'cfg_coef', 'seed'];
+// The server's defaults; an empty box sends nothing and gets these. top_k is capped by the model's vocabulary.
+const SAMPLING_DEFAULTS = { top_k: 250, top_p: 0, temperature: 1, cfg_coef: 3 };
+const SAMPLING_FIELDS = Object.keys(SAMPLING_DEFAULTS);
+const NUMBER_FIELDS = [...SAMPLING_FIELDS, 'seed'];
 const FIELDS = ['prompt', 'duration', ...NUMBER_FIELDS];
 
 export class GenerateForm {
@@ -18,6 +20,7 @@ export class GenerateForm {
     this.submitButton = form.querySelector('#generate');
     this.formError = form.querySelector('#form-error');
     this.durationOutput = form.querySelector('#duration-output');
+    this.defaults = { ...SAMPLING_DEFAULTS };
 
     this.inputs.duration.addEventListener('input', () => this.showDuration());
     for (const name of FIELDS) this.inputs[name].addEventListener('input', () => this.clearError(name));
@@ -32,14 +35,24 @@ export class GenerateForm {
       this.clearError('seed');
     });
     form.querySelector('#reset-advanced').addEventListener('click', () => {
-      for (const [name, value] of Object.entries(ADVANCED_DEFAULTS)) this.inputs[name].value = value;
-      for (const name of NUMBER_FIELDS) this.clearError(name);
+      for (const name of NUMBER_FIELDS) {
+        this.inputs[name].value = '';
+        this.clearError(name);
+      }
     });
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       this.submit();
     });
     this.showDuration();
+  }
+
+  /** Shows the model's real top-k default and limit once `/api/v1/models` has answered. */
+  setVocabulary(size) {
+    if (!Number.isInteger(size) || size < 1) return;
+    this.defaults.top_k = Math.min(SAMPLING_DEFAULTS.top_k, size);
+    this.inputs.top_k.placeholder = String(this.defaults.top_k);
+    this.inputs.top_k.max = String(size);
   }
 
   showDuration() {
@@ -122,11 +135,13 @@ export class GenerateForm {
     this.inputs.prompt.value = job.prompt;
     this.inputs.duration.value = String(Math.round(job.duration));
     this.showDuration();
-    for (const name of NUMBER_FIELDS) {
-      this.inputs[name].value = job[name] === null || job[name] === undefined ? '' : String(job[name]);
+    // Settings equal to the defaults stay empty, so what was changed stands out.
+    for (const name of SAMPLING_FIELDS) {
+      const value = job[name];
+      this.inputs[name].value = value === null || value === undefined || value === this.defaults[name] ? '' : String(value);
     }
-    const custom = NUMBER_FIELDS.some((name) => name !== 'seed' && this.inputs[name].value !== ADVANCED_DEFAULTS[name]);
-    if (custom) this.advanced.open = true;
+    this.inputs.seed.value = job.seed === null || job.seed === undefined ? '' : String(job.seed);
+    if (SAMPLING_FIELDS.some((name) => this.inputs[name].value !== '')) this.advanced.open = true;
     this.form.scrollIntoView({ behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth', block: 'start' });
     this.inputs.prompt.focus({ preventScroll: true });
     this.announce('The form now holds that track’s prompt and settings. Press Generate to make it again.');
