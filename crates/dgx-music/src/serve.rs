@@ -1,6 +1,67 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `dgx-music serve`: settings from flags or the environment, then the server crate runs.
 
-pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`serve` is being written")
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use musicgen::{DType, DeviceSpec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on; 0.0.0.0 exposes the server to the network.
+    #[arg(long, env = "DGX_MUSIC_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (the log says which).
+    #[arg(long, env = "DGX_MUSIC_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Directory for the job database and the audio files [default: the platform's data
+    /// directory + dgx-music, e.g. ~/.local/share/dgx-music].
+    #[arg(long, env = "DGX_MUSIC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Hugging Face hub id or local checkpoint directory.
+    #[arg(long, env = "DGX_MUSIC_MODEL", default_value = "facebook/musicgen-small")]
+    model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "DGX_MUSIC_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
+    /// Decoder precision: f32, f16 or bf16.
+    #[arg(long, env = "DGX_MUSIC_DTYPE", default_value = "f32")]
+    dtype: DType,
+    /// Queued jobs beyond which new requests get 429 Too Many Requests.
+    #[arg(long, env = "DGX_MUSIC_MAX_QUEUE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Queued jobs of equal duration generated together in one engine batch.
+    #[arg(long, env = "DGX_MUSIC_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_batch: u32,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    dirs::data_dir()
+        .map(|dir| dir.join("dgx-music"))
+        .ok_or_else(|| anyhow::anyhow!("this system has no data directory for the current user; pass --data-dir DIR"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Another subcommand path may already have installed a subscriber; keep it then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    dgx_music_server::run(dgx_music_server::ServerConfig {
+        host: args.host,
+        port: args.port,
+        data_dir,
+        model: args.model,
+        device: args.device,
+        dtype: args.dtype,
+        max_queue: args.max_queue as usize,
+        max_batch: args.max_batch as usize,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,160 @@
-//! DGX Music server: HTTP API, job queue, history, web page.
+//! DGX Music server: the REST API under `/api/v1`, a persistent SQLite job queue with the
+//! generation history, audio storage, progress events and the web page.
+//!
+//! [`run`] is `dgx-music serve`: it opens the stores in the data directory, requeues jobs a
+//! crash interrupted, loads the model on the worker thread, listens, and on SIGTERM/Ctrl-C
+//! stops accepting, lets the running step finish, requeues its jobs and exits.
+
+mod api;
+mod error;
+mod events;
+pub mod job;
+mod metrics;
+pub mod request;
+mod state;
+pub mod store;
+pub mod web;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use musicgen::{DType, DeviceSpec, LoadOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use api::{router, ApiDoc};
+pub use error::{ApiError, ServerError};
+pub use state::{AppState, Shared};
+
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::store::{AudioStore, JobStore, LocalAudioStore, SqliteJobStore};
+
+/// Everything `dgx-music serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Holds `dgx-music.db` and `audio/`.
+    pub data_dir: PathBuf,
+    /// Hub id or checkpoint directory.
+    pub model: String,
+    pub device: DeviceSpec,
+    pub dtype: DType,
+    /// Queued jobs beyond which `POST /generate` answers 429.
+    pub max_queue: usize,
+    /// Jobs of equal duration generated together.
+    pub max_batch: usize,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: ServerConfig) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
+    let sqlite = Arc::new(SqliteJobStore::open(&data_dir.join("dgx-music.db")).await?);
+    let requeued = sqlite.requeue_all_running().await?;
+    if requeued > 0 {
+        tracing::info!("{requeued} job(s) interrupted by the last shutdown or crash are queued again");
+    }
+    let jobs: Arc<dyn JobStore> = sqlite.clone();
+    let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("audio"))?);
+    let events = Events::default();
+    let metrics = Arc::new(Metrics::default());
+
+    tracing::info!("loading model {} on {} ({})", config.model, config.device, config.dtype);
+    let spawned = worker::spawn(
+        config.model.clone(),
+        LoadOptions { device: config.device, dtype: config.dtype },
+        worker::WorkerContext {
+            jobs: jobs.clone(),
+            audio: audio.clone(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+            max_batch: config.max_batch.max(1),
+            runtime: tokio::runtime::Handle::current(),
+        },
+    )?;
+    let model = spawned
+        .loaded
+        .await
+        .map_err(|_| ServerError::WorkerDied)?
+        .map_err(|source| ServerError::Model { model: config.model.clone(), source })?;
+    tracing::info!(
+        "model {} loaded on {} ({}): {} Hz, {} channel(s), {} codebooks",
+        model.source,
+        model.device,
+        model.dtype,
+        model.sample_rate,
+        model.audio_channels,
+        model.num_codebooks
+    );
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr()?;
+    tracing::info!("data in {}", data_dir.display());
+    tracing::info!("listening on http://{local} (API at http://{local}/api/v1)");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = spawned.handle.clone();
+    let state = AppState::new(Shared {
+        jobs,
+        audio,
+        model,
+        max_queue: config.max_queue,
+        events,
+        metrics,
+        worker: worker.clone(),
+        shutdown: shutdown_rx,
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new jobs; the running step finishes and its jobs are requeued");
+            worker.stop();
+            let _ = shutdown_tx.send(true);
+        })
+        .await?;
+
+    spawned.handle.stop();
+    let thread = spawned.thread;
+    if tokio::task::spawn_blocking(move || thread.join()).await.map_or(true, |joined| joined.is_err()) {
+        tracing::error!("the worker thread panicked while stopping");
+    }
+    sqlite.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,189 @@
+//! Starting, stopping and talking to a real `dgx-music serve` process.
+
+use std::io::{BufRead, BufReader, Cursor};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Seconds of audio for a job that must still be running while a test acts on it.
+pub const LONG_DURATION: f64 = 60.0;
+const WAIT: Duration = Duration::from_secs(600);
+
+pub fn fixture() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../musicgen/tests/fixtures/tiny-mono/checkpoint");
+    dir.canonicalize().unwrap_or_else(|e| panic!("fixture {}: {e}", dir.display())).display().to_string()
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--model", &fixture()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dgx-music serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = port_tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(300)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("the server did not start:\n{}", log.lock().unwrap().join("\n")));
+        let addr: SocketAddr = addr.parse().unwrap();
+        Server { child: Some(child), addr, base: format!("http://{addr}"), data_dir: data_dir.to_path_buf(), log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Posts a generation and returns its id.
+    pub async fn submit(&self, body: Value) -> String {
+        let response = reqwest::Client::new().post(self.url("/api/v1/generate")).json(&body).send().await.unwrap();
+        let status = response.status();
+        let job: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "{body} -> {job}");
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let client = reqwest::Client::new();
+        let result = tokio::time::timeout(WAIT, poll(&client, &self.base, id, done, WAIT)).await;
+        result.unwrap_or_else(|_| panic!("job {id} timed out; log:\n{}", self.log()))
+    }
+
+    /// Every job event of a job's SSE stream, until the server ends it.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let mut response = reqwest::get(self.url(&format!("/api/v1/jobs/{id}/events"))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let mut text = String::new();
+        let deadline = Instant::now() + WAIT;
+        while let Some(chunk) = tokio::time::timeout_at(deadline.into(), response.chunk()).await.expect("SSE timed out").unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        text.split("\n\n")
+            .filter(|block| block.lines().any(|l| l == "event: job"))
+            .map(|block| {
+                let data: String = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                serde_json::from_str(&data).unwrap()
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let terminated = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(terminated.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server ignored SIGTERM; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn poll(client: &reqwest::Client, base: &str, id: &str, done: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job: Value = client.get(format!("{base}/api/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if done(&job) {
+            return job;
+        }
+        let status = job["status"].as_str().unwrap_or_default();
+        assert!(!["completed", "failed", "cancelled"].contains(&status), "job ended unexpectedly: {job}");
+        assert!(Instant::now() < deadline, "job {id} never got there: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the status and the fixed error JSON; `needle` must appear in the message.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str, field: Option<&str>, needle: &str) {
+    let url = response.url().to_string();
+    assert_eq!(response.status().as_u16(), status, "{url}");
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{url}");
+    let body: Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{url}: {body}");
+    assert_eq!(error["field"].as_str(), field, "{url}: {body}");
+    assert!(error["message"].as_str().unwrap().contains(needle), "{url}: {needle:?} not in {body}");
+}
+
+/// A request sent byte for byte, for targets an HTTP client would normalise.
+pub async fn raw_request(addr: SocketAddr, method: &str, target: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Names of the files in the audio directory, sorted.
+pub fn audio_files(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("audio"))
+        .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn wav_pcm(bytes: &[u8]) -> (hound::WavSpec, Vec<i16>) {
+    let reader = hound::WavReader::new(Cursor::new(bytes)).expect("a valid WAV file");
+    let spec = reader.spec();
+    let samples = reader.into_samples::<i16>().collect::<Result<Vec<_>, _>>().expect("complete samples");
+    (spec, samples)
+}

@@ -1,0 +1,314 @@
+//! Job endpoints: submit, read, list, cancel/delete, audio, progress events.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::job::{job_path, Job, JobStatus, JobView};
+use crate::request::{parse_generate, GenerateBody};
+use crate::state::AppState;
+
+/// Largest accepted request body; a maximal prompt is 2000 characters (at most 8000 bytes).
+pub const BODY_LIMIT: usize = 64 * 1024;
+const DEFAULT_LIMIT: u64 = 20;
+const MAX_LIMIT: u64 = 100;
+
+/// A job id from the path, parsed as a UUID: the only form in which an id reaches the stores.
+pub struct JobId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("no job at this path; job ids are UUIDs".into()))?
+            .0;
+        Uuid::try_parse(&raw).map(JobId).map_err(|_| {
+            let shown: String = raw.chars().take(64).collect();
+            ApiError::NotFound(format!(
+                "no job with id {shown:?}: job ids are UUIDs like 0b6f6c2e-8f0e-4a51-9d7c-2f1f6f0c3a10"
+            ))
+        })
+    }
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no job with id {id}; it never existed or was deleted"))
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
+    state.jobs.get(id).await?.ok_or_else(|| not_found(id))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Queue a generation.
+#[utoipa::path(
+    post, path = "/api/v1/generate", tag = "jobs",
+    request_body = GenerateBody,
+    responses(
+        (status = 202, description = "Queued", body = JobView,
+            headers(("Location" = String, description = "URL of the job"))),
+        (status = 400, description = "Malformed JSON or a parameter out of range", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Queue full", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
+pub async fn generate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if *state.shutdown.borrow() {
+        return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
+    }
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as JSON with the header Content-Type: application/json".into(),
+        ));
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "the body is over {} KiB; a request needs only a prompt (at most 2000 characters) and parameters",
+                BODY_LIMIT / 1024
+            ))
+        } else {
+            ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(None, format!("malformed JSON: {e}")))?;
+    // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
+    let random_seed = Uuid::new_v4().as_u64_pair().0;
+    let params = parse_generate(&value, state.model.vocab_size, random_seed)?;
+    let job = Job::new(params, state.model.source.clone(), Utc::now());
+    if !state.jobs.enqueue(&job, state.max_queue).await? {
+        return Err(ApiError::QueueFull { max_queue: state.max_queue, retry_after_secs: state.metrics.retry_after_secs() });
+    }
+    state.worker.wake();
+    state.events.changed(job.id);
+    let job = state.jobs.get(job.id).await?.unwrap_or(job);
+    let location = job_path(job.id, "");
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view())).into_response())
+}
+
+/// Query of `GET /jobs`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
+    status: Option<String>,
+    /// Page size, 1..=100 (default 20).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// Jobs to skip, newest first (default 0).
+    #[param(value_type = Option<u64>, minimum = 0)]
+    offset: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobView>,
+    /// Jobs matching the filter, all pages together.
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+fn parse_count(value: Option<&str>, field: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
+    let Some(text) = value else { return Ok(default) };
+    let shown: String = text.chars().take(40).collect();
+    match text.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(
+            Some(field),
+            format!("{field} {shown:?} must be an integer within {}..={}", range.start(), range.end()),
+        )),
+    }
+}
+
+/// The history, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/jobs", tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "Bad status, limit or offset", body = ErrorBody),
+    )
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(None, format!("bad query string: {}", e.body_text())))?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<JobStatus>().map_err(|m| ApiError::invalid(Some("status"), format!("status {m}")))?),
+    };
+    let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
+    let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
+    let page = state.jobs.list(status, limit, offset).await?;
+    Ok(Json(JobList { jobs: page.jobs.iter().map(Job::view).collect(), total: page.total, limit, offset }))
+}
+
+/// One job.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(load(&state, id).await?.view()))
+}
+
+/// Cancel a queued or running job, or delete a finished one and its audio.
+#[utoipa::path(
+    delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    responses(
+        (status = 200, description = "The job was queued or running and is now cancelled", body = JobView),
+        (status = 204, description = "The finished job and its audio were deleted"),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Result<Response, ApiError> {
+    let job = load(&state, id).await?;
+    if !job.status.is_terminal() {
+        let job = state.jobs.cancel(id, Utc::now()).await?.ok_or_else(|| not_found(id))?;
+        if job.status == JobStatus::Cancelled {
+            state.worker.cancelled(id);
+            tracing::info!("job {id} cancelled");
+        }
+        state.events.changed(id);
+        return Ok(Json(job.view()).into_response());
+    }
+    if !state.jobs.delete_finished(id).await? {
+        return Err(not_found(id));
+    }
+    // The record goes first: an orphaned file is harmless, a record without its file is not.
+    state.audio.delete(id).await?;
+    state.events.changed(id);
+    tracing::info!("job {id} deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The WAV of a completed job; supports Range requests.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}/audio", tag = "jobs",
+    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    responses(
+        (status = 200, description = "16-bit PCM WAV", content_type = "audio/wav"),
+        (status = 206, description = "The requested byte range", content_type = "audio/wav"),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 409, description = "The job is not completed", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable"),
+    )
+)]
+pub async fn get_audio(State(state): State<AppState>, JobId(id): JobId, request: Request) -> Result<Response, ApiError> {
+    let job = load(&state, id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}; its audio exists once the status is completed",
+            job.status
+        )));
+    }
+    let (parts, _) = request.into_parts();
+    let request = Request::from_parts(parts, Body::empty());
+    state.audio.serve(id, request).await?.ok_or_else(|| ApiError::NotFound(format!("the audio of job {id} was deleted")))
+}
+
+enum EventsState {
+    Start(Job),
+    Watching { last: String, status: JobStatus },
+    Done,
+}
+
+/// Server-Sent Events: `event: job` with the job JSON on every change (progress at most
+/// ~10 per second), ending after a terminal status.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    responses(
+        (status = 200, description = "text/event-stream of `job` events, each carrying the job JSON", content_type = "text/event-stream"),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn job_events(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before the first read, so that no change between the two is missed.
+    let receiver = state.events.subscribe();
+    let job = load(&state, id).await?;
+    let stream = futures_util::stream::unfold(
+        (EventsState::Start(job), receiver, state.shutdown.clone(), state),
+        move |(phase, mut receiver, mut shutdown, state)| async move {
+            let job = match phase {
+                EventsState::Done => return None,
+                EventsState::Start(job) => job,
+                EventsState::Watching { last, status } => loop {
+                    let reread = tokio::select! {
+                        received = receiver.recv() => match received {
+                            // Queue positions move when any job starts or leaves the queue.
+                            Ok(changed) => changed == id || status == JobStatus::Queued,
+                            Err(RecvError::Lagged(_)) => true,
+                            Err(RecvError::Closed) => return None,
+                        },
+                        _ = shutdown.wait_for(|stopping| *stopping) => return None,
+                    };
+                    if !reread {
+                        continue;
+                    }
+                    match state.jobs.get(id).await {
+                        Ok(Some(job)) if serde_json::to_string(&job.view()).ok().as_ref() != Some(&last) => break job,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return None,
+                        Err(err) => {
+                            tracing::warn!("event stream of job {id} ends: {err}");
+                            return None;
+                        }
+                    }
+                },
+            };
+            let json = serde_json::to_string(&job.view()).unwrap_or_default();
+            let event = Event::default().event("job").data(json.clone());
+            let next = if job.status.is_terminal() {
+                EventsState::Done
+            } else {
+                EventsState::Watching { last: json, status: job.status }
+            };
+            Some((Ok(event), (next, receiver, shutdown, state)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

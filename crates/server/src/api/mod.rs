@@ -1,0 +1,76 @@
+//! The HTTP surface: `/api/v1/...`, `/metrics`, and the web page's routes merged in.
+
+mod jobs;
+mod system;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub use jobs::BODY_LIMIT;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "DGX Music API",
+        description = "Text-to-music generation with MusicGen: queue jobs, follow their progress, fetch the WAV."
+    ),
+    paths(
+        jobs::generate,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::delete_job,
+        jobs::get_audio,
+        jobs::job_events,
+        system::health,
+        system::models,
+        system::metrics,
+        system::openapi_json,
+    ),
+    tags(
+        (name = "jobs", description = "Generation jobs and their audio"),
+        (name = "service", description = "Health, models, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The whole application: API, metrics, the web page, and JSON errors for everything else.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/generate", post(jobs::generate))
+        .route("/jobs", get(jobs::list_jobs))
+        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
+        .route("/jobs/{id}/audio", get(jobs::get_audio))
+        .route("/jobs/{id}/events", get(jobs::job_events))
+        .route("/health", get(system::health))
+        .route("/models", get(system::models))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi_json))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        // Where Prometheus looks by default, besides the documented /api/v1/metrics.
+        .route("/metrics", get(system::metrics))
+        .merge(crate::web::router())
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no endpoint {method} {}; the API is described at /api/v1/openapi.json", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; the API is described at /api/v1/openapi.json",
+        uri.path()
+    ))
+}

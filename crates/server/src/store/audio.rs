@@ -1,0 +1,194 @@
+//! [`AudioStore`] in a local directory: `<dir>/<uuid>.wav`.
+//!
+//! File names are built only from parsed [`Uuid`]s, so no client string ever becomes a path.
+//! A track is written to `<uuid>.wav.tmp`, synced, then renamed: the final name only ever
+//! names a complete file, and leftovers of a crash are removed when the store opens.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Request};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tower_http::services::ServeFile;
+use uuid::Uuid;
+
+use super::{AudioStore, StoreError, StoreResult};
+
+const TMP_SUFFIX: &str = ".wav.tmp";
+
+pub struct LocalAudioStore {
+    dir: PathBuf,
+}
+
+impl LocalAudioStore {
+    /// Creates the directory if needed and removes partial files a crash left behind.
+    pub fn open(dir: impl Into<PathBuf>) -> StoreResult<Self> {
+        let dir = dir.into();
+        let io_err = |source| StoreError::AudioIo { path: dir.clone(), source };
+        fs::create_dir_all(&dir).map_err(io_err)?;
+        for entry in fs::read_dir(&dir).map_err(io_err)? {
+            let path = entry.map_err(io_err)?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TMP_SUFFIX)) {
+                tracing::info!("removing partial audio file {} left by an interrupted run", path.display());
+                fs::remove_file(&path).map_err(|source| StoreError::AudioIo { path: path.clone(), source })?;
+            }
+        }
+        Ok(LocalAudioStore { dir })
+    }
+
+    pub fn path_of(&self, id: Uuid) -> PathBuf {
+        self.dir.join(format!("{}.wav", id.hyphenated()))
+    }
+
+    fn tmp_path_of(&self, id: Uuid) -> PathBuf {
+        self.dir.join(format!("{}{TMP_SUFFIX}", id.hyphenated()))
+    }
+}
+
+/// 16-bit PCM, interleaved, samples clamped to [-1, 1].
+fn write_wav(path: &Path, audio: &musicgen::Audio) -> StoreResult<()> {
+    let encoding = |e: hound::Error| StoreError::AudioEncoding(format!("{}: {e}", path.display()));
+    let channels = audio.channels.len();
+    if channels == 0 || channels > u16::MAX as usize {
+        return Err(StoreError::AudioEncoding(format!("the engine returned {channels} channels")));
+    }
+    let spec = hound::WavSpec {
+        channels: channels as u16,
+        sample_rate: audio.sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let file = fs::File::create(path).map_err(|source| StoreError::AudioIo { path: path.into(), source })?;
+    let mut writer = hound::WavWriter::new(io::BufWriter::new(file), spec).map_err(encoding)?;
+    let frames = audio.channels.iter().map(Vec::len).min().unwrap_or(0);
+    for i in 0..frames {
+        for channel in &audio.channels {
+            let sample = (channel[i].clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16;
+            writer.write_sample(sample).map_err(encoding)?;
+        }
+    }
+    writer.finalize().map_err(encoding)
+}
+
+impl AudioStore for LocalAudioStore {
+    fn put(&self, id: Uuid, audio: &musicgen::Audio) -> StoreResult<()> {
+        let tmp = self.tmp_path_of(id);
+        let done = self.path_of(id);
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::AudioIo { path, source }
+        };
+        if let Err(err) = write_wav(&tmp, audio) {
+            // Best effort: a leftover is also removed at the next start.
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &done).map_err(io_err(&done))?;
+        // Make the rename itself durable before the database says the job is complete.
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+
+    fn serve(&self, id: Uuid, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>> {
+        let path = self.path_of(id);
+        async move {
+            match tokio::fs::metadata(&path).await {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => return Ok(None),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(StoreError::AudioIo { path, source }),
+            }
+            let response = ServeFile::new(&path)
+                .try_call(request)
+                .await
+                .map_err(|source| StoreError::AudioIo { path: path.clone(), source })?;
+            let mut response = response.map(Body::new);
+            let disposition = format!("inline; filename=\"dgx-music-{id}.wav\"");
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+            }
+            Ok(Some(response))
+        }
+        .boxed()
+    }
+
+    fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>> {
+        let path = self.path_of(id);
+        async move {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::AudioIo { path, source }),
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    fn tone() -> musicgen::Audio {
+        let left: Vec<f32> = (0..3200).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        let right: Vec<f32> = left.iter().map(|s| -s * 2.5).collect();
+        musicgen::Audio { sample_rate: 32000, channels: vec![left, right] }
+    }
+
+    #[tokio::test]
+    async fn put_writes_a_complete_wav_and_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store.put(id, &tone()).unwrap();
+        let reader = hound::WavReader::open(store.path_of(id)).unwrap();
+        assert_eq!((reader.spec().channels, reader.spec().sample_rate, reader.len()), (2, 32000, 6400));
+        let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
+        let audio = tone();
+        let pcm = |x: f32| (x.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+        for frame in [0, 1, 31, 3199] {
+            assert_eq!(samples[2 * frame], pcm(audio.channels[0][frame]), "left, frame {frame}");
+            assert_eq!(samples[2 * frame + 1], pcm(audio.channels[1][frame]), "right, frame {frame}");
+        }
+        assert!(samples.iter().skip(1).step_by(2).any(|s| *s == -i16::MAX), "clipped samples are clamped");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(format!("{id}.wav"))]);
+    }
+
+    #[tokio::test]
+    async fn opening_removes_partial_files_but_keeps_complete_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        LocalAudioStore::open(dir.path()).unwrap().put(id, &tone()).unwrap();
+        let partial = dir.path().join(format!("{}{TMP_SUFFIX}", Uuid::new_v4()));
+        fs::write(&partial, b"RIFF").unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        assert!(!partial.exists());
+        assert!(store.path_of(id).exists());
+    }
+
+    #[tokio::test]
+    async fn serve_answers_ranges_and_none_for_missing_audio() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
+        store.put(id, &tone()).unwrap();
+        let request = Request::builder().header(header::RANGE, "bytes=0-3").body(Body::empty()).unwrap();
+        let response = store.serve(id, request).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "audio/wav");
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"RIFF");
+        store.delete(id).await.unwrap();
+        store.delete(id).await.unwrap();
+        assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
+    }
+}

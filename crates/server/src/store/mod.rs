@@ -1,0 +1,107 @@
+//! Persistence behind two traits, so that a multi-machine deployment can add PostgreSQL and an
+//! object store as new implementations without touching the API or the worker:
+//! - [`JobStore`]: the queue and the history (SQLite now: [`SqliteJobStore`]).
+//! - [`AudioStore`]: the generated WAV files (a local directory now: [`LocalAudioStore`]).
+//!
+//! Methods return boxed futures so that both traits are object safe (`Arc<dyn JobStore>`).
+
+mod audio;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+pub use audio::LocalAudioStore;
+pub use sqlite::SqliteJobStore;
+
+use crate::job::{Job, JobStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("database migration: {0}")]
+    Migration(String),
+    #[error("stored job {id} is unreadable: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("audio file {path}: {source}")]
+    AudioIo { path: std::path::PathBuf, source: std::io::Error },
+    #[error("audio encoding: {0}")]
+    AudioEncoding(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub total: u64,
+}
+
+/// How a running job ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed { audio_duration: f64, generation_time: f64 },
+    Failed { error: String },
+}
+
+/// The queue and the history of jobs. Every state change is one atomic conditional update, so
+/// the API (cancel) and the worker (claim, finish) never overwrite each other's decisions:
+/// a job leaves a terminal status only by deletion.
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts a queued job unless `max_queue` jobs are already queued; `false` means full.
+    fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// The job with its queue position, if it exists.
+    fn get(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Job>>>;
+
+    /// Newest first, optionally of one status.
+    fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>>;
+
+    /// Marks the oldest queued job and up to `max_batch - 1` later queued jobs with the same
+    /// model and duration as running, oldest first.
+    fn claim_batch(&self, max_batch: usize, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Vec<Job>>>;
+
+    /// Updates the progress of a job that is still running.
+    fn set_progress(&self, id: Uuid, progress: f64) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Ends a running job; `false` when it was no longer running (cancelled meanwhile).
+    fn finish(&self, id: Uuid, outcome: Outcome, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Cancels a queued or running job; returns the job after the attempt, or `None` if unknown.
+    fn cancel(&self, id: Uuid, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Option<Job>>>;
+
+    /// Puts a running job back in the queue (shutdown, crash recovery); `false` if not running.
+    fn requeue(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Puts every running job back in the queue: after a crash nothing runs at start.
+    fn requeue_all_running(&self) -> BoxFuture<'_, StoreResult<u64>>;
+
+    /// Deletes a job in a terminal status; `false` if it is not (or does not exist).
+    fn delete_finished(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Number of jobs per status (every status present, zero included).
+    fn count_by_status(&self) -> BoxFuture<'_, StoreResult<HashMap<JobStatus, u64>>>;
+}
+
+/// Where the audio of completed jobs lives. A file becomes visible to `serve` only once it is
+/// complete: `put` writes under a temporary name and renames.
+pub trait AudioStore: Send + Sync + 'static {
+    /// Encodes and stores the track of a job, replacing any previous one. Blocking: called
+    /// from the worker thread.
+    fn put(&self, id: Uuid, audio: &musicgen::Audio) -> StoreResult<()>;
+
+    /// Answers an HTTP request for the WAV of a job (Range requests included);
+    /// `None` when there is no audio for it.
+    fn serve(&self, id: Uuid, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>>;
+
+    /// Removes the audio of a job; absent audio is not an error.
+    fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>>;
+}

@@ -1,0 +1,290 @@
+//! The one thread that owns the model. It claims batches of compatible jobs from the store,
+//! runs the (blocking) engine on them and records the outcome; the async runtime only talks to
+//! it through the store, a wake-up [`Notify`] and the registry of the running batch.
+//!
+//! Cancellation: the API marks a job cancelled in the store first, then tells the registry; the
+//! worker registers a batch first, then re-reads its jobs' statuses. Whichever comes second sees
+//! the other, so no cancellation is lost. The engine's token is set only when every job of the
+//! batch is cancelled (or at shutdown), since the other jobs' results are still wanted.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use musicgen::{CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+use crate::events::Events;
+use crate::job::{Job, JobStatus};
+use crate::metrics::Metrics;
+use crate::store::{AudioStore, JobStore, Outcome};
+
+/// Progress is written and announced at most this often (the SSE contract is ~10 events/s).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How long an idle worker sleeps before looking at the queue again without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+struct RunningBatch {
+    ids: Vec<Uuid>,
+    cancelled: HashSet<Uuid>,
+    token: CancelToken,
+}
+
+impl RunningBatch {
+    fn cancel(&mut self, id: Uuid) {
+        if self.ids.contains(&id) {
+            self.cancelled.insert(id);
+            if self.cancelled.len() == self.ids.len() {
+                self.token.cancel();
+            }
+        }
+    }
+}
+
+/// The API's side of the worker.
+#[derive(Clone, Default)]
+pub struct WorkerHandle {
+    wake: Arc<Notify>,
+    running: Arc<Mutex<Option<RunningBatch>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl WorkerHandle {
+    fn registry(&self) -> MutexGuard<'_, Option<RunningBatch>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A job was queued: look at the queue now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The store says `id` is cancelled; stop the engine if its whole batch now is.
+    pub fn cancelled(&self, id: Uuid) {
+        if let Some(batch) = self.registry().as_mut() {
+            batch.cancel(id);
+        }
+    }
+
+    /// Shutdown: the running step finishes, the batch's jobs go back to the queue, the thread ends.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(batch) = self.registry().as_ref() {
+            batch.token.cancel();
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// What the worker needs besides the model.
+pub struct WorkerContext {
+    pub jobs: Arc<dyn JobStore>,
+    pub audio: Arc<dyn AudioStore>,
+    pub events: Events,
+    pub metrics: Arc<Metrics>,
+    pub max_batch: usize,
+    pub runtime: Handle,
+}
+
+pub struct SpawnedWorker {
+    pub handle: WorkerHandle,
+    /// The loaded model's description, or why it could not be loaded.
+    pub loaded: oneshot::Receiver<musicgen::Result<ModelInfo>>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the worker thread; it loads the model first and reports through `loaded`.
+pub fn spawn(model: String, options: LoadOptions, context: WorkerContext) -> std::io::Result<SpawnedWorker> {
+    let handle = WorkerHandle::default();
+    let (loaded_tx, loaded) = oneshot::channel();
+    let worker = Worker { handle: handle.clone(), context };
+    let thread = std::thread::Builder::new().name("dgx-music-worker".into()).spawn(move || {
+        let engine = match MusicGen::load(&model, &options) {
+            Ok(engine) => engine,
+            Err(err) => {
+                let _ = loaded_tx.send(Err(err));
+                return;
+            }
+        };
+        if loaded_tx.send(Ok(engine.info().clone())).is_err() {
+            return;
+        }
+        worker.run(&engine);
+    })?;
+    Ok(SpawnedWorker { handle, loaded, thread })
+}
+
+struct Worker {
+    handle: WorkerHandle,
+    context: WorkerContext,
+}
+
+impl Worker {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.context.runtime.block_on(future)
+    }
+
+    fn run(&self, engine: &MusicGen) {
+        while !self.handle.is_stopping() {
+            match self.block_on(self.context.jobs.claim_batch(self.context.max_batch, Utc::now())) {
+                Ok(batch) if batch.is_empty() => {
+                    let wake = self.handle.wake.clone();
+                    self.block_on(async move {
+                        let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
+                    });
+                }
+                Ok(batch) => self.run_batch(engine, batch),
+                Err(err) => {
+                    tracing::error!("cannot read the queue: {err}; retrying in {} s", IDLE_POLL.as_secs());
+                    std::thread::sleep(IDLE_POLL);
+                }
+            }
+        }
+    }
+
+    fn run_batch(&self, engine: &MusicGen, batch: Vec<Job>) {
+        let ctx = &self.context;
+        let ids: Vec<Uuid> = batch.iter().map(|job| job.id).collect();
+        let token = CancelToken::default();
+        *self.handle.registry() =
+            Some(RunningBatch { ids: ids.clone(), cancelled: HashSet::new(), token: token.clone() });
+        if self.handle.is_stopping() {
+            token.cancel();
+        }
+        for &id in &ids {
+            match self.block_on(ctx.jobs.get(id)) {
+                Ok(Some(job)) if job.status == JobStatus::Running => {}
+                Ok(_) => self.handle.cancelled(id),
+                Err(err) => tracing::warn!("cannot re-read job {id}: {err}"),
+            }
+            ctx.events.changed(id);
+        }
+        tracing::info!(
+            jobs = ids.len(),
+            duration = batch[0].params.duration,
+            "generating a batch of {} job(s): {}",
+            ids.len(),
+            ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+        );
+
+        let request = GenerationRequest {
+            items: batch.iter().map(|job| job.params.to_item()).collect(),
+            duration_secs: batch[0].params.duration,
+        };
+        let started = Instant::now();
+        let mut last_report: Option<Instant> = None;
+        let mut on_progress = |progress: &Progress| {
+            let done = progress.step >= progress.total_steps;
+            if !done && last_report.is_some_and(|t| t.elapsed() < PROGRESS_INTERVAL) {
+                return;
+            }
+            last_report = Some(Instant::now());
+            for id in self.live_ids() {
+                if let Err(err) = self.block_on(ctx.jobs.set_progress(id, progress.fraction())) {
+                    tracing::warn!("cannot record progress of job {id}: {err}");
+                }
+                ctx.events.changed(id);
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| engine.generate(&request, &mut on_progress, &token)));
+        let took = started.elapsed().as_secs_f64();
+
+        match result {
+            Ok(Ok(tracks)) if tracks.len() == batch.len() => self.deliver(&ids, tracks, took),
+            Ok(Ok(tracks)) => {
+                let error = format!("the engine returned {} tracks for {} prompts", tracks.len(), batch.len());
+                self.fail_all(&ids, &error);
+            }
+            Ok(Err(musicgen::Error::Cancelled)) if self.handle.is_stopping() => self.requeue_all(&ids),
+            Ok(Err(musicgen::Error::Cancelled)) => {
+                tracing::info!("batch cancelled after {took:.1} s");
+            }
+            Ok(Err(err)) => self.fail_all(&ids, &err.to_string()),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                self.fail_all(&ids, &format!("the engine crashed: {message}"));
+            }
+        }
+        *self.handle.registry() = None;
+        for &id in &ids {
+            ctx.events.changed(id);
+        }
+    }
+
+    /// Jobs of the running batch that nobody cancelled.
+    fn live_ids(&self) -> Vec<Uuid> {
+        match self.handle.registry().as_ref() {
+            Some(batch) => batch.ids.iter().copied().filter(|id| !batch.cancelled.contains(id)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn deliver(&self, ids: &[Uuid], tracks: Vec<musicgen::Audio>, took: f64) {
+        let ctx = &self.context;
+        let live = self.live_ids();
+        let mut completed = 0;
+        let mut audio_seconds = 0.0;
+        for (&id, track) in ids.iter().zip(&tracks) {
+            if !live.contains(&id) {
+                continue;
+            }
+            let audio_duration = track.duration_secs();
+            // The file is complete (renamed) before the store says so: a completed job always has audio.
+            let outcome = match ctx.audio.put(id, track) {
+                Ok(()) => Outcome::Completed { audio_duration, generation_time: took },
+                Err(err) => Outcome::Failed { error: format!("cannot store the audio: {err}") },
+            };
+            let is_completed = matches!(outcome, Outcome::Completed { .. });
+            match self.block_on(ctx.jobs.finish(id, outcome, Utc::now())) {
+                Ok(true) if is_completed => {
+                    completed += 1;
+                    audio_seconds += audio_duration;
+                }
+                Ok(true) => {}
+                Ok(false) => {
+                    // Cancelled while the file was being written: nobody may see that audio.
+                    if let Err(err) = self.block_on(ctx.audio.delete(id)) {
+                        tracing::warn!("cannot remove the audio of cancelled job {id}: {err}");
+                    }
+                }
+                Err(err) => tracing::error!("cannot record the end of job {id}: {err}"),
+            }
+        }
+        ctx.metrics.record_batch(took, completed, audio_seconds);
+        tracing::info!("batch done in {took:.2} s: {completed} of {} job(s) completed", ids.len());
+    }
+
+    fn fail_all(&self, ids: &[Uuid], error: &str) {
+        tracing::error!("batch failed: {error}");
+        for &id in ids {
+            let outcome = Outcome::Failed { error: error.to_string() };
+            if let Err(err) = self.block_on(self.context.jobs.finish(id, outcome, Utc::now())) {
+                tracing::error!("cannot record the failure of job {id}: {err}");
+            }
+        }
+    }
+
+    fn requeue_all(&self, ids: &[Uuid]) {
+        for &id in ids {
+            match self.block_on(self.context.jobs.requeue(id)) {
+                Ok(true) => tracing::info!("job {id} goes back to the queue for the next start"),
+                Ok(false) => {}
+                Err(err) => tracing::error!("cannot requeue job {id}: {err}; it is requeued at the next start"),
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+// The JSON API under /api/v1, and the translation of its errors into words for people.
+
+export class ApiError extends Error {
+  constructor({ status, code, message, field = null, retryAfter = null }) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function request(method, path, body) {
+  const init = { method, headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new ApiError({
+      status: 0,
+      code: 'network',
+      message: "Can't reach the DGX Music server. Check that `dgx-music serve` is still running.",
+    });
+  }
+  if (response.status === 204) return null;
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = data?.error ?? {};
+    throw new ApiError({
+      status: response.status,
+      code: error.code ?? `http_${response.status}`,
+      message: error.message ?? `The server answered ${response.status} ${response.statusText}.`,
+      field: error.field ?? null,
+      retryAfter: response.headers.get('Retry-After'),
+    });
+  }
+  return data;
+}
+
+const jobPath = (id) => `/api/v1/jobs/${encodeURIComponent(id)}`;
+
+export const api = {
+  health: () => request('GET', '/api/v1/health'),
+  models: () => request('GET', '/api/v1/models'),
+  jobs: ({ limit, offset }) => request('GET', `/api/v1/jobs?limit=${limit}&offset=${offset}`),
+  generate: (params) => request('POST', '/api/v1/generate', params),
+  // 200 with the cancelled job while it was queued or running, 204 (null here) once deleted.
+  remove: (id) => request('DELETE', jobPath(id)),
+  eventsUrl: (id) => `${jobPath(id)}/events`,
+};
+
+const FIELD_LABELS = {
+  prompt: 'The description',
+  duration: 'The length',
+  top_k: 'Top-k',
+  top_p: 'Top-p',
+  temperature: 'Temperature',
+  cfg_coef: 'Prompt strength (CFG)',
+  seed: 'The seed',
+};
+
+// The API writes ranges the way programmers read them; people read "between 0 and 1".
+const REWRITES = [
+  [/is outside \[([^,\]]+), ([^\]]+)\]/g, 'is not between $1 and $2'],
+  [/is outside (-?[\d.]+)\.\.=(-?[\d.]+)/g, 'is not between $1 and $2'],
+  [/within \[([^,\]]+), ([^\]]+)\]/g, 'between $1 and $2'],
+  [/within (-?[\d.]+)\.\.=(-?[\d.]+)/g, 'between $1 and $2'],
+  [/(-?[\d.]+)\.\.=(-?[\d.]+)/g, '$1 to $2'],
+  [/must be > (-?[\d.]+)/g, 'must be more than $1'],
+  [/must be >= (-?[\d.]+)/g, 'must be $1 or more'],
+];
+
+function sentence(text) {
+  const trimmed = text.trim();
+  if (!trimmed) return trimmed;
+  const capital = trimmed[0].toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
+/** What to tell a person about `error`; the API's own message already names the value and the range. */
+export function plainWords(error) {
+  switch (error.code) {
+    case 'network':
+      return error.message;
+    case 'queue_full': {
+      const wait = Number.parseInt(error.retryAfter ?? '', 10);
+      const when = Number.isFinite(wait) ? `in ${wait} second${wait === 1 ? '' : 's'}` : 'in a moment';
+      return `The queue is full right now. Try again ${when}.`;
+    }
+    case 'payload_too_large':
+      return 'That request is too large. Shorten the description to at most 2000 characters.';
+    case 'not_found':
+      return 'That track no longer exists; it may have been deleted elsewhere.';
+    default:
+      break;
+  }
+  let message = REWRITES.reduce((text, [pattern, words]) => text.replace(pattern, words), error.message ?? '');
+  const label = FIELD_LABELS[error.field];
+  if (label && message.startsWith(`${error.field} `)) {
+    message = `${label}${message.slice(error.field.length)}`;
+  }
+  if (error.status >= 500) return `The server ran into a problem: ${sentence(message)}`;
+  return sentence(message);
+}

@@ -1,0 +1,378 @@
+// The live list of jobs: newest first, refreshed from GET /api/v1/jobs and kept current by one
+// Server-Sent Events stream per active job.
+
+import { api, plainWords } from './api.js';
+import { formatAgo, formatLength, formatSpeed, formatTook, slug } from './format.js';
+import { attachWaveform } from './waveform.js';
+
+const PAGE = 20;
+// Browsers allow six HTTP/1.1 connections per host; streams beyond four would starve the page's own
+// requests. Jobs without a stream are still refreshed by the periodic list request.
+const MAX_STREAMS = 4;
+const ACTIVE = new Set(['queued', 'running']);
+const STATUS_WORDS = {
+  queued: 'Waiting',
+  running: 'Making',
+  completed: 'Ready',
+  failed: 'Failed',
+  cancelled: 'Cancelled',
+};
+const CONFIRM_MS = 4000;
+
+const isActive = (job) => ACTIVE.has(job.status);
+const newerFirst = (a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? 1 : -1);
+
+function describeParams(job) {
+  const parts = [formatLength(job.duration)];
+  if (job.seed !== null && job.seed !== undefined) parts.push(`seed ${job.seed}`);
+  parts.push(`top-k ${job.top_k}`);
+  if (job.top_p > 0) parts.push(`top-p ${job.top_p}`);
+  parts.push(`temperature ${job.temperature}`, `CFG ${job.cfg_coef}`);
+  return parts.join(' · ');
+}
+
+function secondsSince(iso) {
+  const start = Date.parse(iso);
+  return Number.isFinite(start) ? Math.max(0, (Date.now() - start) / 1000) : null;
+}
+
+function describeState(job) {
+  const ago = formatAgo(job.finished_at ?? job.created_at);
+  switch (job.status) {
+    case 'queued':
+      return Number.isInteger(job.queue_position)
+        ? `Waiting in line: ${job.queue_position === 0 ? 'next up' : `${job.queue_position} ahead`}`
+        : 'Waiting in line';
+    case 'running': {
+      const percent = Math.floor(job.progress * 100);
+      const elapsed = secondsSince(job.started_at);
+      const parts = [`${percent}% done`];
+      if (elapsed !== null) {
+        parts.push(`${formatTook(elapsed)} so far`);
+        if (job.progress >= 0.05 && job.progress < 1) {
+          parts.push(`about ${formatTook((elapsed / job.progress) * (1 - job.progress))} left`);
+        }
+      }
+      return parts.join(' · ');
+    }
+    case 'completed': {
+      const parts = [`${formatLength(job.audio_duration ?? job.duration)} of audio`];
+      if (job.generation_time !== null && job.generation_time !== undefined) {
+        parts.push(`made in ${formatTook(job.generation_time)}`);
+      }
+      if (job.real_time_factor) parts.push(formatSpeed(job.real_time_factor));
+      parts.push(ago);
+      return parts.join(' · ');
+    }
+    case 'failed':
+      return `Failed · ${ago}`;
+    case 'cancelled':
+      return `Cancelled · ${ago}`;
+    default:
+      return job.status;
+  }
+}
+
+class JobCard {
+  constructor(template, job, handlers) {
+    this.el = template.content.firstElementChild.cloneNode(true);
+    this.el.dataset.id = job.id;
+    const $ = (selector) => this.el.querySelector(selector);
+    this.parts = {
+      badge: $('.badge'),
+      prompt: $('.job-prompt'),
+      params: $('.job-params'),
+      bar: $('.bar'),
+      fill: $('.bar-fill'),
+      state: $('.job-state'),
+      error: $('.job-error'),
+      player: $('.player'),
+      canvas: $('.waveform'),
+      audio: $('audio'),
+      download: $('.download'),
+      again: $('.again'),
+      cancel: $('.cancel'),
+      remove: $('.delete'),
+    };
+    this.actionError = null;
+    this.playerReady = false;
+    this.confirmTimer = 0;
+    this.parts.again.addEventListener('click', () => handlers.again(this.job));
+    this.parts.cancel.addEventListener('click', () => handlers.cancel(this));
+    this.parts.remove.addEventListener('click', () => {
+      if (this.parts.remove.dataset.confirm) {
+        this.disarmDelete();
+        handlers.remove(this);
+      } else {
+        this.armDelete();
+      }
+    });
+    this.update(job);
+  }
+
+  armDelete() {
+    const button = this.parts.remove;
+    button.dataset.confirm = 'true';
+    button.textContent = 'Delete for good?';
+    this.confirmTimer = setTimeout(() => this.disarmDelete(), CONFIRM_MS);
+  }
+
+  disarmDelete() {
+    clearTimeout(this.confirmTimer);
+    delete this.parts.remove.dataset.confirm;
+    this.parts.remove.textContent = 'Delete';
+  }
+
+  update(job) {
+    this.job = job;
+    this.updatedAt = performance.now();
+    const p = this.parts;
+    this.el.dataset.status = job.status;
+    p.badge.textContent = STATUS_WORDS[job.status] ?? job.status;
+    p.prompt.textContent = job.prompt;
+    p.prompt.title = job.prompt;
+    p.params.textContent = describeParams(job);
+    const percent = job.status === 'completed' ? 100 : Math.floor((job.progress ?? 0) * 100);
+    p.bar.setAttribute('aria-valuenow', String(percent));
+    p.bar.setAttribute('aria-valuetext', `${percent}%, ${STATUS_WORDS[job.status] ?? job.status}`);
+    p.bar.setAttribute('aria-label', `Progress of “${job.prompt.slice(0, 60)}”`);
+    p.fill.style.width = `${percent}%`;
+    p.state.textContent = describeState(job);
+    const error = job.error ?? this.actionError;
+    p.error.hidden = !error;
+    p.error.textContent = error ?? '';
+    p.cancel.hidden = !isActive(job);
+    p.remove.hidden = isActive(job);
+    p.download.hidden = job.status !== 'completed' || !job.audio_url;
+    p.again.setAttribute('aria-label', `Again: fill the form with the settings of “${job.prompt.slice(0, 60)}”`);
+    if (job.status === 'completed' && job.audio_url && !this.playerReady) this.showPlayer(job);
+  }
+
+  showPlayer(job) {
+    this.playerReady = true;
+    const p = this.parts;
+    p.audio.src = job.audio_url;
+    p.audio.setAttribute('aria-label', `Play “${job.prompt.slice(0, 60)}”`);
+    p.canvas.setAttribute('aria-label', `Waveform of “${job.prompt.slice(0, 60)}”; click to jump to that point`);
+    p.download.href = job.audio_url;
+    p.download.download = `${slug(job.prompt)}${job.seed !== null && job.seed !== undefined ? `-${job.seed}` : ''}.wav`;
+    p.player.hidden = false;
+    attachWaveform(p.canvas, p.audio, job.audio_url);
+  }
+}
+
+export class JobList {
+  constructor({ list, empty, count, more, error, heading, template, announce, onAgain }) {
+    Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain });
+    this.cards = new Map();
+    this.streams = new Map();
+    this.total = 0;
+    this.more.addEventListener('click', () => this.loadOlder());
+    setInterval(() => this.tick(), 1000);
+  }
+
+  /** Fetches the newest page and merges it; cards the server no longer has are dropped. */
+  async refresh() {
+    const asked = performance.now();
+    try {
+      const page = await api.jobs({ limit: PAGE, offset: 0 });
+      this.showListError(null);
+      const seen = new Set(page.jobs.map((job) => job.id));
+      const oldest = page.jobs.at(-1);
+      for (const card of [...this.cards.values()]) {
+        const withinPage = !oldest || page.jobs.length < PAGE || newerFirst(card.job, oldest) <= 0;
+        // A card updated after the request left may be newer than the answer, not deleted.
+        if (withinPage && !seen.has(card.job.id) && card.updatedAt < asked) this.drop(card);
+      }
+      for (const job of page.jobs) this.upsert(job, { quiet: !this.loaded });
+      this.loaded = true;
+      this.total = page.total ?? page.jobs.length;
+      this.renderSummary();
+      this.pumpStreams();
+    } catch (error) {
+      this.showListError(`Could not load your tracks. ${plainWords(error)}`);
+    }
+  }
+
+  async loadOlder() {
+    this.more.disabled = true;
+    try {
+      const page = await api.jobs({ limit: PAGE, offset: this.cards.size });
+      for (const job of page.jobs) this.upsert(job, { quiet: true });
+      this.total = page.total ?? this.total;
+      this.renderSummary();
+      this.pumpStreams();
+    } catch (error) {
+      this.showListError(`Could not load older tracks. ${plainWords(error)}`);
+    } finally {
+      this.more.disabled = false;
+    }
+  }
+
+  hasActive() {
+    return [...this.cards.values()].some((card) => isActive(card.job));
+  }
+
+  /** Adds a job the page itself just created, ahead of the next refresh. */
+  added(job) {
+    this.upsert(job, { quiet: true });
+    this.total += 1;
+    this.renderSummary();
+    this.pumpStreams();
+    // On a phone the list sits below the form: show the new card without taking focus from the form.
+    if (matchMedia('(max-width: 800px)').matches) {
+      this.cards.get(job.id).el.scrollIntoView({ block: 'nearest', behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth' });
+    }
+  }
+
+  upsert(job, { quiet = false } = {}) {
+    const card = this.cards.get(job.id);
+    if (!card) {
+      const fresh = new JobCard(this.template, job, {
+        again: (j) => this.onAgain(j),
+        cancel: (c) => this.cancel(c),
+        remove: (c) => this.remove(c),
+      });
+      this.cards.set(job.id, fresh);
+      const after = [...this.cards.values()]
+        .filter((other) => other !== fresh && newerFirst(job, other.job) < 0)
+        .sort((a, b) => newerFirst(a.job, b.job))[0];
+      this.list.insertBefore(fresh.el, after?.el ?? null);
+      return;
+    }
+    const before = card.job;
+    card.update(job);
+    if (!quiet) this.announceChange(before, job);
+  }
+
+  announceChange(before, job) {
+    const what = `“${job.prompt.slice(0, 80)}”`;
+    if (before.status !== job.status) {
+      const words = {
+        running: `Started making ${what}.`,
+        completed: `${what} is ready to play.`,
+        failed: `${what} failed: ${job.error ?? 'no reason given'}.`,
+        cancelled: `${what} was cancelled.`,
+      }[job.status];
+      if (words) this.announce(words);
+      return;
+    }
+    if (job.status === 'running') {
+      const quarter = (progress) => Math.floor((progress ?? 0) * 4);
+      if (quarter(job.progress) > quarter(before.progress) && job.progress < 1) {
+        this.announce(`${what}: ${quarter(job.progress) * 25}% done.`);
+      }
+    }
+  }
+
+  drop(card) {
+    this.closeStream(card.job.id);
+    card.el.remove();
+    this.cards.delete(card.job.id);
+  }
+
+  async cancel(card) {
+    card.parts.cancel.disabled = true;
+    try {
+      const job = await api.remove(card.job.id);
+      card.actionError = null;
+      if (job) this.upsert(job);
+      else this.drop(card);
+    } catch (error) {
+      card.actionError = `Could not cancel. ${plainWords(error)}`;
+      card.update(card.job);
+    } finally {
+      card.parts.cancel.disabled = false;
+    }
+    // Focus would otherwise fall to <body> now that Cancel is hidden.
+    if (card.el.isConnected && card.parts.cancel.hidden) card.parts.again.focus();
+  }
+
+  async remove(card) {
+    card.parts.remove.disabled = true;
+    try {
+      const job = await api.remove(card.job.id);
+      if (job) {
+        this.upsert(job);
+        return;
+      }
+      const next = card.el.nextElementSibling ?? card.el.previousElementSibling;
+      this.drop(card);
+      this.total = Math.max(0, this.total - 1);
+      this.renderSummary();
+      this.announce(`Deleted “${card.job.prompt.slice(0, 80)}”.`);
+      (next?.querySelector('.again') ?? this.heading).focus();
+    } catch (error) {
+      if (error.code === 'not_found') {
+        this.drop(card);
+        this.renderSummary();
+        return;
+      }
+      card.actionError = `Could not delete. ${plainWords(error)}`;
+      card.update(card.job);
+    } finally {
+      card.parts.remove.disabled = false;
+    }
+  }
+
+  pumpStreams() {
+    const candidates = [...this.cards.values()]
+      .map((card) => card.job)
+      .filter((job) => isActive(job) && !this.streams.has(job.id))
+      // Running jobs first, then the queued ones that will run soonest.
+      .sort((a, b) => (a.status === 'running' ? -1 : 0) - (b.status === 'running' ? -1 : 0)
+        || Date.parse(a.created_at) - Date.parse(b.created_at));
+    for (const job of candidates) {
+      if (this.streams.size >= MAX_STREAMS) break;
+      this.openStream(job.id);
+    }
+  }
+
+  openStream(id) {
+    const source = new EventSource(api.eventsUrl(id));
+    this.streams.set(id, source);
+    source.addEventListener('job', (event) => {
+      let job;
+      try {
+        job = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (!this.cards.has(job.id)) return;
+      this.upsert(job);
+      if (!isActive(job)) {
+        this.closeStream(id);
+        this.pumpStreams();
+      }
+    });
+    source.addEventListener('error', () => {
+      // CONNECTING means the browser retries by itself; CLOSED means the server refused the stream.
+      if (source.readyState === EventSource.CLOSED) {
+        this.closeStream(id);
+      }
+    });
+  }
+
+  closeStream(id) {
+    this.streams.get(id)?.close();
+    this.streams.delete(id);
+  }
+
+  tick() {
+    for (const card of this.cards.values()) {
+      if (card.job.status === 'running') card.parts.state.textContent = describeState(card.job);
+    }
+  }
+
+  renderSummary() {
+    const shown = this.cards.size;
+    this.empty.hidden = !this.loaded || shown > 0;
+    this.count.textContent = this.total > 0 ? `${this.total} track${this.total === 1 ? '' : 's'}` : '';
+    this.more.hidden = shown >= this.total;
+  }
+
+  showListError(text) {
+    this.error.hidden = !text;
+    this.error.textContent = text ?? '';
+  }
+}

@@ -1,0 +1,326 @@
+// The page at `/` of `dgx-music serve`, used the way a person would in Debian's headless Chromium:
+// make a track with the tiny fixture model, hear it, cancel one, get an error explained, and leave
+// screenshots at laptop and phone widths for a human to look at.
+//
+// Environment:
+//   DGX_MUSIC_BIN      the built `dgx-music` binary (required unless DGX_MUSIC_URL is set)
+//   DGX_MUSIC_MODEL    the checkpoint directory to serve (default: the tiny-mono fixture)
+//   DGX_MUSIC_URL      test an already running server instead of starting one
+//   SCREENSHOT_DIR     where screenshots go (default: target/browser-screenshots)
+//   CHROMIUM           the browser (default: /usr/bin/chromium)
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const MODEL = process.env.DGX_MUSIC_MODEL
+  ?? path.join(ROOT, 'crates/musicgen/tests/fixtures/tiny-mono/checkpoint');
+const SCREENSHOTS = path.resolve(process.env.SCREENSHOT_DIR ?? path.join(ROOT, 'target/browser-screenshots'));
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  // No sound card on CI machines: let <audio> play into a fake output.
+  '--autoplay-policy=no-user-gesture-required',
+];
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+const GENERATION_TIMEOUT_MS = 240_000;
+
+let server = null;
+let serverLog = '';
+let baseUrl = process.env.DGX_MUSIC_URL ?? '';
+const scratch = mkdtempSync(path.join(tmpdir(), 'dgx-music-browser-'));
+let context;
+let page;
+const pageErrors = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer() {
+  const bin = process.env.DGX_MUSIC_BIN;
+  assert.ok(bin, 'set DGX_MUSIC_BIN to the dgx-music binary (tools/browser-test.sh does) or DGX_MUSIC_URL to a running server');
+  const port = await freePort();
+  const dataDir = path.join(scratch, 'data');
+  mkdirSync(dataDir);
+  server = spawn(bin, [
+    'serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir,
+    '--model', MODEL, '--device', 'cpu',
+  ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
+  const keep = (chunk) => {
+    serverLog = (serverLog + chunk).slice(-20_000);
+  };
+  server.stdout.on('data', keep);
+  server.stderr.on('data', keep);
+  let exited = null;
+  server.once('exit', (code, signal) => {
+    exited = `exited with ${signal ?? code}`;
+  });
+  baseUrl = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 180_000;
+  while (Date.now() < deadline) {
+    assert.equal(exited, null, `dgx-music serve ${exited} before it answered:\n${serverLog}`);
+    try {
+      const response = await fetch(`${baseUrl}/api/v1/health`);
+      if (response.ok) return;
+    } catch {
+      // Not listening yet.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  assert.fail(`dgx-music serve did not answer /api/v1/health within 180 s:\n${serverLog}`);
+}
+
+async function shoot(name, viewport, { fullPage = false } = {}) {
+  await page.setViewportSize(viewport);
+  // Let layout, the waveform's ResizeObserver and CSS transitions settle.
+  await page.waitForTimeout(400);
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage });
+}
+
+const card = (prompt) => page.locator('#jobs > li', { has: page.locator('.job-prompt', { hasText: prompt }) });
+
+async function setDuration(seconds) {
+  // The keyboard path a person would take: Home is 1 s, each ArrowRight adds one.
+  const slider = page.locator('#duration');
+  await slider.focus();
+  await page.keyboard.press(seconds >= 300 ? 'End' : 'Home');
+  for (let s = 1; s < seconds && seconds < 300; s += 1) await page.keyboard.press('ArrowRight');
+  assert.equal(await slider.inputValue(), String(seconds));
+}
+
+async function generate(prompt, seconds) {
+  await page.locator('#prompt').fill(prompt);
+  await setDuration(seconds);
+  await page.getByRole('button', { name: 'Generate' }).click();
+  const job = card(prompt).first();
+  await job.waitFor({ state: 'visible', timeout: 10_000 });
+  return job;
+}
+
+describe('the page of dgx-music serve', () => {
+  before(async () => {
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    if (!baseUrl) await startServer();
+    context = await chromium.launchPersistentContext(path.join(scratch, 'profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: DESKTOP,
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(`uncaught: ${error.message}`));
+    page.on('console', (message) => {
+      // Chromium logs every 4xx answer; the tests cause some of those on purpose.
+      if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+        pageErrors.push(`console: ${message.text()}`);
+      }
+    });
+    await page.goto(`${baseUrl}/`);
+  });
+
+  after(async () => {
+    await context?.close();
+    if (server && server.exitCode === null) {
+      const exited = new Promise((resolve) => server.once('exit', resolve));
+      server.kill('SIGTERM');
+      const timer = setTimeout(() => server.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it('shows the model, the device and the queue in the status line', async () => {
+    const status = page.locator('#server-status');
+    await status.and(page.locator('[data-state="ok"]')).waitFor({ timeout: 15_000 });
+    const text = await status.textContent();
+    assert.match(text, /CPU/, text);
+    assert.match(text, /idle|waiting|making/, text);
+    assert.equal(await page.title(), 'DGX Music');
+    const { models } = await (await page.request.get(`${baseUrl}/api/v1/models`)).json();
+    const topK = String(Math.min(250, models[0].vocab_size));
+    await page.waitForFunction((want) => document.getElementById('top_k').placeholder === want, topK);
+  });
+
+  it('explains an API error next to the field it concerns', async () => {
+    await page.locator('#prompt').fill('');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    const promptError = page.locator('#prompt-error');
+    await promptError.waitFor({ state: 'visible', timeout: 10_000 });
+    assert.equal(await page.locator('#prompt').getAttribute('aria-invalid'), 'true');
+    assert.ok((await promptError.textContent()).length > 5);
+
+    await page.locator('#prompt').fill('warm synth pads');
+    assert.ok(await promptError.isHidden(), 'typing clears the error');
+    await page.locator('#advanced > summary').click();
+    await page.getByLabel('Top-p').fill('1.5');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    const topPError = page.locator('#top_p-error');
+    await topPError.waitFor({ state: 'visible', timeout: 10_000 });
+    const message = await topPError.textContent();
+    assert.match(message, /1\.5|\b1\b/, `the message names the value or the range: ${message}`);
+    assert.equal(await page.locator('#top_p').getAttribute('aria-invalid'), 'true');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'top_p', 'focus moves to the bad field');
+    const describedBy = await page.locator('#top_p').getAttribute('aria-describedby');
+    assert.ok(describedBy.split(' ').includes('top_p-error'), 'screen readers read the error with the field');
+    await shoot('error-desktop', DESKTOP);
+
+    await page.getByRole('button', { name: 'Back to defaults' }).click();
+    assert.equal(await page.locator('#top_p').inputValue(), '', 'empty means the server default');
+    assert.ok(await topPError.isHidden());
+  });
+
+  it('generates a track, draws its waveform and plays it', async () => {
+    const prompt = 'bright ukulele melody with hand claps';
+    await page.locator('#seed').fill('1234');
+    const job = await generate(prompt, 2);
+    await job.and(page.locator('[data-status="completed"]'))
+      .waitFor({ timeout: GENERATION_TIMEOUT_MS });
+
+    const audio = job.locator('audio');
+    await page.waitForFunction((el) => el.readyState >= 1 && el.duration > 0, await audio.elementHandle(), { timeout: 20_000 });
+    const duration = await audio.evaluate((el) => el.duration);
+    assert.ok(duration > 1 && duration < 3, `a 2 s request gives about 2 s of audio, got ${duration}`);
+
+    const canvas = job.locator('canvas.waveform');
+    await canvas.and(page.locator('[data-drawn="true"]')).waitFor({ timeout: 20_000 });
+    const inked = await canvas.evaluate((el) => {
+      const { data } = el.getContext('2d').getImageData(0, 0, el.width, el.height);
+      let count = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count += 1;
+      return count / (el.width * el.height);
+    });
+    assert.ok(inked > 0.02, `the waveform covers ${(inked * 100).toFixed(1)}% of its canvas`);
+
+    const box = await canvas.boundingBox();
+    await canvas.click({ position: { x: box.width / 2, y: box.height / 2 } });
+    const position = await audio.evaluate((el) => el.currentTime / el.duration);
+    assert.ok(Math.abs(position - 0.5) < 0.1, `clicking the middle of the waveform seeks to the middle, got ${position}`);
+
+    await audio.evaluate((el) => el.play());
+    await page.waitForFunction((el) => !el.paused && el.currentTime > 0, await audio.elementHandle(), { timeout: 10_000 });
+    await audio.evaluate((el) => el.pause());
+
+    const state = await job.locator('.job-state').textContent();
+    assert.match(state, /real time/, state);
+    assert.match(state, /made in/, state);
+    const download = job.getByRole('link', { name: 'Download' });
+    assert.match(await download.getAttribute('href'), /^\/api\/v1\/jobs\/[^/]+\/audio$/);
+    assert.match(await download.getAttribute('download'), /^bright-ukulele-melody-with-hand-claps-1234\.wav$/);
+    const wav = await page.request.get(`${baseUrl}${await download.getAttribute('href')}`);
+    assert.equal(wav.status(), 200);
+    assert.match(wav.headers()['content-type'], /audio\/(wav|x-wav|wave)/);
+  });
+
+  it('fills the form again from a finished track', async () => {
+    await page.locator('#prompt').fill('something else');
+    await page.locator('#seed').fill('');
+    const job = card('bright ukulele melody with hand claps').first();
+    await job.getByRole('button', { name: /^Again/ }).click();
+    assert.equal(await page.locator('#prompt').inputValue(), 'bright ukulele melody with hand claps');
+    assert.equal(await page.locator('#seed').inputValue(), '1234');
+    assert.equal(await page.locator('#duration').inputValue(), '2');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'prompt');
+  });
+
+  it('cancels a long job while it runs, then deletes it', async () => {
+    const prompt = 'five minute drone for cancelling';
+    await page.locator('#seed').fill('');
+    const job = await generate(prompt, 300);
+    await job.and(page.locator('[data-status="running"]')).waitFor({ timeout: 60_000 });
+    await page.waitForFunction(
+      (el) => Number(el.querySelector('[role="progressbar"]').getAttribute('aria-valuenow')) > 0 || el.dataset.status !== 'running',
+      await job.elementHandle(),
+      { timeout: 60_000 },
+    );
+    assert.equal(await job.getAttribute('data-status'), 'running', 'the job is still running when cancelled');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await shoot('running-desktop', DESKTOP);
+    await job.getByRole('button', { name: 'Cancel', exact: true }).click();
+    await job.and(page.locator('[data-status="cancelled"]')).waitFor({ timeout: 30_000 });
+    assert.equal(await job.locator('.badge').textContent(), 'Cancelled');
+    const check = await page.request.get(`${baseUrl}/api/v1/jobs/${await job.getAttribute('data-id')}`);
+    assert.equal((await check.json()).status, 'cancelled', 'the server agrees');
+
+    const remove = job.getByRole('button', { name: 'Delete', exact: true });
+    await remove.click();
+    await job.getByRole('button', { name: 'Delete for good?' }).click();
+    await job.waitFor({ state: 'detached', timeout: 10_000 });
+  });
+
+  it('looks right at laptop and phone widths, light and dark', async () => {
+    await generate('lofi hip hop beat, vinyl crackle, mellow keys', 3);
+    const cancelled = await generate('a track that was stopped', 300);
+    await cancelled.getByRole('button', { name: 'Cancel', exact: true }).click();
+    await cancelled.and(page.locator('[data-status="cancelled"]')).waitFor({ timeout: 30_000 });
+    await page.locator('#jobs > li[data-status="completed"] canvas[data-drawn="true"]').nth(1)
+      .waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    await page.locator('#prompt').fill('cinematic strings swelling into a heroic brass theme');
+    await page.locator('#advanced').evaluate((el) => { el.open = false; });
+    await page.evaluate(() => window.scrollTo(0, 0));
+
+    await shoot('desktop', DESKTOP);
+    await shoot('phone', PHONE);
+    await shoot('phone-full', PHONE, { fullPage: true });
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await shoot('desktop-dark', DESKTOP);
+    await shoot('phone-dark', PHONE);
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.setViewportSize(DESKTOP);
+
+    // Nothing spills sideways on a phone.
+    await page.setViewportSize(PHONE);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
+    await page.setViewportSize(DESKTOP);
+  });
+
+  it('is usable from the keyboard: every control has a name, focus order follows the page', async () => {
+    const unnamed = await page.evaluate(() => [...document.querySelectorAll('button, input, textarea, a[href], audio, summary')]
+      .filter((el) => el.offsetParent !== null || el.tagName === 'SUMMARY')
+      .filter((el) => {
+        const labelled = el.labels?.length || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+        return !labelled && !el.textContent.trim();
+      })
+      .map((el) => el.outerHTML.slice(0, 80)));
+    assert.deepEqual(unnamed, []);
+
+    await page.reload();
+    const order = [];
+    for (let i = 0; i < 5; i += 1) {
+      await page.keyboard.press('Tab');
+      order.push(await page.evaluate(() => {
+        const el = document.activeElement;
+        return el.id || el.className || el.tagName.toLowerCase();
+      }));
+    }
+    assert.deepEqual(order, ['skip', 'prompt', 'duration', 'summary', 'generate']);
+  });
+
+  it('raised no script errors', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
