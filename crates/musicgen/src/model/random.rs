@@ -65,8 +65,10 @@ impl SimpleBackend for RandomWeights {
         candle_core::bail!("random weights need the shape of {name}")
     }
 
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
+    /// Every tensor exists except the weight-norm halves: their shapes cannot be guessed from a
+    /// name, so layers that accept either take their plain `weight` instead (the same compute).
+    fn contains_tensor(&self, name: &str) -> bool {
+        !(name.ends_with("weight_g") || name.ends_with("weight_v") || name.contains("parametrizations.weight."))
     }
 }
 
