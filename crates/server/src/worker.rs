@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use musicgen::audio::Normalize;
 use musicgen::{CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
@@ -238,13 +239,17 @@ impl Worker {
         let live = self.live_ids();
         let mut completed = 0;
         let mut audio_seconds = 0.0;
-        for (&id, track) in ids.iter().zip(&tracks) {
+        for (&id, mut track) in ids.iter().zip(tracks) {
             if !live.contains(&id) {
                 continue;
             }
             let audio_duration = track.duration_secs();
+            // Same listening level as `dgx-music generate`; per track, so batching cannot change it.
+            let stored = musicgen::audio::normalize(&mut track, Normalize::Loudness)
+                .map_err(|err| err.to_string())
+                .and_then(|()| ctx.audio.put(id, &track).map_err(|err| err.to_string()));
             // The file is complete (renamed) before the store says so: a completed job always has audio.
-            let outcome = match ctx.audio.put(id, track) {
+            let outcome = match stored {
                 Ok(()) => Outcome::Completed { audio_duration, generation_time: took },
                 Err(err) => Outcome::Failed { error: format!("cannot store the audio: {err}") },
             };

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Seconds of audio for a job that must still be running while a test acts on it.
-pub const LONG_DURATION: f64 = 60.0;
+pub const LONG_DURATION: f64 = 120.0;
 const WAIT: Duration = Duration::from_secs(600);
 
 pub fn fixture() -> String {

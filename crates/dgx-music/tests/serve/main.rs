@@ -127,6 +127,7 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
     let post = |body: String| client.post(server.url("/api/v1/generate")).header("Content-Type", "application/json").body(body).send();
 
     let long_prompt = "a".repeat(2001);
+    let top_k_range = format!("1..={vocab}");
     let cases: Vec<(Value, &str, &str)> = vec![
         (json!({"prompt": "", "duration": 5}), "prompt", "empty"),
         (json!({"prompt": "  \n", "duration": 5}), "prompt", "empty"),
@@ -136,8 +137,8 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
         (json!({"prompt": "p", "duration": 301}), "duration", "1..=300"),
         (json!({"prompt": "p", "duration": "x"}), "duration", "1..=300"),
         (json!({"prompt": "p"}), "duration", "required"),
-        (json!({"prompt": "p", "duration": 5, "top_k": 0}), "top_k", &*format!("1..={vocab}")),
-        (json!({"prompt": "p", "duration": 5, "top_k": vocab + 1}), "top_k", &*format!("1..={vocab}")),
+        (json!({"prompt": "p", "duration": 5, "top_k": 0}), "top_k", &top_k_range),
+        (json!({"prompt": "p", "duration": 5, "top_k": vocab + 1}), "top_k", &top_k_range),
         (json!({"prompt": "p", "duration": 5, "top_p": -0.1}), "top_p", "[0, 1]"),
         (json!({"prompt": "p", "duration": 5, "top_p": 1.1}), "top_p", "[0, 1]"),
         (json!({"prompt": "p", "duration": 5, "temperature": 0}), "temperature", "> 0"),

@@ -74,3 +74,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         uri.path()
     ))
 }
+
+#[cfg(test)]
+mod tests;

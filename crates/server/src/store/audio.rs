@@ -49,31 +49,6 @@ impl LocalAudioStore {
     }
 }
 
-/// 16-bit PCM, interleaved, samples clamped to [-1, 1].
-fn write_wav(path: &Path, audio: &musicgen::Audio) -> StoreResult<()> {
-    let encoding = |e: hound::Error| StoreError::AudioEncoding(format!("{}: {e}", path.display()));
-    let channels = audio.channels.len();
-    if channels == 0 || channels > u16::MAX as usize {
-        return Err(StoreError::AudioEncoding(format!("the engine returned {channels} channels")));
-    }
-    let spec = hound::WavSpec {
-        channels: channels as u16,
-        sample_rate: audio.sample_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let file = fs::File::create(path).map_err(|source| StoreError::AudioIo { path: path.into(), source })?;
-    let mut writer = hound::WavWriter::new(io::BufWriter::new(file), spec).map_err(encoding)?;
-    let frames = audio.channels.iter().map(Vec::len).min().unwrap_or(0);
-    for i in 0..frames {
-        for channel in &audio.channels {
-            let sample = (channel[i].clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16;
-            writer.write_sample(sample).map_err(encoding)?;
-        }
-    }
-    writer.finalize().map_err(encoding)
-}
-
 impl AudioStore for LocalAudioStore {
     fn put(&self, id: Uuid, audio: &musicgen::Audio) -> StoreResult<()> {
         let tmp = self.tmp_path_of(id);
@@ -82,10 +57,10 @@ impl AudioStore for LocalAudioStore {
             let path = path.to_path_buf();
             move |source| StoreError::AudioIo { path, source }
         };
-        if let Err(err) = write_wav(&tmp, audio) {
+        if let Err(err) = musicgen::audio::write_wav(&tmp, audio, musicgen::audio::SampleFormat::Pcm16) {
             // Best effort: a leftover is also removed at the next start.
             let _ = fs::remove_file(&tmp);
-            return Err(err);
+            return Err(StoreError::AudioEncoding(err.to_string()));
         }
         fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &done).map_err(io_err(&done))?;
@@ -152,12 +127,12 @@ mod tests {
         assert_eq!((reader.spec().channels, reader.spec().sample_rate, reader.len()), (2, 32000, 6400));
         let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
         let audio = tone();
-        let pcm = |x: f32| (x.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+        let close = |pcm: i16, x: f32| (pcm as f32 / 32768.0 - x.clamp(-1.0, 1.0)).abs() <= 1.0 / 32768.0 + 1e-6;
         for frame in [0, 1, 31, 3199] {
-            assert_eq!(samples[2 * frame], pcm(audio.channels[0][frame]), "left, frame {frame}");
-            assert_eq!(samples[2 * frame + 1], pcm(audio.channels[1][frame]), "right, frame {frame}");
+            assert!(close(samples[2 * frame], audio.channels[0][frame]), "left, frame {frame}");
+            assert!(close(samples[2 * frame + 1], audio.channels[1][frame]), "right, frame {frame}");
         }
-        assert!(samples.iter().skip(1).step_by(2).any(|s| *s == -i16::MAX), "clipped samples are clamped");
+        assert!(samples.iter().skip(1).step_by(2).any(|s| *s <= -32767), "clipped samples are clamped");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(format!("{id}.wav"))]);
     }
