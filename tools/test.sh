@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (`.ci/run` calls this script).
-# Rust unit and integration tests (engine parity against the committed transformers fixtures,
-# CLI, server), then the checks that need outside tools, each installed by its own script.
+#   1. Rust unit and integration tests: engine parity against the committed transformers fixtures,
+#      the CLI, and the server started as a real process with the tiny fixture model.
+#   2. schemathesis against the API's own OpenAPI document (installs itself into a venv).
+#   3. Browser tests of the web page in headless Chromium (installs chromium + playwright-core).
+# Set SKIP_API_FUZZ=1 or SKIP_BROWSER=1 to leave out step 2 or 3 on a machine that cannot install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+
+if [[ "${SKIP_API_FUZZ:-0}" != 1 ]]; then
+    tools/schemathesis.sh
+fi
+if [[ "${SKIP_BROWSER:-0}" != 1 ]]; then
+    tools/browser-test.sh
+fi
