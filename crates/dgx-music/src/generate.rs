@@ -1,6 +1,227 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `dgx-music generate`: one or more prompts to WAV files, with a progress bar.
 
-pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`generate` is being written")
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use musicgen::audio::{self, Normalize, SampleFormat};
+use musicgen::request::{validate_duration, validate_prompt};
+use musicgen::{CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
+    dgx-music generate \"lo-fi beat\" \"epic orchestra\" --seed 7   (one file per prompt)\n\n\
+    The first run downloads facebook/musicgen-small (about 2.4 GB) into the Hugging Face cache.")]
+pub struct Args {
+    /// Text describing the music; several prompts are generated together as one batch.
+    #[arg(required = true)]
+    prompts: Vec<String>,
+
+    /// Seconds of audio to generate.
+    #[arg(short, long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Hub id (facebook/musicgen-small, -medium, -large, -stereo-*), short name (small, medium,
+    /// large, stereo-small...) or a local checkpoint directory in the Hugging Face layout.
+    #[arg(short, long, default_value = "facebook/musicgen-small", env = "DGX_MUSIC_MODEL")]
+    model: String,
+
+    /// Sample only from the k most likely tokens; 1 is greedy decoding.
+    #[arg(long, default_value_t = 250)]
+    top_k: usize,
+
+    /// Nucleus sampling threshold in [0, 1]; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    top_p: f64,
+
+    /// Softmax temperature (> 0); lower is more conservative.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+
+    /// Classifier-free guidance: how strongly the prompt steers the music (1 turns it off).
+    #[arg(long, default_value_t = 3.0)]
+    cfg_coef: f64,
+
+    /// Random seed; the same seed, prompt and settings give the same music on the same device.
+    /// Omitted: a fresh seed, printed so the track can be made again.
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "DGX_MUSIC_DEVICE", value_parser = parse_device)]
+    device: DeviceSpec,
+
+    /// Precision of the decoder: f32, f16 or bf16 (f16/bf16 are for GPUs).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
+
+    /// Loudness normalisation before writing: none, peak (−1 dBFS) or loudness (−14 LUFS, EBU R128).
+    #[arg(long, default_value = "loudness", value_parser = parse_normalize)]
+    normalize: Normalize,
+
+    /// Output WAV file; with several prompts, -1, -2... are appended to its name.
+    /// Default: a name made from the prompt.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+
+    /// WAV sample format: pcm16 (16-bit integer) or f32 (32-bit float).
+    #[arg(long, default_value = "pcm16", value_parser = parse_sample_format)]
+    sample_format: SampleFormat,
+
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
+}
+
+fn parse_normalize(s: &str) -> Result<Normalize, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
+}
+
+fn parse_sample_format(s: &str) -> Result<SampleFormat, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let request = build_request(&args)?;
+    let outputs = output_paths(&args);
+
+    let started = Instant::now();
+    let options = LoadOptions { device: args.device, dtype: args.dtype };
+    let model = MusicGen::load(&args.model, &options).with_context(|| format!("loading model {}", args.model))?;
+    let load_secs = started.elapsed().as_secs_f64();
+    if !args.quiet {
+        let info = model.info();
+        eprintln!("Loaded {} on {} ({}) in {load_secs:.1} s", info.source, info.device, info.dtype);
+    }
+
+    let bar = progress_bar(args.quiet);
+    let generation_started = Instant::now();
+    let tracks = model.generate(
+        &request,
+        &mut |p| {
+            bar.set_length(p.total_steps as u64);
+            bar.set_position(p.step as u64);
+        },
+        &CancelToken::default(),
+    )?;
+    let generation_secs = generation_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    for (mut track, path) in tracks.into_iter().zip(&outputs) {
+        audio::normalize(&mut track, args.normalize)?;
+        audio::write_wav(path, &track, args.sample_format)?;
+    }
+    let audio_secs = request.duration_secs * request.items.len() as f64;
+    for path in &outputs {
+        println!("{}", path.display());
+    }
+    eprintln!(
+        "Generated {audio_secs:.1} s of audio in {generation_secs:.1} s (real-time factor {:.2}x; {:.1} s in total with loading), seed {}",
+        audio_secs / generation_secs,
+        started.elapsed().as_secs_f64(),
+        request.items[0].seed,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks everything that can be checked before the (slow) model load.
+fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
+    for prompt in &args.prompts {
+        validate_prompt(prompt)?;
+    }
+    validate_duration(args.duration)?;
+    let sampling = SamplingParams {
+        top_k: args.top_k,
+        top_p: args.top_p,
+        temperature: args.temperature,
+        cfg_coef: args.cfg_coef,
+    };
+    // The vocabulary is not known before loading; the model checks top_k against it again.
+    sampling.validate(usize::MAX)?;
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let items = args
+        .prompts
+        .iter()
+        .map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed })
+        .collect();
+    Ok(GenerationRequest { items, duration_secs: args.duration })
+}
+
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64 ^ (u64::from(std::process::id()) << 32)) % 1_000_000_000
+}
+
+fn output_paths(args: &Args) -> Vec<PathBuf> {
+    let base = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.wav", slug(&args.prompts[0]))));
+    if args.prompts.len() == 1 {
+        return vec![base];
+    }
+    (1..=args.prompts.len()).map(|i| numbered(&base, i)).collect()
+}
+
+fn numbered(base: &Path, i: usize) -> PathBuf {
+    let stem = base.file_stem().map_or_else(|| "track".into(), |s| s.to_string_lossy().into_owned());
+    let ext = base.extension().map_or_else(|| "wav".into(), |s| s.to_string_lossy().into_owned());
+    base.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+/// A file name from a prompt: "Ambient piano, 16 s!" -> "ambient-piano-16-s".
+fn slug(prompt: &str) -> String {
+    let words: Vec<String> = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let mut slug = String::new();
+    for word in words {
+        if slug.len() + word.len() > 60 {
+            break;
+        }
+        if !slug.is_empty() {
+            slug.push('-');
+        }
+        slug.push_str(&word);
+    }
+    if slug.is_empty() { "music".into() } else { slug }
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} generating [{bar:40}] {pos}/{len} steps  {per_sec}  ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_safe_file_names() {
+        assert_eq!(slug("Ambient piano, 16 s!"), "ambient-piano-16-s");
+        assert_eq!(slug("../../etc/passwd"), "etc-passwd");
+        assert_eq!(slug("!!!"), "music");
+    }
+
+    #[test]
+    fn several_prompts_get_numbered_files() {
+        assert_eq!(numbered(Path::new("out/x.wav"), 2), PathBuf::from("out/x-2.wav"));
+    }
 }

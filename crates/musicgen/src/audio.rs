@@ -1,6 +1,17 @@
-//! Generated audio, its normalisation and its encoding as WAV.
+//! Generated audio, its loudness normalisation and its encoding as WAV.
+//!
+//! Normalisation follows audiocraft's `audio_write`: `peak` scales the loudest sample to
+//! −1 dBFS; `loudness` brings integrated loudness (EBU R128 / ITU-R BS.1770, as torchaudio's
+//! `Loudness`) to −14 LUFS and soft-clips with `tanh`, as audiocraft's README example
+//! (`strategy="loudness", loudness_compressor=True`) does.
 
-/// Planar audio: one vector of samples in [-1, 1] per channel.
+use std::io::{Cursor, Seek, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Planar audio: one vector of samples, nominally in [-1, 1], per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audio {
     pub sample_rate: u32,
@@ -8,20 +19,242 @@ pub struct Audio {
 }
 
 impl Audio {
-    pub fn duration_secs(&self) -> f64 {
-        self.channels.first().map_or(0.0, |c| c.len() as f64 / self.sample_rate as f64)
+    /// Samples per channel.
+    pub fn len(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn duration_secs(&self) -> f64 {
+        self.len() as f64 / self.sample_rate as f64
+    }
+
+    fn peak(&self) -> f32 {
+        self.channels.iter().flatten().fold(0.0f32, |m, s| m.max(s.abs()))
+    }
+
+    fn scale(&mut self, gain: f32) {
+        self.channels.iter_mut().flatten().for_each(|s| *s *= gain);
+    }
+}
+
+/// How to bring generated audio to a listening level before it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Normalize {
+    /// Leave the decoder's output untouched (what parity tests compare).
+    None,
+    /// Loudest sample at −1 dBFS.
+    Peak,
+    /// −14 LUFS integrated loudness, soft-clipped.
+    #[default]
+    Loudness,
+}
+
+impl FromStr for Normalize {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "peak" => Ok(Self::Peak),
+            "loudness" => Ok(Self::Loudness),
+            _ => Err(Error::invalid("normalize", format!("unknown strategy {s:?}; use none, peak or loudness"))),
+        }
+    }
+}
+
+const PEAK_HEADROOM_DB: f64 = 1.0;
+const LOUDNESS_HEADROOM_DB: f64 = 14.0;
+/// Below this RMS audiocraft leaves audio alone: silence has no meaningful loudness.
+const ENERGY_FLOOR: f64 = 2e-3;
+
+/// Applies `strategy` in place.
+pub fn normalize(audio: &mut Audio, strategy: Normalize) -> Result<()> {
+    match strategy {
+        Normalize::None => {}
+        Normalize::Peak => {
+            let peak = audio.peak();
+            if peak > 0.0 {
+                let target = 10f64.powf(-PEAK_HEADROOM_DB / 20.0) as f32;
+                audio.scale(target / peak);
+            }
+        }
+        Normalize::Loudness => {
+            let samples = audio.channels.iter().map(Vec::len).sum::<usize>().max(1);
+            let energy = (audio.channels.iter().flatten().map(|&s| (s as f64).powi(2)).sum::<f64>()
+                / samples as f64)
+                .sqrt();
+            if energy < ENERGY_FLOOR {
+                return Ok(());
+            }
+            let loudness = integrated_loudness(audio)?;
+            if loudness.is_finite() {
+                let gain = 10f64.powf((-LOUDNESS_HEADROOM_DB - loudness) / 20.0) as f32;
+                audio.scale(gain);
+            }
+            audio.channels.iter_mut().flatten().for_each(|s| *s = s.tanh());
+        }
+    }
+    Ok(())
+}
+
+/// Integrated loudness in LUFS (−∞ for audio too short or too quiet to gate).
+pub fn integrated_loudness(audio: &Audio) -> Result<f64> {
+    let loud = |e: ebur128::Error| Error::Audio(format!("loudness measurement failed: {e}"));
+    let mut meter = ebur128::EbuR128::new(audio.channels.len() as u32, audio.sample_rate, ebur128::Mode::I)
+        .map_err(loud)?;
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    meter.add_frames_planar_f32(&planes).map_err(loud)?;
+    meter.loudness_global().map_err(loud)
 }
 
 /// Sample encoding of a written WAV file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SampleFormat {
+    /// 16-bit integer PCM, what every player reads.
     #[default]
     Pcm16,
+    /// 32-bit IEEE float, lossless for parity checks.
     F32,
 }
 
-pub fn write_wav(path: impl AsRef<std::path::Path>, audio: &Audio, format: SampleFormat) -> crate::Result<()> {
-    let _ = (path, audio, format);
-    Err(crate::Error::Audio("being written".into()))
+impl FromStr for SampleFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pcm16" | "s16" | "i16" | "16" => Ok(Self::Pcm16),
+            "f32" | "float" | "float32" => Ok(Self::F32),
+            _ => Err(Error::invalid("sample_format", format!("unknown sample format {s:?}; use pcm16 or f32"))),
+        }
+    }
+}
+
+/// Writes `audio` to `path` as a WAV file.
+pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) -> Result<()> {
+    let path = path.as_ref();
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::Audio(format!("cannot create {}: {e}", path.display())))?;
+    encode_wav(std::io::BufWriter::new(file), audio, format)
+}
+
+/// The WAV file's bytes, for callers that store audio elsewhere than a local path.
+pub fn wav_bytes(audio: &Audio, format: SampleFormat) -> Result<Vec<u8>> {
+    let mut cursor = Cursor::new(Vec::new());
+    encode_wav(&mut cursor, audio, format)?;
+    Ok(cursor.into_inner())
+}
+
+fn encode_wav<W: Write + Seek>(writer: W, audio: &Audio, format: SampleFormat) -> Result<()> {
+    let channels = audio.channels.len();
+    if channels == 0 || audio.channels.iter().any(|c| c.len() != audio.len()) {
+        return Err(Error::Audio("audio must have at least one channel, all of the same length".into()));
+    }
+    let spec = hound::WavSpec {
+        channels: channels as u16,
+        sample_rate: audio.sample_rate,
+        bits_per_sample: match format {
+            SampleFormat::Pcm16 => 16,
+            SampleFormat::F32 => 32,
+        },
+        sample_format: match format {
+            SampleFormat::Pcm16 => hound::SampleFormat::Int,
+            SampleFormat::F32 => hound::SampleFormat::Float,
+        },
+    };
+    let wav = |e: hound::Error| Error::Audio(format!("WAV encoding failed: {e}"));
+    let mut out = hound::WavWriter::new(writer, spec).map_err(wav)?;
+    for i in 0..audio.len() {
+        for channel in &audio.channels {
+            match format {
+                SampleFormat::Pcm16 => out.write_sample(to_pcm16(channel[i])).map_err(wav)?,
+                SampleFormat::F32 => out.write_sample(channel[i]).map_err(wav)?,
+            }
+        }
+    }
+    out.finalize().map_err(wav)
+}
+
+/// As audiocraft's `f32_pcm`: scale by 2^15, clamp, truncate toward zero.
+fn to_pcm16(sample: f32) -> i16 {
+    (sample * 32768.0).clamp(-32768.0, 32767.0) as i16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(freq: f32, amplitude: f32, secs: f32, channels: usize) -> Audio {
+        let rate = 32000;
+        let n = (secs * rate as f32) as usize;
+        let wave: Vec<f32> =
+            (0..n).map(|i| amplitude * (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin()).collect();
+        Audio { sample_rate: rate, channels: vec![wave; channels] }
+    }
+
+    #[test]
+    fn pcm16_round_trip_keeps_samples_and_layout() {
+        let audio = sine(440.0, 0.5, 0.25, 2);
+        let bytes = wav_bytes(&audio, SampleFormat::Pcm16).unwrap();
+        let mut reader = hound::WavReader::new(Cursor::new(bytes)).unwrap();
+        assert_eq!(reader.spec().channels, 2);
+        assert_eq!(reader.spec().sample_rate, 32000);
+        let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+        assert_eq!(samples.len(), audio.len() * 2);
+        for (i, pair) in samples.chunks(2).enumerate() {
+            let expected = to_pcm16(audio.channels[0][i]);
+            assert_eq!(pair, [expected, expected]);
+        }
+    }
+
+    #[test]
+    fn f32_wav_is_lossless() {
+        let audio = sine(220.0, 0.9, 0.1, 1);
+        let bytes = wav_bytes(&audio, SampleFormat::F32).unwrap();
+        let samples: Vec<f32> =
+            hound::WavReader::new(Cursor::new(bytes)).unwrap().samples::<f32>().map(|s| s.unwrap()).collect();
+        assert_eq!(samples, audio.channels[0]);
+    }
+
+    #[test]
+    fn pcm16_clamps_out_of_range_samples() {
+        assert_eq!(to_pcm16(1.5), i16::MAX);
+        assert_eq!(to_pcm16(-1.5), i16::MIN);
+        assert_eq!(to_pcm16(0.0), 0);
+    }
+
+    #[test]
+    fn peak_normalisation_lands_at_minus_one_dbfs() {
+        let mut audio = sine(440.0, 0.1, 0.5, 1);
+        normalize(&mut audio, Normalize::Peak).unwrap();
+        assert!((audio.peak() - 0.891_250_9).abs() < 1e-4, "{}", audio.peak());
+    }
+
+    #[test]
+    fn loudness_normalisation_targets_minus_14_lufs() {
+        let mut audio = sine(1000.0, 0.05, 3.0, 2);
+        let before = integrated_loudness(&audio).unwrap();
+        normalize(&mut audio, Normalize::Loudness).unwrap();
+        let after = integrated_loudness(&audio).unwrap();
+        assert!(before < -25.0, "{before}");
+        // tanh soft clipping takes a little off the top.
+        assert!((after + 14.0).abs() < 0.5, "{after}");
+        assert!(audio.peak() <= 1.0);
+    }
+
+    #[test]
+    fn silence_is_left_alone() {
+        let mut audio = Audio { sample_rate: 32000, channels: vec![vec![0.0; 32000]] };
+        normalize(&mut audio, Normalize::Loudness).unwrap();
+        assert!(audio.channels[0].iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn ragged_channels_are_refused() {
+        let audio = Audio { sample_rate: 32000, channels: vec![vec![0.0; 10], vec![0.0; 9]] };
+        assert!(wav_bytes(&audio, SampleFormat::Pcm16).is_err());
+    }
 }

@@ -29,7 +29,7 @@ pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
-pub use audio::Audio;
+pub use audio::{Audio, Normalize, SampleFormat};
 pub use device::{DeviceSpec, DType};
 pub use error::{Error, Result};
 pub use model::{LoadOptions, ModelInfo, MusicGen};

@@ -1,0 +1,771 @@
+#!/usr/bin/env python3
+"""Build tiny random MusicGen checkpoints in the Hugging Face layout and record
+reference outputs from transformers, for the Rust engine's tests.
+
+Usage:  python3 tools/make_fixtures.py --out crates/musicgen/tests/fixtures
+        (tools/make_fixtures.sh creates a venv from tools/requirements-fixtures.txt and runs this)
+
+No network access is needed: the T5 tokenizer is built from scratch with the
+`tokenizers` library and every weight is drawn from seeded generators, so a
+re-run with the same package versions reproduces the files byte for byte on CPU.
+
+Layout written under --out:
+
+  tiny-mono/           4 codebooks, 1 channel, T5 d_model 32 -> decoder hidden 64 (has enc_to_dec_proj)
+  tiny-stereo/         8 codebooks interleaved L,R, 2 channels, d_model == hidden == 32 (no enc_to_dec_proj)
+  tiny-mono-legacy/    tiny-mono's weights: weight_g/weight_v names, both T5 embedding names,
+                       2 safetensors shards + model.safetensors.index.json, transformers-4.31-style config.json
+  tiny-mono-bin/       tiny-mono's weights: pytorch_model.bin (torch.save of a state dict), weight_g/weight_v names,
+                       T5 embedding only as text_encoder.encoder.embed_tokens.weight, 5.x config.json
+  each <name>/checkpoint/ holds config.json, generation_config.json, tokenizer.json, tokenizer_config.json,
+  special_tokens_map.json and the weights; tiny-mono and tiny-stereo also hold reference.safetensors and
+  reference.json; the variants hold reference.json with "same_weights_as": "tiny-mono" and their tensor names.
+  tiny-mono/tensors.txt lists every tensor of tiny-mono's model.safetensors (name, shape, dtype).
+
+How each reference tensor is produced (B prompts, K = decoder num_codebooks, V = decoder vocab_size,
+S = max_new_tokens greedy steps, F = frames, hop = 640 samples, C = audio channels):
+
+  input_ids (B,L) i64, attention_mask (B,L) i64
+      tokenizer(prompts, padding=True, return_tensors="pt"): right padding with <pad>=0, "</s>"=1 appended.
+  encoder_hidden_states (B,L,d_model) f32
+      model.text_encoder(input_ids=..., attention_mask=...).last_hidden_state (no masking applied).
+  projected_encoder_hidden_states (B,L,hidden) f32
+      model.enc_to_dec_proj(encoder_hidden_states) when the model has it (tiny-mono), else encoder_hidden_states,
+      then multiplied by attention_mask[..., None]; this is exactly what the decoder cross-attends to for the
+      conditional half. The unconditional half is all zeros with an all-zero encoder attention mask.
+  generate call (all references):
+      model.generate(input_ids=..., attention_mask=..., do_sample=False, guidance_scale=3.0,
+                     max_new_tokens=S, return_dict_in_generate=True, output_scores=True, output_logits=True)
+      with generation_config decoder_start_token_id = pad_token_id = bos_token_id = V.
+  logits (S, 2*B*K, V) f32
+      torch.stack(out.logits): raw decoder logits of each step, rows [cond b0k0..b0k(K-1), b1k0, ...,
+      then uncond in the same order]; unconditional rows use zero encoder states + zero encoder mask.
+  scores (S, B*K, V) f32
+      torch.stack(out.scores): uncond + (cond - uncond) * guidance_scale (ClassifierFreeGuidanceLogitsProcessor,
+      no other processor is active for greedy decoding); greedy picks argmax over V (lowest index on ties).
+  sequences (B, K, S+1) i64
+      the token grid returned by GenerationMixin._sample (captured by wrapping model._sample), with
+      model.decoder.apply_delay_pattern_mask applied, i.e. column 0 is the start token V and the delay-pattern
+      positions hold V (pad); this is the grid the decoder was fed (it re-applies the mask every step).
+  delay_pattern_mask (B*K, S+1) i64
+      model.decoder.build_delay_pattern_mask(start_ids, pad_token_id=V, max_length=S+1)[1]: -1 where a token
+      is predicted, V where the pattern forces pad/start.
+  codes (B, K, F) i64
+      sequences with every V removed (what generate does), F = S + 1 - K/C.
+  audio (B, C, F*hop) f32
+      the waveform returned by generate (out.sequences after generate): mono: model.audio_encoder.decode(codes[None],
+      [None]).audio_values; stereo: even codebooks (0,2,4,6) decoded as the left channel and odd codebooks as
+      the right channel through the same mono EnCodec, concatenated on dim 1.
+  encodec_codes (1, K, T) i64, encodec_audio (1, C, T*hop) f32
+      random codes (torch.Generator seeded) decoded the same way as `audio` (stereo: even/odd split).
+  encodec_quantized (C, codebook_dim, T) f32
+      model.audio_encoder.quantizer.decode(channel_codes.transpose(0, 1)) per channel c (codebooks c::C):
+      the summed codebook embeddings that enter the SEANet decoder, to localise an encodec mismatch.
+  *_single tensors (input_ids_single, attention_mask_single, logits_single, scores_single, sequences_single,
+      codes_single, audio_single)
+      the same generate call with only prompts[0] (B=1, no padding) so batch-vs-single can be compared;
+      transformers itself matches the batch row to ~1e-6, not bit-exactly (T5 padding changes reductions).
+
+reference.json records prompts, guidance_scale, max_new_tokens, frames, steps, min_top1_margin (smallest
+top-1 minus top-2 of `scores` over all steps and rows, batch and single run, including positions the
+delay pattern overwrites), min_top1_margin_relative (divided by the largest |score|),
+min_top1_margin_kept_positions (batch run, only positions whose token is kept), versions and a config summary.
+"""
+
+import os
+
+# deterministic cuBLAS when --device cuda; must be set before CUDA initialises
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import argparse
+import collections
+import copy
+import json
+import shutil
+import sys
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from tokenizers import __version__ as tokenizers_version
+from transformers import (
+    EncodecConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    T5Config,
+    T5Tokenizer,
+)
+
+PROMPTS = [
+    "80s pop track with bassy drums and synth",
+    "lofi beat",
+    "calm ambient piano with soft rain, slow tempo and warm strings",
+]
+GUIDANCE_SCALE = 3.0
+FRAMES = 10
+ENCODEC_CHECK_FRAMES = 12
+# A greedy step is decisive when its top-1/top-2 gap is this fraction of the score scale or more.
+MIN_RELATIVE_MARGIN = 1e-3
+SEED_CANDIDATES = 200
+MIN_DIVERSITY = 0.4
+
+WORDS = """
+a an the and or with without of in on at for to from by as into over under very more less
+music song track beat beats tune melody melodies harmony rhythm groove loop loops sample samples
+pop rock jazz blues funk soul disco house techno trance ambient classical orchestral cinematic epic
+folk country reggae metal punk indie electronic acoustic hip hop rap trap dubstep drum bass lofi
+drums kick snare hihat cymbal percussion guitar guitars piano keys organ synth synths synthesizer
+violin violins cello strings string brass horn horns trumpet saxophone sax flute clarinet harp bell bells
+choir vocal vocals voice voices pad pads arpeggio chords chord riff riffs solo lead bassline
+slow fast quick upbeat downbeat tempo bpm loud quiet soft hard heavy light warm cold bright dark
+calm happy sad angry peaceful relaxing energetic dreamy chill mellow intense powerful gentle smooth
+rough clean dirty distorted deep high low big small long short old new modern retro vintage classic
+80s 90s 70s 60s summer winter night day morning evening rain sun ocean sea city forest space
+dance party club festival cafe study sleep focus work travel road drive driving walk walking
+major minor key melodic rhythmic catchy simple complex minimal lush sparse full rich thin
+intro outro verse chorus bridge drop build buildup break breakdown fade ending start
+play playing played plays sound sounds sounding like feel feeling mood style genre vibe vibes
+is are was be been has have had it its this that these those some any all no not
+one two three four five six seven eight nine ten 100 120 128 140
+""".split()
+
+
+def build_tokenizer():
+    """A small T5-style Unigram tokenizer: known words are single pieces, anything else falls back to
+    '▁' plus single characters, so prompts of different lengths tokenize to different token counts."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -6.0)]
+    seen = {piece for piece, _ in vocab}
+    for i, word in enumerate(dict.fromkeys(WORDS)):
+        piece = "▁" + word
+        if piece not in seen:
+            vocab.append((piece, -5.0 - 0.001 * i))
+            seen.add(piece)
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()-&/+#%"
+    for i, ch in enumerate(chars):
+        for piece in (ch, "▁" + ch):
+            if piece not in seen:
+                vocab.append((piece, -9.0 - 0.001 * i))
+                seen.add(piece)
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    assert tok.pad_token_id == 0 and tok.eos_token_id == 1 and tok.unk_token_id == 2, (
+        tok.pad_token_id,
+        tok.eos_token_id,
+        tok.unk_token_id,
+    )
+    return tok
+
+
+def encodec_config(codebook_size):
+    # 32 kHz EnCodec shape (facebook/encodec_32khz) shrunk: hop 8*5*4*4 = 640, 50 frames/s.
+    # num_quantizers = 1000 * bandwidth // (frame_rate * log2(codebook_size)) = 1200 // (50 * 6) = 4.
+    return EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        target_bandwidths=[1.2],
+        upsampling_ratios=[8, 5, 4, 4],
+        use_causal_conv=False,
+        pad_mode="reflect",
+        norm_type="weight_norm",
+        num_lstm_layers=2,
+        hidden_size=16,
+        num_filters=2,
+        codebook_size=codebook_size,
+        use_conv_shortcut=False,
+        compress=2,
+        num_residual_layers=1,
+        residual_kernel_size=3,
+        kernel_size=7,
+        last_kernel_size=7,
+        dilation_growth_rate=2,
+        normalize=False,
+        chunk_length_s=None,
+        overlap=None,
+        trim_right_ratio=1.0,
+    )
+
+
+VARIANTS = {
+    "tiny-mono": dict(d_model=32, hidden=64, num_codebooks=4, audio_channels=1, ffn=128),
+    "tiny-stereo": dict(d_model=32, hidden=32, num_codebooks=8, audio_channels=2, ffn=64),
+}
+DECODER_VOCAB = 64
+
+
+def build_config(spec, text_vocab_size):
+    t5 = T5Config(
+        vocab_size=text_vocab_size,
+        d_model=spec["d_model"],
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="relu",
+        dropout_rate=0.1,
+        layer_norm_epsilon=1e-6,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        architectures=["T5EncoderModel"],
+    )
+    codec = encodec_config(DECODER_VOCAB)
+    assert codec.num_quantizers == 4 and codec.hop_length == 640 and codec.frame_rate == 50
+    dec = MusicgenDecoderConfig(
+        vocab_size=DECODER_VOCAB,
+        max_position_embeddings=2048,
+        num_hidden_layers=2,
+        ffn_dim=spec["ffn"],
+        num_attention_heads=4,
+        hidden_size=spec["hidden"],
+        activation_function="gelu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=False,
+        num_codebooks=spec["num_codebooks"],
+        audio_channels=spec["audio_channels"],
+        pad_token_id=DECODER_VOCAB,
+        bos_token_id=DECODER_VOCAB,
+        decoder_start_token_id=DECODER_VOCAB,
+        tie_word_embeddings=False,
+    )
+    return MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=dec)
+
+
+def set_generation_config(model):
+    gc = model.generation_config
+    gc.decoder_start_token_id = DECODER_VOCAB
+    gc.pad_token_id = DECODER_VOCAB
+    gc.bos_token_id = DECODER_VOCAB
+    gc.eos_token_id = None
+    # Same sampling defaults as facebook/musicgen-* (top_k larger than the tiny vocab on purpose).
+    gc.do_sample = True
+    gc.guidance_scale = GUIDANCE_SCALE
+    gc.top_k = 250
+    gc.max_length = 1500
+    gc._from_model_config = False
+    # transformers leaves dtype unset for a config built in code; checkpoints on the hub say float32
+    for c in (model.config, model.config.text_encoder, model.config.audio_encoder, model.config.decoder):
+        c.dtype = torch.float32
+
+
+def randomize(model, seed):
+    """Overwrite every parameter and EnCodec codebook buffer with seeded values large enough that
+    greedy decoding is decisive (the default std 0.02 gives nearly tied logits)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                if "norm" in name and name.endswith("weight"):
+                    p.copy_(1.0 + 0.1 * randn(p.shape))
+                else:
+                    p.copy_(0.1 * randn(p.shape))
+            elif name.startswith("decoder.") and "embed_tokens" in name:
+                # K codebook embeddings are summed; keep the sum comparable to the sinusoidal positions
+                # so that greedy decoding does not lock onto one repeated code
+                p.copy_(randn(p.shape) * 0.5)
+            elif "embed_tokens" in name or "shared" in name or "relative_attention_bias" in name:
+                p.copy_(randn(p.shape))
+            elif "lm_heads" in name:
+                p.copy_(randn(p.shape) * (2.0 / p.shape[1] ** 0.5))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(randn(p.shape) / fan_in**0.5)
+        # Weight norm: weight = g * v / ||v|| (norm over every dim but 0). Make g close to ||v||
+        # but not equal, so a loader that ignores g is caught.
+        for name, module in model.named_modules():
+            par = getattr(module, "parametrizations", None)
+            if par is not None and "weight" in par:
+                v = par.weight.original1
+                g = par.weight.original0
+                norm = v.flatten(1).norm(dim=1).reshape(g.shape)
+                g.copy_(norm * (1.0 + 0.2 * randn(g.shape)))
+        for layer in model.audio_encoder.quantizer.layers:
+            cb = layer.codebook
+            cb.embed.copy_(randn(cb.embed.shape))
+            cb.embed_avg.copy_(cb.embed)
+            cb.cluster_size.fill_(1.0)
+            cb.inited.fill_(1.0)
+
+
+def build_model(name, seed, text_vocab_size):
+    torch.manual_seed(seed)
+    config = build_config(VARIANTS[name], text_vocab_size)
+    model = MusicgenForConditionalGeneration(config)
+    model.eval()
+    randomize(model, seed)
+    set_generation_config(model)
+    return model
+
+
+def run_generate(model, tok, prompts, steps):
+    inputs = tok(prompts, padding=True, return_tensors="pt")
+    device_inputs = inputs.to(model.device)
+    captured = {}
+    original_sample = model._sample
+
+    def sample_and_capture(*args, **kwargs):
+        out = original_sample(*args, **kwargs)
+        captured["sequences"] = out.sequences.cpu()
+        return out
+
+    model._sample = sample_and_capture
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=device_inputs.input_ids,
+                attention_mask=device_inputs.attention_mask,
+                do_sample=False,
+                guidance_scale=GUIDANCE_SCALE,
+                max_new_tokens=steps,
+                return_dict_in_generate=True,
+                output_scores=True,
+                output_logits=True,
+            )
+    finally:
+        del model._sample
+
+    inputs = inputs.to("cpu")
+    b = inputs.input_ids.shape[0]
+    k = model.decoder.num_codebooks
+    raw = captured["sequences"]
+    assert raw.shape == (b * k, steps + 1), raw.shape
+    start = torch.full((b * k, 1), DECODER_VOCAB, dtype=torch.long)
+    _, pattern = model.decoder.build_delay_pattern_mask(start, pad_token_id=DECODER_VOCAB, max_length=steps + 1)
+    grid = model.decoder.apply_delay_pattern_mask(raw, pattern)
+    logits = torch.stack(out.logits).cpu()
+    scores = torch.stack(out.scores).cpu()
+    # greedy consistency: each raw token is the argmax of that step's CFG scores
+    assert torch.equal(raw[:, 1:].T, scores.argmax(dim=-1)), "greedy tokens differ from argmax(scores)"
+    codes = grid[grid != DECODER_VOCAB].reshape(b, k, -1)
+    audio = out.sequences.cpu()
+    assert torch.isfinite(logits).all() and torch.isfinite(audio).all()
+    return dict(
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        logits=logits,
+        scores=scores,
+        sequences=grid.reshape(b, k, steps + 1),
+        delay_pattern_mask=pattern,
+        codes=codes,
+        audio=audio,
+    )
+
+
+def decode_codes(model, codes):
+    """Decode (B, K, F) codes as MusicgenForConditionalGeneration.generate does."""
+    codes = codes.to(model.device)
+    with torch.no_grad():
+        if model.decoder.config.audio_channels == 1:
+            return model.audio_encoder.decode(codes[None], [None]).audio_values.cpu()
+        left = model.audio_encoder.decode(codes[None, :, 0::2], [None]).audio_values
+        right = model.audio_encoder.decode(codes[None, :, 1::2], [None]).audio_values
+        return torch.cat([left, right], dim=1).cpu()
+
+
+def top1_margin(scores):
+    top2 = scores.topk(2, dim=-1).values
+    gap = (top2[..., 0] - top2[..., 1]).min().item()
+    return gap, gap / scores.abs().max().item()
+
+
+def make_references(name, model, tok, seed):
+    spec = VARIANTS[name]
+    channels = spec["audio_channels"]
+    k_per_channel = spec["num_codebooks"] // channels
+    steps = FRAMES + k_per_channel - 1
+    ref = run_generate(model, tok, PROMPTS, steps)
+    single = run_generate(model, tok, PROMPTS[:1], steps)
+    hop = model.config.audio_encoder.hop_length
+    b = len(PROMPTS)
+    assert ref["codes"].shape == (b, spec["num_codebooks"], FRAMES), ref["codes"].shape
+    assert ref["audio"].shape == (b, channels, FRAMES * hop), ref["audio"].shape
+    # generate's waveform equals decoding the recorded codes ourselves
+    assert torch.allclose(decode_codes(model, ref["codes"]), ref["audio"], atol=1e-5)
+
+    with torch.no_grad():
+        ids = ref["input_ids"].to(model.device)
+        mask = ref["attention_mask"].to(model.device)
+        enc = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        proj = model.enc_to_dec_proj(enc) if hasattr(model, "enc_to_dec_proj") else enc
+        proj = (proj * mask[..., None]).cpu()
+        enc = enc.cpu()
+
+    gen = torch.Generator().manual_seed(seed + 1000)
+    encodec_codes = torch.randint(
+        0, DECODER_VOCAB, (1, spec["num_codebooks"], ENCODEC_CHECK_FRAMES), generator=gen, dtype=torch.long
+    )
+    encodec_audio = decode_codes(model, encodec_codes)
+    with torch.no_grad():
+        channels_codes = [encodec_codes[:, c::channels] for c in range(channels)]
+        encodec_quantized = torch.cat(
+            [model.audio_encoder.quantizer.decode(cc.transpose(0, 1).to(model.device)) for cc in channels_codes],
+            dim=0,
+        ).cpu()
+
+    tensors = {
+        "input_ids": ref["input_ids"],
+        "attention_mask": ref["attention_mask"],
+        "encoder_hidden_states": enc,
+        "projected_encoder_hidden_states": proj,
+        "logits": ref["logits"],
+        "scores": ref["scores"],
+        "sequences": ref["sequences"],
+        "delay_pattern_mask": ref["delay_pattern_mask"],
+        "codes": ref["codes"],
+        "audio": ref["audio"],
+        "encodec_codes": encodec_codes,
+        "encodec_audio": encodec_audio,
+        "encodec_quantized": encodec_quantized,
+    }
+    for key in ("input_ids", "attention_mask", "logits", "scores", "sequences", "codes", "audio"):
+        tensors[key + "_single"] = single[key]
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    for key in ("input_ids", "attention_mask", "sequences", "codes", "encodec_codes", "delay_pattern_mask"):
+        assert tensors[key].dtype == torch.int64, key
+
+    margin, rel = top1_margin(torch.cat([ref["scores"].flatten(0, 1), single["scores"].flatten(0, 1)]))
+    kept = ref["delay_pattern_mask"][:, 1:].T.reshape(-1) == -1
+    kept_margin, _ = top1_margin(ref["scores"].flatten(0, 1)[kept])
+    batch_vs_single = (ref["audio"][0] - single["audio"][0]).abs().max().item()
+    codes_match = bool(torch.equal(ref["codes"][0], single["codes"][0]))
+    meta = {
+        "prompts": PROMPTS,
+        "prompts_single": PROMPTS[:1],
+        "guidance_scale": GUIDANCE_SCALE,
+        "do_sample": False,
+        "max_new_tokens": steps,
+        "steps": steps,
+        "frames": FRAMES,
+        "hop_length": hop,
+        "sample_rate": model.config.audio_encoder.sampling_rate,
+        "audio_channels": channels,
+        "num_codebooks": spec["num_codebooks"],
+        "decoder_start_token_id": DECODER_VOCAB,
+        "pad_token_id": DECODER_VOCAB,
+        "min_top1_margin": margin,
+        "min_top1_margin_relative": rel,
+        "min_top1_margin_kept_positions": kept_margin,
+        "max_abs_score": ref["scores"].abs().max().item(),
+        "batch_vs_single_audio_max_abs_diff": batch_vs_single,
+        "batch_vs_single_codes_equal": codes_match,
+        "encodec_check_frames": ENCODEC_CHECK_FRAMES,
+        "audio_max_abs": ref["audio"].abs().max().item(),
+        "seed": seed,
+        "generate_kwargs": {
+            "do_sample": False,
+            "guidance_scale": GUIDANCE_SCALE,
+            "max_new_tokens": steps,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+            "output_logits": True,
+        },
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()},
+    }
+    return tensors, meta, margin, rel
+
+
+def versions():
+    return {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "tokenizers": tokenizers_version,
+        "python": sys.version.split()[0],
+    }
+
+
+def config_summary(model):
+    c = model.config
+    return {
+        "text_encoder": {
+            k: getattr(c.text_encoder, k)
+            for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj",
+                      "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon")
+        },
+        "audio_encoder": {
+            k: getattr(c.audio_encoder, k)
+            for k in ("sampling_rate", "audio_channels", "upsampling_ratios", "hidden_size", "num_filters",
+                      "codebook_size", "num_lstm_layers", "use_causal_conv", "pad_mode", "norm_type",
+                      "use_conv_shortcut", "compress", "num_residual_layers", "target_bandwidths")
+        }
+        | {"num_quantizers": c.audio_encoder.num_quantizers, "hop_length": c.audio_encoder.hop_length},
+        "decoder": {
+            k: getattr(c.decoder, k)
+            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                      "num_codebooks", "audio_channels", "activation_function", "pad_token_id", "bos_token_id")
+        },
+        "has_enc_to_dec_proj": hasattr(model, "enc_to_dec_proj"),
+    }
+
+
+def tensor_listing(path):
+    sd = load_file(path)
+    lines = [f"{k}\t{list(v.shape)}\t{str(v.dtype).replace('torch.', '')}" for k, v in sorted(sd.items())]
+    return "\n".join(lines) + "\n"
+
+
+def save_checkpoint(model, tok, directory):
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    write_special_tokens_map(tok, directory)
+    # drop files that carry no weights or config the engine needs and that change between runs
+    for extra in ("chat_template.jinja",):
+        p = os.path.join(directory, extra)
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def write_special_tokens_map(tok, directory):
+    path = os.path.join(directory, "special_tokens_map.json")
+    if not os.path.exists(path):
+        data = {"eos_token": tok.eos_token, "pad_token": tok.pad_token, "unk_token": tok.unk_token}
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+
+def legacy_names(sd):
+    out = {}
+    for k, v in sd.items():
+        k = k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        )
+        out[k] = v
+    return out
+
+
+def with_t5_embedding(sd, names):
+    """Store T5's tied input embedding under the given names only."""
+    emb = sd.get("text_encoder.shared.weight", sd.get("text_encoder.encoder.embed_tokens.weight"))
+    out = {k: v for k, v in sd.items() if k not in ("text_encoder.shared.weight", "text_encoder.encoder.embed_tokens.weight")}
+    for n in names:
+        out[n] = emb.clone()
+    return out
+
+
+LEGACY_GENERIC_KEYS = {
+    "return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False,
+    "torch_dtype": None, "use_bfloat16": False, "tf_legacy_loss": False, "pruned_heads": {},
+    "tie_word_embeddings": True, "is_encoder_decoder": False, "is_decoder": False,
+    "cross_attention_hidden_size": None, "add_cross_attention": False, "tie_encoder_decoder": False,
+    "max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+    "num_beam_groups": 1, "diversity_penalty": 0.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+    "typical_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "num_return_sequences": 1,
+    "chunk_size_feed_forward": 0, "output_scores": False, "return_dict_in_generate": False,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "remove_invalid_values": False,
+    "exponential_decay_length_penalty": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "finetuning_task": None, "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "tokenizer_class": None, "prefix": None, "sep_token_id": None, "task_specific_params": None,
+    "problem_type": None, "_name_or_path": "",
+}
+
+
+def legacy_config(cfg5):
+    """Rewrite a transformers 5.x config.json dict in the dialect transformers 4.31 wrote:
+    `torch_dtype` instead of `dtype`, every generic PretrainedConfig key spelled out in each sub-config,
+    `transformers_version` 4.31.0."""
+    cfg = copy.deepcopy(cfg5)
+
+    def rename_dtype(d):
+        if "dtype" in d:
+            d["torch_dtype"] = d.pop("dtype")
+        d.setdefault("torch_dtype", "float32")
+
+    for sub in ("text_encoder", "audio_encoder", "decoder"):
+        d = cfg[sub]
+        rename_dtype(d)
+        for key, value in LEGACY_GENERIC_KEYS.items():
+            d.setdefault(key, copy.deepcopy(value))
+        if d.get("torch_dtype") is None:
+            d["torch_dtype"] = "float32"
+        d["transformers_version"] = "4.31.0"
+    cfg["decoder"]["tie_word_embeddings"] = False
+    cfg["decoder"]["is_decoder"] = False
+    cfg["text_encoder"]["architectures"] = ["T5EncoderModel"]
+    cfg["audio_encoder"]["architectures"] = ["EncodecModel"]
+    cfg["decoder"]["architectures"] = ["MusicgenForCausalLM"]
+    rename_dtype(cfg)
+    cfg["transformers_version"] = "4.31.0"
+    cfg["_name_or_path"] = ""
+    return dict(sorted(cfg.items()))
+
+
+def save_sharded(sd, directory, n_shards=2):
+    keys = sorted(sd)
+    half = (len(keys) + 1) // 2
+    groups = [keys[:half], keys[half:]]
+    weight_map = {}
+    total = 0
+    for i, group in enumerate(groups, start=1):
+        fname = f"model-{i:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: sd[k].contiguous().clone() for k in group}
+        save_file(part, os.path.join(directory, fname), metadata={"format": "pt"})
+        for k in group:
+            weight_map[k] = fname
+            total += part[k].numel() * part[k].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+
+
+def copy_non_weight_files(src, dst):
+    os.makedirs(dst, exist_ok=True)
+    for fname in os.listdir(src):
+        if fname.endswith(".safetensors") or fname.endswith(".bin") or fname.endswith(".index.json"):
+            continue
+        shutil.copy(os.path.join(src, fname), os.path.join(dst, fname))
+
+
+def check_loads_like(reference_model, directory, tok):
+    """Load a variant with transformers and check its weights equal the reference model's."""
+    loaded = MusicgenForConditionalGeneration.from_pretrained(directory)
+    ref_sd = reference_model.state_dict()
+    got_sd = loaded.state_dict()
+    assert set(ref_sd) == set(got_sd), set(ref_sd) ^ set(got_sd)
+    for k, v in ref_sd.items():
+        assert torch.equal(v, got_sd[k]), f"{directory}: {k} differs after loading"
+
+
+def write_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def diversity(codes):
+    """Mean fraction of distinct codes per (item, codebook) row: low values mean greedy decoding
+    repeats one code, which would let position or cache bugs in the engine go unnoticed."""
+    rows = codes.flatten(0, 1)
+    return sum(row.unique().numel() for row in rows) / rows.numel()
+
+
+def pick_seed(name, tok, vocab_size):
+    """The candidate seed whose greedy run (batch and single) has the largest relative top-1 margin."""
+    best = (None, 0.0)
+    for seed in range(SEED_CANDIDATES):
+        model = build_model(name, seed, vocab_size)
+        spec = VARIANTS[name]
+        steps = FRAMES + spec["num_codebooks"] // spec["audio_channels"] - 1
+        a = run_generate(model, tok, PROMPTS, steps)
+        s = run_generate(model, tok, PROMPTS[:1], steps)
+        _, rel = top1_margin(torch.cat([a["scores"].flatten(0, 1), s["scores"].flatten(0, 1)]))
+        variety = diversity(a["codes"])
+        print(f"  {name} seed {seed}: relative margin {rel:.2e}, diversity {variety:.2f}", flush=True)
+        if rel > best[1] and variety >= MIN_DIVERSITY:
+            best = (seed, rel)
+    if best[1] <= MIN_RELATIVE_MARGIN:
+        raise SystemExit(f"{name}: no seed in 0..{SEED_CANDIDATES} gives a relative top-1 margin above "
+                         f"{MIN_RELATIVE_MARGIN}; best {best}")
+    return best[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="crates/musicgen/tests/fixtures", help="fixtures directory")
+    parser.add_argument("--only", choices=sorted(VARIANTS), action="append", help="build only these models")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the reference run, e.g. cuda (weights and seeds are always made on "
+                             "CPU, so the checkpoints are identical; the committed references come from cpu)")
+    args = parser.parse_args()
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+
+    tok = build_tokenizer()
+    text_vocab = (len(tok) + 7) // 8 * 8  # like T5 (32128 > 32100): the embedding may exceed the tokenizer
+    names = args.only or ["tiny-mono", "tiny-stereo"]
+    for name in names:
+        seed = pick_seed(name, tok, text_vocab)
+        model = build_model(name, seed, text_vocab)
+        root = os.path.join(args.out, name)
+        ckpt = os.path.join(root, "checkpoint")
+        save_checkpoint(model, tok, ckpt)
+        # references come from the model as loaded back from disk, like a user would run it
+        loaded = MusicgenForConditionalGeneration.from_pretrained(ckpt)
+        loaded.eval()
+        runner = loaded
+        if args.device != "cpu":
+            runner = MusicgenForConditionalGeneration.from_pretrained(ckpt).to(args.device).eval()
+        tensors, meta, margin, rel = make_references(name, runner, tok, seed)
+        meta["device"] = str(runner.device)
+        save_file(tensors, os.path.join(root, "reference.safetensors"), metadata={"format": "pt"})
+        meta["versions"] = versions()
+        meta["config"] = config_summary(loaded)
+        meta["checkpoint_files"] = sorted(os.listdir(ckpt))
+        meta["weights_naming"] = ("transformers 5.x: EnCodec convs as *.conv.parametrizations.weight.original0 (g) "
+                                  "/ original1 (v); T5 embedding as text_encoder.shared.weight only")
+        write_json(os.path.join(root, "reference.json"), meta)
+        with open(os.path.join(root, "tensors.txt"), "w") as f:
+            f.write(tensor_listing(os.path.join(ckpt, "model.safetensors")))
+        print(f"{name}: seed {seed}, min top-1 margin {margin:.4g} (relative {rel:.3g})", flush=True)
+
+        if name == "tiny-mono":
+            make_mono_variants(args.out, loaded, ckpt, tok)
+
+
+def make_mono_variants(out, model, ckpt, tok):
+    sd = load_file(os.path.join(ckpt, "model.safetensors"))
+    with open(os.path.join(ckpt, "config.json")) as f:
+        cfg5 = json.load(f)
+
+    # tiny-mono-legacy: old weight-norm names, both T5 embedding names, 2 shards, 4.31 config dialect
+    root = os.path.join(out, "tiny-mono-legacy")
+    legacy_ckpt = os.path.join(root, "checkpoint")
+    if os.path.exists(legacy_ckpt):
+        shutil.rmtree(legacy_ckpt)
+    copy_non_weight_files(ckpt, legacy_ckpt)
+    legacy_sd = with_t5_embedding(legacy_names(sd), ["text_encoder.shared.weight",
+                                                     "text_encoder.encoder.embed_tokens.weight"])
+    save_sharded(legacy_sd, legacy_ckpt)
+    write_json(os.path.join(legacy_ckpt, "config.json"), legacy_config(cfg5))
+    check_loads_like(model, legacy_ckpt, tok)
+    write_json(os.path.join(root, "reference.json"), {
+        "same_weights_as": "tiny-mono",
+        "weights_naming": "EnCodec convs as *.conv.weight_g / *.conv.weight_v; T5 embedding under both "
+                          "text_encoder.shared.weight and text_encoder.encoder.embed_tokens.weight; 2 safetensors "
+                          "shards + model.safetensors.index.json",
+        "config_dialect": "transformers 4.31: torch_dtype instead of dtype, transformers_version 4.31.0, generic "
+                          "PretrainedConfig keys (max_length, num_beams, id2label, ...) in every sub-config",
+        "tensor_names": sorted(legacy_sd),
+        "checkpoint_files": sorted(os.listdir(legacy_ckpt)),
+        "versions": versions(),
+    })
+
+    # tiny-mono-bin: pytorch_model.bin only, old weight-norm names, T5 embedding only under encoder.embed_tokens
+    root = os.path.join(out, "tiny-mono-bin")
+    bin_ckpt = os.path.join(root, "checkpoint")
+    if os.path.exists(bin_ckpt):
+        shutil.rmtree(bin_ckpt)
+    copy_non_weight_files(ckpt, bin_ckpt)
+    bin_sd = with_t5_embedding(legacy_names(sd), ["text_encoder.encoder.embed_tokens.weight"])
+    # an OrderedDict with one storage per tensor, as torch.save(model.state_dict()) wrote in transformers 4.x
+    bin_sd = collections.OrderedDict((k, v.contiguous().clone()) for k, v in sorted(bin_sd.items()))
+    torch.save(bin_sd, os.path.join(bin_ckpt, "pytorch_model.bin"))
+    check_loads_like(model, bin_ckpt, tok)
+    write_json(os.path.join(root, "reference.json"), {
+        "same_weights_as": "tiny-mono",
+        "weights_naming": "pytorch_model.bin (torch.save zip pickle of an ordered dict of f32 tensors); EnCodec "
+                          "convs as *.conv.weight_g / *.conv.weight_v; T5 embedding only as "
+                          "text_encoder.encoder.embed_tokens.weight (no text_encoder.shared.weight)",
+        "config_dialect": "transformers 5.x (same config.json as tiny-mono)",
+        "tensor_names": sorted(bin_sd),
+        "checkpoint_files": sorted(os.listdir(bin_ckpt)),
+        "versions": versions(),
+    })
+
+
+if __name__ == "__main__":
+    main()
