@@ -1,13 +1,17 @@
 //! `config.json` of an HF MusicGen checkpoint: three sub-configs (T5 text encoder, EnCodec
 //! audio codec, MusicGen decoder). Fields mirror transformers' names; a missing field takes
-//! transformers' default, an unknown one is ignored, so configs saved by transformers 4.3x
-//! and 5.x both parse.
+//! the default of transformers' config class (`T5Config`, `EncodecConfig`,
+//! `MusicgenDecoderConfig`: the same in 4.3x and 5.x), an unknown one is ignored. This matters
+//! because `save_pretrained` writes only the fields that differ from those class defaults.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+
+/// Named in errors from [`MusicgenConfig::from_json`], which has no path.
+const CONFIG_FILE_NAME: &str = "config.json";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MusicgenConfig {
@@ -15,6 +19,8 @@ pub struct MusicgenConfig {
     pub model_type: Option<String>,
     pub text_encoder: T5Config,
     pub audio_encoder: EncodecConfig,
+    /// transformers 5.x builds a default decoder config when the key is absent; 4.3x required it.
+    #[serde(default)]
     pub decoder: DecoderConfig,
 }
 
@@ -26,14 +32,15 @@ impl MusicgenConfig {
             hint: format!("{e}; a MusicGen checkpoint directory holds config.json"),
         })?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::Unsupported(_) => e,
-            other => Error::BadCheckpoint { path: path.to_path_buf(), message: other.to_string() },
+            Error::BadCheckpoint { message, .. } => Error::BadCheckpoint { path: path.to_path_buf(), message },
+            other => other,
         })
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
+        let malformed = |message: String| Error::BadCheckpoint { path: PathBuf::from(CONFIG_FILE_NAME), message };
         let raw: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Unsupported(format!("config.json is not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| malformed(format!("not valid JSON ({e}); download it again")))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         if model_type != "musicgen" {
             let name = if model_type.is_empty() { "(no model_type)" } else { model_type };
@@ -42,8 +49,18 @@ impl MusicgenConfig {
                  (musicgen-melody and others are not yet)"
             )));
         }
+        // transformers pops `model_type` from both encoder sub-configs to pick their classes,
+        // so a config without them cannot be loaded there either.
+        for key in ["text_encoder", "audio_encoder"] {
+            let sub = raw.get(key).ok_or_else(|| {
+                Error::Unsupported(format!("config.json has no \"{key}\" section; it is not a MusicGen checkpoint"))
+            })?;
+            if sub.get("model_type").and_then(|v| v.as_str()).is_none() {
+                return Err(Error::Unsupported(format!("config.json's \"{key}\" section has no model_type")));
+            }
+        }
         let config: Self = serde_json::from_value(raw)
-            .map_err(|e| Error::Unsupported(format!("config.json does not describe a MusicGen model: {e}")))?;
+            .map_err(|e| malformed(format!("a field has the wrong type ({e}); download it again")))?;
         config.check()?;
         Ok(config)
     }
@@ -54,6 +71,13 @@ impl MusicgenConfig {
             if mt != "t5" {
                 return Err(Error::Unsupported(format!("text encoder {mt:?}: only T5 is supported")));
             }
+        }
+        t.feed_forward()?;
+        if t.num_heads == 0 || t.d_kv == 0 || t.relative_attention_num_buckets < 4 {
+            return Err(Error::Unsupported(format!(
+                "T5 with {} heads of {} and {} relative-position buckets",
+                t.num_heads, t.d_kv, t.relative_attention_num_buckets
+            )));
         }
         let a = &self.audio_encoder;
         if let Some(mt) = &a.model_type {
@@ -70,7 +94,16 @@ impl MusicgenConfig {
         if a.pad_mode != "reflect" && a.pad_mode != "constant" {
             return Err(Error::Unsupported(format!("EnCodec pad_mode {:?}", a.pad_mode)));
         }
+        if a.upsampling_ratios.is_empty() || a.upsampling_ratios.contains(&0) {
+            return Err(Error::Unsupported(format!("EnCodec upsampling_ratios {:?}", a.upsampling_ratios)));
+        }
         let d = &self.decoder;
+        if d.num_attention_heads == 0 || d.num_codebooks == 0 {
+            return Err(Error::Unsupported(format!(
+                "decoder with {} attention heads and {} codebooks",
+                d.num_attention_heads, d.num_codebooks
+            )));
+        }
         if d.audio_channels != 1 && d.audio_channels != 2 {
             return Err(Error::Unsupported(format!("{} audio channels (1 or 2 only)", d.audio_channels)));
         }
@@ -109,7 +142,8 @@ pub struct T5Config {
     pub relative_attention_num_buckets: usize,
     pub relative_attention_max_distance: usize,
     pub layer_norm_epsilon: f64,
-    /// `relu`, `gated-gelu`, `gelu`, `gated-silu`...: the FFN's activation, gated or not.
+    /// `relu`, `gated-gelu`, `gelu`, `gated-silu`...: the FFN's activation, gated or not
+    /// (see [`T5Config::feed_forward`]).
     pub feed_forward_proj: String,
     pub pad_token_id: u32,
     pub eos_token_id: u32,
@@ -135,11 +169,61 @@ impl Default for T5Config {
     }
 }
 
+/// Activation of T5's feed-forward block, by the name transformers' `ACT2FN` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum T5Activation {
+    Relu,
+    /// Exact (erf) GELU, transformers' "gelu".
+    Gelu,
+    /// tanh-approximated GELU, transformers' "gelu_new" / "gelu_pytorch_tanh".
+    GeluTanh,
+    Silu,
+}
+
+/// The parsed `feed_forward_proj`: `ACT` or `gated-ACT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct T5FeedForward {
+    pub activation: T5Activation,
+    /// Gated FFNs have two input projections (`wi_0` through the activation, times `wi_1`).
+    pub gated: bool,
+}
+
+impl T5Config {
+    /// Parses `feed_forward_proj` as transformers' `T5Config.__init__` does, including its
+    /// special case that "gated-gelu" means the tanh approximation ("gelu_new").
+    pub fn feed_forward(&self) -> Result<T5FeedForward> {
+        let proj = self.feed_forward_proj.as_str();
+        let parts: Vec<&str> = proj.split('-').collect();
+        let gated = parts[0] == "gated";
+        if (parts.len() > 1 && !gated) || parts.len() > 2 {
+            return Err(Error::Unsupported(format!(
+                "T5 feed_forward_proj {proj:?}: expected \"ACT\" or \"gated-ACT\", e.g. \"relu\" or \"gated-gelu\""
+            )));
+        }
+        let name = if proj == "gated-gelu" { "gelu_new" } else { parts[parts.len() - 1] };
+        let activation = match name {
+            "relu" => T5Activation::Relu,
+            "gelu" => T5Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => T5Activation::GeluTanh,
+            "silu" | "swish" => T5Activation::Silu,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "T5 activation {other:?} (from feed_forward_proj {proj:?}); supported: relu, gelu, gelu_new, \
+                     gelu_pytorch_tanh, silu"
+                )))
+            }
+        };
+        Ok(T5FeedForward { activation, gated })
+    }
+}
+
 /// EnCodec settings (transformers' `EncodecConfig`). Only the decoder half is used.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct EncodecConfig {
     pub model_type: Option<String>,
+    /// kbps; the last one fixes how many quantizers the model has (see `num_quantizers`).
+    pub target_bandwidths: Vec<f64>,
     pub sampling_rate: u32,
     pub audio_channels: usize,
     pub normalize: bool,
@@ -166,6 +250,7 @@ impl Default for EncodecConfig {
     fn default() -> Self {
         Self {
             model_type: None,
+            target_bandwidths: vec![1.5, 3.0, 6.0, 12.0, 24.0],
             sampling_rate: 24000,
             audio_channels: 1,
             normalize: false,
@@ -199,12 +284,25 @@ impl EncodecConfig {
     pub fn codebook_dim(&self) -> usize {
         self.codebook_dim.unwrap_or(self.hidden_size)
     }
+
+    /// Frames of codes per second, rounded up as transformers' `EncodecConfig.frame_rate`.
+    pub fn frame_rate(&self) -> usize {
+        (self.sampling_rate as usize).div_ceil(self.hop_length().max(1))
+    }
+
+    /// Residual quantizers in the checkpoint: transformers' `EncodecConfig.num_quantizers`,
+    /// `int(1000 * target_bandwidths[-1] // (frame_rate * 10))`.
+    pub fn num_quantizers(&self) -> usize {
+        let bandwidth = self.target_bandwidths.last().copied().unwrap_or(0.0);
+        (1000.0 * bandwidth / (self.frame_rate() as f64 * 10.0)).floor() as usize
+    }
 }
 
 /// MusicGen decoder settings (transformers' `MusicgenDecoderConfig`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct DecoderConfig {
+    pub model_type: Option<String>,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub num_hidden_layers: usize,
@@ -217,12 +315,15 @@ pub struct DecoderConfig {
     pub audio_channels: usize,
     pub pad_token_id: u32,
     pub bos_token_id: u32,
+    /// Saved by transformers 5.x beside `bos_token_id`; generation_config.json's value wins.
+    pub decoder_start_token_id: Option<u32>,
     pub tie_word_embeddings: bool,
 }
 
 impl Default for DecoderConfig {
     fn default() -> Self {
         Self {
+            model_type: None,
             vocab_size: 2048,
             max_position_embeddings: 2048,
             num_hidden_layers: 24,
@@ -235,6 +336,7 @@ impl Default for DecoderConfig {
             audio_channels: 1,
             pad_token_id: 2048,
             bos_token_id: 2048,
+            decoder_start_token_id: None,
             tie_word_embeddings: false,
         }
     }
@@ -261,5 +363,65 @@ mod tests {
         assert_eq!(c.decoder.num_codebooks, 4);
         assert_eq!(c.text_encoder.relative_attention_num_buckets, 32);
         assert_eq!(c.audio_encoder.hop_length(), 320);
+    }
+
+    /// The musicgen-small config as transformers 4.31 saved it (abridged to the fields we read).
+    const SMALL_4_3X: &str = r#"{
+        "architectures": ["MusicgenForConditionalGeneration"], "model_type": "musicgen",
+        "audio_encoder": {"model_type": "encodec", "sampling_rate": 32000, "target_bandwidths": [2.2],
+            "upsampling_ratios": [8, 5, 4, 4], "num_filters": 64, "codebook_size": 2048, "codebook_dim": 128,
+            "use_causal_conv": false, "norm_type": "weight_norm", "pad_mode": "reflect", "normalize": false,
+            "chunk_length_s": null, "overlap": null},
+        "decoder": {"model_type": "musicgen_decoder", "hidden_size": 1024, "num_hidden_layers": 24,
+            "num_attention_heads": 16, "ffn_dim": 4096, "vocab_size": 2048, "num_codebooks": 4,
+            "eos_token_id": null, "dropout": 0.1},
+        "text_encoder": {"model_type": "t5", "_name_or_path": "t5-base", "d_model": 768, "d_ff": 3072,
+            "num_layers": 12, "num_heads": 12, "feed_forward_proj": "relu", "dense_act_fn": "relu",
+            "is_gated_act": false, "n_positions": 512},
+        "is_encoder_decoder": true, "torch_dtype": "float32", "transformers_version": "4.31.0.dev0"
+    }"#;
+
+    #[test]
+    fn parses_the_published_4_3x_dialect() {
+        let c = MusicgenConfig::from_json(SMALL_4_3X).unwrap();
+        assert_eq!(c.text_encoder.d_model, 768);
+        assert_eq!(c.audio_encoder.hop_length(), 640);
+        assert_eq!(c.audio_encoder.frame_rate(), 50);
+        assert_eq!(c.audio_encoder.num_quantizers(), 4);
+        assert_eq!(c.decoder.pad_token_id, 2048);
+        assert_eq!(c.codebooks_per_channel(), 4);
+    }
+
+    #[test]
+    fn a_5x_config_may_omit_the_decoder() {
+        let c = MusicgenConfig::from_json(
+            r#"{"model_type": "musicgen", "text_encoder": {"model_type": "t5"},
+                "audio_encoder": {"model_type": "encodec", "use_causal_conv": false}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.decoder.hidden_size, 1024);
+        assert_eq!(c.audio_encoder.num_quantizers(), 32);
+    }
+
+    #[test]
+    fn encoder_sections_need_their_model_type() {
+        let err = MusicgenConfig::from_json(
+            r#"{"model_type": "musicgen", "text_encoder": {}, "audio_encoder": {"model_type": "encodec"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("text_encoder") && err.contains("model_type"), "{err}");
+    }
+
+    #[test]
+    fn feed_forward_proj_follows_transformers() {
+        let ff = |proj: &str| T5Config { feed_forward_proj: proj.into(), ..T5Config::default() }.feed_forward();
+        assert_eq!(ff("relu").unwrap(), T5FeedForward { activation: T5Activation::Relu, gated: false });
+        assert_eq!(ff("gated-gelu").unwrap(), T5FeedForward { activation: T5Activation::GeluTanh, gated: true });
+        assert_eq!(ff("gelu").unwrap(), T5FeedForward { activation: T5Activation::Gelu, gated: false });
+        assert_eq!(ff("gated-silu").unwrap(), T5FeedForward { activation: T5Activation::Silu, gated: true });
+        let err = ff("fancy-relu").unwrap_err().to_string();
+        assert!(err.contains("fancy-relu"), "{err}");
+        assert!(ff("gated-mish").unwrap_err().to_string().contains("mish"));
     }
 }

@@ -32,5 +32,5 @@ pub mod weights;
 pub use audio::{Audio, Normalize, SampleFormat};
 pub use device::{DeviceSpec, DType};
 pub use error::{Error, Result};
-pub use model::{LoadOptions, ModelInfo, MusicGen};
+pub use model::{Generation, LoadOptions, ModelInfo, MusicGen, Step};
 pub use request::{CancelToken, GenerationItem, GenerationRequest, Progress, SamplingParams};

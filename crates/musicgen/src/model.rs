@@ -1,9 +1,28 @@
 //! The loaded model and the one entry point that turns a request into audio.
+//!
+//! [`MusicGen::generate`] is [`MusicGen::start`] (validate, tokenize, encode the text, prepare
+//! the decoder) followed by one [`Generation::step`] per decoder step and
+//! [`Generation::finish`] (undo the delay, decode with EnCodec, trim). Tests drive the same
+//! [`Generation`] step by step to compare every step with transformers.
 
+mod architecture;
+mod generation;
+pub(crate) mod random;
+
+use candle_core::{DType as TensorDType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+pub use self::generation::{Generation, Step};
 use crate::audio::Audio;
+use crate::config::MusicgenConfig;
+use crate::decoder::Decoder;
 use crate::device::{DType, DeviceSpec};
+use crate::encodec::EncodecDecoder;
 use crate::error::{Error, Result};
 use crate::request::{CancelToken, GenerationRequest, Progress};
+use crate::t5::T5Encoder;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Checkpoint;
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default)]
@@ -29,21 +48,132 @@ pub struct ModelInfo {
     pub parameters: usize,
 }
 
+/// Where prompt token ids come from.
+enum Prompts {
+    Tokenizer(Tokenizer),
+    /// Random-weight models have no vocabulary: every prompt becomes the same token sequence
+    /// of a typical prompt's length, so the encoder does the same work as for real text.
+    Synthetic,
+}
+
+/// Token ids of [`Prompts::Synthetic`]: eleven word pieces and T5's `</s>`.
+const SYNTHETIC_PROMPT: [u32; 12] = [3, 9, 2003, 5640, 1287, 28, 4836, 5941, 11, 3, 7, 1];
+
 /// A MusicGen checkpoint loaded on one device, reusable across requests.
 pub struct MusicGen {
     info: ModelInfo,
+    config: MusicgenConfig,
+    prompts: Prompts,
+    text_encoder: T5Encoder,
+    /// Present when the text encoder's width differs from the decoder's (transformers creates
+    /// it under exactly that condition).
+    enc_to_dec_proj: Option<Linear>,
+    decoder: Decoder,
+    codec: EncodecDecoder,
+    decoder_start_token: u32,
+    pad_token: u32,
+    device: Device,
 }
 
 impl MusicGen {
     /// Loads a hub id (`facebook/musicgen-small`, downloaded into the HF cache on first use)
     /// or a local checkpoint directory.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
-        let _ = (model, options);
-        Err(Error::Unsupported("the engine is being assembled".into()))
+        let device = options.device.open()?;
+        let dir = crate::hub::resolve(model, true)?;
+        let checkpoint = Checkpoint::open(&dir)?;
+        let tokenizer = Tokenizer::from_file(checkpoint.tokenizer_path())?;
+        let vb = checkpoint.var_builder(TensorDType::F32, &device)?;
+        let generation = checkpoint.generation();
+        Self::build(
+            model,
+            checkpoint.config().clone(),
+            Prompts::Tokenizer(tokenizer),
+            vb,
+            options,
+            device,
+            (generation.decoder_start_token_id, generation.pad_token_id),
+            checkpoint.parameter_count(),
+        )
+        .map_err(|e| match e {
+            Error::Tensor(e) => checkpoint.load_error(e),
+            other => other,
+        })
+    }
+
+    /// Builds a published architecture (`small`, `medium`, `large`, `stereo-small`,
+    /// `stereo-medium`, `stereo-large`, with or without the `facebook/musicgen-` prefix) with
+    /// random weights and no tokenizer: the same compute as the real model, for benchmarks.
+    pub fn random(architecture: &str, options: &LoadOptions) -> Result<Self> {
+        let mut model = Self::random_with_config(architecture::config(architecture)?, options)?;
+        model.info.source = format!("random weights: {}", architecture.trim());
+        Ok(model)
+    }
+
+    /// A model of any configuration with random weights (see [`MusicGen::random`]).
+    pub fn random_with_config(config: MusicgenConfig, options: &LoadOptions) -> Result<Self> {
+        let device = options.device.open()?;
+        let weights = random::RandomWeights::new(0);
+        let vb = weights.var_builder(TensorDType::F32, &device);
+        let tokens = (config.decoder.bos_token_id, config.decoder.pad_token_id);
+        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, tokens, 0)?;
+        model.info.parameters = weights.values_drawn();
+        Ok(model)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        source: &str,
+        config: MusicgenConfig,
+        prompts: Prompts,
+        vb: VarBuilder<'static>,
+        options: &LoadOptions,
+        device: Device,
+        (decoder_start_token, pad_token): (u32, u32),
+        parameters: usize,
+    ) -> Result<Self> {
+        let text = &config.text_encoder;
+        let text_encoder = T5Encoder::load(vb.pp("text_encoder"), text)?;
+        let hidden = config.decoder.hidden_size;
+        let enc_to_dec_proj = if text.d_model != hidden {
+            Some(candle_nn::linear(text.d_model, hidden, vb.pp("enc_to_dec_proj"))?)
+        } else {
+            None
+        };
+        let decoder = Decoder::load(&config.decoder, vb.pp("decoder").set_dtype(options.dtype.into()))?;
+        let codec = EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
+        let info = ModelInfo {
+            source: source.to_string(),
+            device: options.device.to_string(),
+            dtype: options.dtype.to_string(),
+            sample_rate: codec.sample_rate(),
+            audio_channels: config.decoder.audio_channels,
+            num_codebooks: config.decoder.num_codebooks,
+            decoder_layers: config.decoder.num_hidden_layers,
+            decoder_hidden_size: hidden,
+            vocab_size: config.decoder.vocab_size,
+            parameters,
+        };
+        Ok(Self {
+            info,
+            config,
+            prompts,
+            text_encoder,
+            enc_to_dec_proj,
+            decoder,
+            codec,
+            decoder_start_token,
+            pad_token,
+            device,
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    pub fn config(&self) -> &MusicgenConfig {
+        &self.config
     }
 
     /// Generates one track per request item. `progress` is called after every decoder step;
@@ -54,7 +184,47 @@ impl MusicGen {
         progress: &mut dyn FnMut(&Progress),
         cancel: &CancelToken,
     ) -> Result<Vec<Audio>> {
-        let _ = (request, progress, cancel);
-        Err(Error::Unsupported("the engine is being assembled".into()))
+        let started = std::time::Instant::now();
+        let mut generation = self.start(request)?;
+        let total_steps = generation.total_steps();
+        while !generation.is_finished() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            generation.step()?;
+            progress(&Progress { step: generation.steps_done(), total_steps, elapsed: started.elapsed() });
+        }
+        generation.finish()
+    }
+
+    /// Validates `request`, encodes its prompts and prepares the decoder; no decoder step runs yet.
+    pub fn start(&self, request: &GenerationRequest) -> Result<Generation<'_>> {
+        request.validate(self.config.decoder.vocab_size)?;
+        let (memory, mask) = self.encode_prompts(request)?;
+        Generation::new(self, request, memory, mask)
+    }
+
+    /// The text memory the decoder cross-attends to, `(B, L, hidden)` f32 (projected and zeroed
+    /// at padding, as transformers), with the attention mask `(B, L)` u32.
+    fn encode_prompts(&self, request: &GenerationRequest) -> Result<(Tensor, Tensor)> {
+        let (ids, mask) = match &self.prompts {
+            Prompts::Tokenizer(tokenizer) => {
+                let prompts: Vec<&str> = request.items.iter().map(|item| item.prompt.as_str()).collect();
+                tokenizer.encode_batch(&prompts, &self.device)?
+            }
+            Prompts::Synthetic => {
+                let batch = request.items.len();
+                let ids = Tensor::new(&SYNTHETIC_PROMPT, &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;
+                let mask = ids.ones_like()?;
+                (ids, mask)
+            }
+        };
+        let hidden = self.text_encoder.forward(&ids, &mask)?;
+        let hidden = match &self.enc_to_dec_proj {
+            Some(proj) => proj.forward(&hidden)?,
+            None => hidden,
+        };
+        let keep = mask.to_dtype(TensorDType::F32)?.unsqueeze(2)?;
+        Ok((hidden.broadcast_mul(&keep)?, mask))
     }
 }

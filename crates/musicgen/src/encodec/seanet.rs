@@ -1,0 +1,112 @@
+//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames to a waveform, both
+//! time-major: `(B, T, hidden)` to `(B, T * hop_length, audio_channels)`.
+//!
+//! Checkpoint layout, `decoder.layers.N` numbered as transformers' `nn.ModuleList` (ELUs
+//! take an index but hold no weights):
+//! `0` conv(hidden -> 2^R * filters, kernel_size), `1` LSTM, then per upsampling ratio r:
+//! ELU, transposed conv(kernel 2r, stride r) halving the channels, `num_residual_layers`
+//! residual blocks; finally ELU and conv(filters -> audio_channels, last_kernel_size).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::conv::{Conv1d, ConvStyle, ConvTranspose1d};
+use super::lstm::Lstm;
+use crate::config::EncodecConfig;
+use crate::error::{Error, Result};
+
+/// transformers' `EncodecResnetBlock`: ELU, conv(k, dilation) to `dim / compress`, ELU,
+/// conv(1) back to `dim`, plus a shortcut (a 1x1 conv when `use_conv_shortcut`).
+#[derive(Debug, Clone)]
+struct ResnetBlock {
+    conv_in: Conv1d,
+    conv_out: Conv1d,
+    shortcut: Option<Conv1d>,
+}
+
+impl ResnetBlock {
+    fn load(vb: &VarBuilder, cfg: &EncodecConfig, dim: usize, dilation: usize, style: ConvStyle) -> Result<Self> {
+        let hidden = dim / cfg.compress;
+        let block = vb.pp("block");
+        let conv_in = Conv1d::load(&block.pp(1), (dim, hidden), cfg.residual_kernel_size, dilation, style)?;
+        let conv_out = Conv1d::load(&block.pp(3), (hidden, dim), 1, 1, style)?;
+        let shortcut =
+            if cfg.use_conv_shortcut { Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?) } else { None };
+        Ok(Self { conv_in, conv_out, shortcut })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv_in.forward(&x.elu(1.0)?)?;
+        let y = self.conv_out.forward(&y.elu(1.0)?)?;
+        let residual = match &self.shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((residual + y)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Upsample {
+    conv: ConvTranspose1d,
+    residuals: Vec<ResnetBlock>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct SeanetDecoder {
+    conv_in: Conv1d,
+    lstm: Lstm,
+    upsamples: Vec<Upsample>,
+    conv_out: Conv1d,
+}
+
+impl SeanetDecoder {
+    /// `vb` is at `decoder`; `cfg` has been checked by the caller.
+    pub fn load(vb: &VarBuilder, cfg: &EncodecConfig, style: ConvStyle) -> Result<Self> {
+        let layers = vb.pp("layers");
+        let mut channels = cfg.num_filters << cfg.upsampling_ratios.len();
+        let conv_in = Conv1d::load(&layers.pp(0), (cfg.hidden_size, channels), cfg.kernel_size, 1, style)?;
+        let lstm = Lstm::load(&layers.pp(1), channels, cfg.num_lstm_layers)?;
+        let mut index = 2;
+        let mut upsamples = Vec::with_capacity(cfg.upsampling_ratios.len());
+        for &ratio in &cfg.upsampling_ratios {
+            // `index` is the ELU before the transposed convolution.
+            let conv = ConvTranspose1d::load(&layers.pp(index + 1), (channels, channels / 2), 2 * ratio, ratio, style)?;
+            channels /= 2;
+            let residuals = (0..cfg.num_residual_layers)
+                .map(|j| {
+                    let dilation = cfg.dilation_growth_rate.checked_pow(j as u32).ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "EnCodec dilation_growth_rate {} to the power {j} overflows",
+                            cfg.dilation_growth_rate
+                        ))
+                    })?;
+                    ResnetBlock::load(&layers.pp(index + 2 + j), cfg, channels, dilation, style)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            upsamples.push(Upsample { conv, residuals });
+            index += 2 + cfg.num_residual_layers;
+        }
+        let conv_out =
+            Conv1d::load(&layers.pp(index + 1), (cfg.num_filters, cfg.audio_channels), cfg.last_kernel_size, 1, style)?;
+        Ok(Self { conv_in, lstm, upsamples, conv_out })
+    }
+
+    /// The latent part (first conv and LSTM), cheap per sample but sequential over frames, so
+    /// worth batching.
+    pub fn forward_latent(&self, latent: &Tensor) -> Result<Tensor> {
+        self.lstm.forward(&self.conv_in.forward(latent)?)
+    }
+
+    /// The upsampling part, from `forward_latent`'s output to the waveform.
+    pub fn forward_upsample(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for stage in &self.upsamples {
+            x = stage.conv.forward(&x.elu(1.0)?)?;
+            for block in &stage.residuals {
+                x = block.forward(&x)?;
+            }
+        }
+        self.conv_out.forward(&x.elu(1.0)?)
+    }
+}

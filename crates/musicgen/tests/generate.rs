@@ -1,0 +1,235 @@
+//! The whole engine against transformers' `generate` on the tiny fixtures, plus the behaviour the
+//! server relies on: batches, seeds, progress, cancellation and exact sample counts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use musicgen::config::MusicgenConfig;
+use musicgen::{
+    CancelToken, Error, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn load(name: &str) -> MusicGen {
+    MusicGen::load(fixture(name).join("checkpoint").to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
+    let tensors = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap();
+    let json = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    (tensors, serde_json::from_str(&json).unwrap())
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn ints(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// max |a − b| / max |b|.
+fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    max_abs_diff(actual, expected) / expected.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+fn request(prompts: &[&str], sampling: SamplingParams, duration_secs: f64) -> GenerationRequest {
+    GenerationRequest {
+        items: prompts.iter().map(|p| GenerationItem { prompt: p.to_string(), sampling, seed: 0 }).collect(),
+        duration_secs,
+    }
+}
+
+fn prompts(json: &serde_json::Value, key: &str) -> Vec<String> {
+    json[key].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+/// Greedy guided generation of the reference's prompts, checked at every stage.
+fn check_against_reference(name: &str, suffix: &str, prompts_key: &str) {
+    let model = load(name);
+    let (tensors, json) = reference(name);
+    let t = |key: &str| &tensors[&format!("{key}{suffix}")];
+    let prompts = prompts(&json, prompts_key);
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let frames = json["frames"].as_u64().unwrap() as usize;
+    let guidance = json["guidance_scale"].as_f64().unwrap();
+    let duration = frames as f64 / 50.0;
+    let request = request(&prompts, SamplingParams::greedy(guidance), duration);
+
+    let mut generation = model.start(&request).unwrap();
+    assert_eq!(generation.total_steps(), json["steps"].as_u64().unwrap() as usize);
+    if suffix.is_empty() {
+        let err = relative_error(&floats(generation.memory()), &floats(&tensors["projected_encoder_hidden_states"]));
+        eprintln!("{name}: text memory relative error {err:e}");
+        assert!(err < 1e-4, "{name}: text memory relative error {err}");
+    }
+    let (mut worst_logits, mut worst_scores) = (0f32, 0f32);
+    let mut step = 0;
+    while let Some(out) = generation.step().unwrap() {
+        let err = relative_error(&out.logits, &floats(&t("logits").get(step).unwrap()));
+        assert!(err < 1e-4, "{name}{suffix} step {step}: logits relative error {err}");
+        worst_logits = worst_logits.max(err);
+        let err = relative_error(&out.scores, &floats(&t("scores").get(step).unwrap()));
+        assert!(err < 1e-4, "{name}{suffix} step {step}: scores relative error {err}");
+        worst_scores = worst_scores.max(err);
+        step += 1;
+    }
+    assert_eq!(generation.sequences(), ints(t("sequences")).as_slice(), "{name}{suffix}: token grid");
+    assert_eq!(generation.codes().concat(), ints(t("codes")), "{name}{suffix}: codes");
+
+    let audio = generation.finish().unwrap();
+    let expected = floats(t("audio"));
+    let got: Vec<f32> = audio.iter().flat_map(|a| a.channels.concat()).collect();
+    let err = max_abs_diff(&got, &expected);
+    eprintln!(
+        "{name}{suffix}: logits rel err {worst_logits:e}, scores rel err {worst_scores:e}, audio max abs err {err:e}"
+    );
+    assert!(err < 1e-4, "{name}{suffix}: waveform max abs error {err}");
+    let channels = json["audio_channels"].as_u64().unwrap() as usize;
+    assert!(audio.iter().all(|a| a.channels.len() == channels && a.sample_rate == 32000));
+}
+
+#[test]
+fn tiny_mono_batch_matches_transformers() {
+    check_against_reference("tiny-mono", "", "prompts");
+}
+
+#[test]
+fn tiny_mono_single_prompt_matches_transformers() {
+    check_against_reference("tiny-mono", "_single", "prompts_single");
+}
+
+#[test]
+fn tiny_stereo_batch_matches_transformers() {
+    check_against_reference("tiny-stereo", "", "prompts");
+}
+
+#[test]
+fn weight_norm_and_bin_variants_generate_the_same_audio() {
+    let request = request(&["lofi beat"], SamplingParams::greedy(3.0), 0.1);
+    let none = &mut |_: &musicgen::Progress| {};
+    let base = load("tiny-mono").generate(&request, none, &CancelToken::default()).unwrap();
+    for variant in ["tiny-mono-legacy", "tiny-mono-bin"] {
+        let audio = load(variant).generate(&request, none, &CancelToken::default()).unwrap();
+        assert_eq!(audio, base, "{variant}");
+    }
+}
+
+#[test]
+fn batch_items_equal_the_items_generated_alone() {
+    let model = load("tiny-mono");
+    let mut prompts = vec!["lofi beat", "calm ambient piano with soft rain"];
+    let none = &mut |_: &musicgen::Progress| {};
+    let cancel = CancelToken::default();
+    // Item 1 runs without guidance: the batch mixes guided and unguided rows.
+    let mut batch = request(&prompts, SamplingParams::greedy(3.0), 0.3);
+    batch.items[1].sampling.cfg_coef = 1.0;
+    let together = model.generate(&batch, none, &cancel).unwrap();
+    for (i, item) in batch.items.iter().enumerate() {
+        let alone = GenerationRequest { items: vec![item.clone()], duration_secs: batch.duration_secs };
+        let alone = model.generate(&alone, none, &cancel).unwrap();
+        assert_eq!(alone[0], together[i], "item {i}");
+    }
+    prompts.reverse();
+    let reversed = model.generate(&request(&prompts, SamplingParams::greedy(3.0), 0.3), none, &cancel).unwrap();
+    assert_eq!(reversed[1], together[0]);
+}
+
+#[test]
+fn same_seed_same_audio_other_seed_other_audio() {
+    let model = load("tiny-mono");
+    let sampling = SamplingParams { top_k: 50, top_p: 0.0, temperature: 1.0, cfg_coef: 3.0 };
+    let run = |seeds: &[u64]| {
+        let items = seeds.iter().map(|&seed| GenerationItem { prompt: "lofi beat".into(), sampling, seed }).collect();
+        let request = GenerationRequest { items, duration_secs: 0.3 };
+        model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap()
+    };
+    let first = run(&[7]);
+    assert_eq!(first, run(&[7]));
+    assert_ne!(first, run(&[8]));
+    // Each item draws from its own stream: in a batch it still gets its own music.
+    let batch = run(&[8, 7]);
+    assert_eq!(batch[1], first[0]);
+    let nucleus = SamplingParams { top_p: 0.9, ..sampling };
+    let request = request(&["lofi beat"], nucleus, 0.3);
+    let a = model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap();
+    assert_eq!(a, model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap());
+}
+
+#[test]
+fn progress_reports_every_step_and_cancellation_stops_within_one() {
+    let model = load("tiny-stereo");
+    let request = request(&["lofi beat"], SamplingParams::greedy(3.0), 0.2);
+    let mut seen = Vec::new();
+    model.generate(&request, &mut |p| seen.push((p.step, p.total_steps)), &CancelToken::default()).unwrap();
+    // 10 frames + 3: the delay spans the 4 codebooks of a channel.
+    let total = 10 + 3;
+    assert_eq!(seen, (1..=total).map(|s| (s, total)).collect::<Vec<_>>());
+
+    let cancel = CancelToken::default();
+    let mut steps = 0;
+    let result = model.generate(
+        &request,
+        &mut |p| {
+            steps = p.step;
+            if p.step == 4 {
+                cancel.cancel();
+            }
+        },
+        &cancel,
+    );
+    assert!(matches!(result, Err(Error::Cancelled)), "{:?}", result.map(|a| a.len()));
+    assert_eq!(steps, 4);
+}
+
+#[test]
+fn sample_count_is_the_requested_duration() {
+    for name in ["tiny-mono", "tiny-stereo"] {
+        let model = load(name);
+        // Whole frames, then half a frame (10.5 -> 11 frames) and a fraction that rounds down.
+        for (duration, samples) in [(0.2, 6400), (0.21, 6720), (0.2345, 7504)] {
+            let request = request(&["piano"], SamplingParams::greedy(3.0), duration);
+            let audio = model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap();
+            for channel in &audio[0].channels {
+                assert_eq!(channel.len(), samples, "{name} at {duration} s");
+                assert!(channel.iter().all(|s| s.is_finite()));
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_before_any_work() {
+    let model = load("tiny-mono");
+    let mut bad = request(&["piano"], SamplingParams::greedy(3.0), 1.0);
+    bad.items[0].sampling.top_k = 65;
+    let err = model.start(&bad).err().unwrap().to_string();
+    assert!(err.contains("top_k") && err.contains("65"), "{err}");
+    let empty = request(&[""], SamplingParams::greedy(3.0), 1.0);
+    assert!(matches!(model.start(&empty), Err(Error::InvalidRequest { field: "prompt", .. })));
+    let none = GenerationRequest { items: vec![], duration_secs: 1.0 };
+    assert!(model.generate(&none, &mut |_| {}, &CancelToken::default()).is_err());
+}
+
+#[test]
+fn random_weights_build_any_configuration_and_generate() {
+    let text = std::fs::read_to_string(fixture("tiny-stereo").join("checkpoint/config.json")).unwrap();
+    let config = MusicgenConfig::from_json(&text).unwrap();
+    let model = MusicGen::random_with_config(config, &LoadOptions::default()).unwrap();
+    assert!(model.info().parameters > 0);
+    assert_eq!(model.info().audio_channels, 2);
+    let request = request(&["anything"], SamplingParams { top_k: 8, ..SamplingParams::default() }, 0.1);
+    let audio = model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap();
+    assert_eq!(audio[0].channels.len(), 2);
+    assert_eq!(audio[0].channels[0].len(), 3200);
+    assert!(matches!(MusicGen::random("tiny", &LoadOptions::default()), Err(Error::InvalidRequest { .. })));
+}
