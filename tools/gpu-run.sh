@@ -97,7 +97,7 @@ stage_profile() {
   say "profile: kernels of a 0.2 s bf16 generation (13 steps) under ncu"
   local ncu; ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)"
   if [ -z "$ncu" ]; then echo "no ncu" | tee -a "$LOG"; return; fi
-  "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$OUT_DIR/ncu.csv" \
+  timeout "${PROFILE_TIMEOUT:-180}" "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$OUT_DIR/ncu.csv" \
     "$DGX" bench --random-weights --model "$MODEL" --duration 0.2 --batch 1 --dtype bf16 --device cuda \
     --runs 1 --warmup-duration 0 --json > /dev/null 2>>"$LOG" || echo "ncu failed" | tee -a "$LOG"
 }

@@ -25,8 +25,12 @@ use musicgen::{DType as ModelDType, DeviceSpec, GenerationItem, GenerationReques
 
 const FIXTURES: [&str; 2] = ["tiny-mono", "tiny-stereo"];
 
+/// The fixtures where this crate was built, else under the working directory: the test executable
+/// is often carried to a GPU machine and run from a checkout at another path.
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.is_dir() { built } else { PathBuf::from("crates/musicgen/tests/fixtures") };
+    dir.join(name)
 }
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
