@@ -20,7 +20,7 @@ pub struct Args {
     prompts: Vec<String>,
 
     /// Seconds of audio to generate.
-    #[arg(short, long, default_value_t = 10.0)]
+    #[arg(short, long, default_value_t = 10.0, allow_negative_numbers = true)]
     duration: f64,
 
     /// Hub id (facebook/musicgen-small, -medium, -large, -stereo-*), short name (small, medium,
@@ -29,19 +29,20 @@ pub struct Args {
     model: String,
 
     /// Sample only from the k most likely tokens; 1 is greedy decoding.
-    #[arg(long, default_value_t = 250)]
-    top_k: usize,
+    /// [default: 250, or the vocabulary size if smaller]
+    #[arg(long)]
+    top_k: Option<usize>,
 
     /// Nucleus sampling threshold in [0, 1]; 0 turns it off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     top_p: f64,
 
     /// Softmax temperature (> 0); lower is more conservative.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
 
     /// Classifier-free guidance: how strongly the prompt steers the music (1 turns it off).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     cfg_coef: f64,
 
     /// Random seed; the same seed, prompt and settings give the same music on the same device.
@@ -92,12 +93,16 @@ fn parse_sample_format(s: &str) -> Result<SampleFormat, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let request = build_request(&args)?;
+    let mut request = build_request(&args)?;
     let outputs = output_paths(&args);
 
     let started = Instant::now();
     let options = LoadOptions { device: args.device, dtype: args.dtype };
     let model = MusicGen::load(&args.model, &options).with_context(|| format!("loading model {}", args.model))?;
+    if args.top_k.is_none() {
+        let vocab = model.info().vocab_size;
+        request.items.iter_mut().for_each(|item| item.sampling.top_k = item.sampling.top_k.min(vocab));
+    }
     let load_secs = started.elapsed().as_secs_f64();
     if !args.quiet {
         let info = model.info();
@@ -141,7 +146,7 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
     }
     validate_duration(args.duration)?;
     let sampling = SamplingParams {
-        top_k: args.top_k,
+        top_k: args.top_k.unwrap_or(DEFAULT_TOP_K),
         top_p: args.top_p,
         temperature: args.temperature,
         cfg_coef: args.cfg_coef,
@@ -156,6 +161,9 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
         .collect();
     Ok(GenerationRequest { items, duration_secs: args.duration })
 }
+
+/// audiocraft's default.
+const DEFAULT_TOP_K: usize = 250;
 
 fn fresh_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
