@@ -56,7 +56,8 @@ enum Prompts {
     Synthetic,
 }
 
-/// Token ids of [`Prompts::Synthetic`]: eleven word pieces and T5's `</s>`.
+/// Token ids of [`Prompts::Synthetic`]: eleven word pieces and T5's `</s>` (taken modulo the
+/// vocabulary size of smaller test encoders).
 const SYNTHETIC_PROMPT: [u32; 12] = [3, 9, 2003, 5640, 1287, 28, 4836, 5941, 11, 3, 7, 1];
 
 /// A MusicGen checkpoint loaded on one device, reusable across requests.
@@ -71,7 +72,6 @@ pub struct MusicGen {
     decoder: Decoder,
     codec: EncodecDecoder,
     decoder_start_token: u32,
-    pad_token: u32,
     device: Device,
 }
 
@@ -92,7 +92,7 @@ impl MusicGen {
             vb,
             options,
             device,
-            (generation.decoder_start_token_id, generation.pad_token_id),
+            generation.decoder_start_token_id,
             checkpoint.parameter_count(),
         )
         .map_err(|e| match e {
@@ -115,8 +115,8 @@ impl MusicGen {
         let device = options.device.open()?;
         let weights = random::RandomWeights::new(0);
         let vb = weights.var_builder(TensorDType::F32, &device);
-        let tokens = (config.decoder.bos_token_id, config.decoder.pad_token_id);
-        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, tokens, 0)?;
+        let start = config.decoder.bos_token_id;
+        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, start, 0)?;
         model.info.parameters = weights.values_drawn();
         Ok(model)
     }
@@ -129,7 +129,7 @@ impl MusicGen {
         vb: VarBuilder<'static>,
         options: &LoadOptions,
         device: Device,
-        (decoder_start_token, pad_token): (u32, u32),
+        decoder_start_token: u32,
         parameters: usize,
     ) -> Result<Self> {
         let text = &config.text_encoder;
@@ -163,7 +163,6 @@ impl MusicGen {
             decoder,
             codec,
             decoder_start_token,
-            pad_token,
             device,
         })
     }
@@ -214,7 +213,9 @@ impl MusicGen {
             }
             Prompts::Synthetic => {
                 let batch = request.items.len();
-                let ids = Tensor::new(&SYNTHETIC_PROMPT, &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;
+                let vocab = self.config.text_encoder.vocab_size as u32;
+                let ids: Vec<u32> = SYNTHETIC_PROMPT.iter().map(|id| id % vocab).collect();
+                let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;
                 let mask = ids.ones_like()?;
                 (ids, mask)
             }

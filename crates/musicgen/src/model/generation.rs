@@ -48,8 +48,10 @@ impl<'m> Generation<'m> {
         let k = decoder.num_codebooks();
         let sample_rate = model.codec.sample_rate() as f64;
         let frame_rate = sample_rate / model.codec.hop_length() as f64;
-        let pattern =
-            DelayPattern::new(k, model.config.decoder.audio_channels, frames_at(request.duration_secs, frame_rate), model.pad_token);
+        // transformers builds the pattern with the decoder start token as its pad
+        // (`build_delay_pattern_mask(pad_token_id=decoder_start_token_id)`): that is what the decoder sees.
+        let frames = frames_at(request.duration_secs, frame_rate);
+        let pattern = DelayPattern::new(k, model.config.decoder.audio_channels, frames, model.decoder_start_token);
 
         let mut uncond_rows = Vec::with_capacity(batch);
         let mut uncond_items = Vec::new();
