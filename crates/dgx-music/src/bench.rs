@@ -1,6 +1,216 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `dgx-music bench`: how fast does this machine generate? Load time, text encoder, time per
+//! decoder step, EnCodec, peak memory and the verdict against the users' bar (16 s of audio in
+//! under 30 s), as a table or one JSON object.
+//!
+//! Only the engine's public API is used: phases are timed around `MusicGen::start`,
+//! `Generation::step` and `Generation::finish` (see `timing`), GPU memory read off NVML (see `memory`).
 
-pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`bench` is being written")
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use musicgen::{CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+use serde::Serialize;
+
+use crate::validate::target::BuildTarget;
+
+pub mod memory;
+pub mod report;
+pub mod timing;
+
+use memory::{GpuPeak, GpuSampler};
+use timing::Phases;
+
+/// The users' requirement: 16 s of audio generated in under 30 s.
+pub const BAR_AUDIO_S: f64 = 16.0;
+pub const BAR_WALL_S: f64 = 30.0;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// small, medium or large (facebook/musicgen-*), a hub id, or a checkpoint directory.
+    #[arg(long, default_value = "small")]
+    model: String,
+    /// Build the architecture with random weights instead of loading a checkpoint: no download,
+    /// same computation (small, medium, large, stereo-small, stereo-medium, stereo-large).
+    #[arg(long)]
+    random_weights: bool,
+    /// Seconds of audio per item.
+    #[arg(long, default_value_t = 16.0)]
+    duration: f64,
+    /// Prompts generated together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// cpu, cuda or cuda:N; default: cuda when this build has it, else cpu.
+    #[arg(long)]
+    device: Option<String>,
+    /// f32, f16 or bf16 for the decoder; default: bf16 on a GPU, f32 on the CPU.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Timed runs after the warm-up; the report gives their median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of audio generated once, untimed, before the timed runs (kernel loading, cuBLAS
+    /// handles and allocator pools stay out of the figures).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_duration: f64,
+    #[arg(long, default_value = "an upbeat synth-pop track with a driving bassline and bright pads")]
+    prompt: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One timed generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub phases: Phases,
+    pub gpu_peak: Option<GpuPeak>,
+}
+
+/// Everything `bench` measured, as printed by `--json`.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub date: String,
+    pub model: String,
+    pub random_weights: bool,
+    pub device: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub duration_s: f64,
+    pub frames: usize,
+    pub steps: usize,
+    pub runs: usize,
+    pub build: BuildTarget,
+    pub model_info: musicgen::ModelInfo,
+    pub load_s: f64,
+    /// Medians over the timed runs.
+    pub text_encoder_s: f64,
+    pub decoder_s: f64,
+    pub ms_per_step: f64,
+    pub median_step_ms: f64,
+    pub steps_per_s: f64,
+    pub encodec_s: f64,
+    pub total_s: f64,
+    /// Seconds of audio per second of wall time for one item (> 1 is faster than real time).
+    pub real_time_factor: f64,
+    /// The same for the whole batch.
+    pub aggregate_real_time_factor: f64,
+    pub peak_host_bytes: Option<u64>,
+    pub peak_gpu_bytes: Option<u64>,
+    /// Time to generate 16 s of audio at this speed, and whether it beats 30 s.
+    pub bar_seconds_for_16s: f64,
+    pub verdict: &'static str,
+    pub timed_runs: Vec<Run>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch >= 1, "--batch {} must be at least 1", args.batch);
+    anyhow::ensure!(args.runs >= 1, "--runs {} must be at least 1", args.runs);
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration.is_finite(),
+        "--duration {} must be a positive number of seconds",
+        args.duration
+    );
+    anyhow::ensure!(
+        args.warmup_duration >= 0.0 && args.warmup_duration.is_finite(),
+        "--warmup-duration {} must be zero or a positive number of seconds",
+        args.warmup_duration
+    );
+    let device: DeviceSpec = match &args.device {
+        Some(d) => d.parse()?,
+        None if cfg!(feature = "cuda") => DeviceSpec::Cuda(0),
+        None => DeviceSpec::Cpu,
+    };
+    let dtype: DType = match &args.dtype {
+        Some(d) => d.parse()?,
+        None if device == DeviceSpec::Cpu => DType::F32,
+        None => DType::BF16,
+    };
+    let options = LoadOptions { device, dtype };
+    let nvml_index = match device {
+        DeviceSpec::Cuda(ordinal) => crate::validate::kernel::cuda_uuid(ordinal)
+            .and_then(|uuid| crate::validate::driver::nvml_index_of(&uuid)),
+        DeviceSpec::Cpu => None,
+    };
+
+    if !args.json {
+        eprintln!(
+            "bench: loading {}{} on {device} ({dtype})...",
+            args.model,
+            if args.random_weights { " (random weights)" } else { "" }
+        );
+    }
+    let load_started = Instant::now();
+    let model = if args.random_weights {
+        MusicGen::random(&args.model, &options)
+    } else {
+        MusicGen::load(&checkpoint(&args.model), &options)
+    }
+    .with_context(|| format!("cannot load model {:?}", args.model))?;
+    let load_s = load_started.elapsed().as_secs_f64();
+
+    let request = |duration_secs: f64| GenerationRequest {
+        items: (0..args.batch)
+            .map(|i| GenerationItem { prompt: args.prompt.clone(), sampling: SamplingParams::default(), seed: i as u64 })
+            .collect(),
+        duration_secs,
+    };
+    let cancel = CancelToken::default();
+    if args.warmup_duration > 0.0 {
+        if !args.json {
+            eprintln!("bench: warm-up ({} s of audio)...", args.warmup_duration);
+        }
+        model.generate(&request(args.warmup_duration), &mut |_| {}, &cancel).context("warm-up generation failed")?;
+    }
+
+    let sync = || -> anyhow::Result<()> {
+        match device {
+            DeviceSpec::Cuda(ordinal) => crate::validate::kernel::synchronize(ordinal).map_err(anyhow::Error::msg),
+            DeviceSpec::Cpu => Ok(()),
+        }
+    };
+    let timed = request(args.duration);
+    let mut runs = Vec::with_capacity(args.runs);
+    for i in 0..args.runs {
+        if !args.json {
+            eprintln!("bench: run {}/{}...", i + 1, args.runs);
+        }
+        let sampler = nvml_index.and_then(GpuSampler::start);
+        let (phases, audio) = timing::timed_generation(&model, &timed, &sync).context("generation failed")?;
+        let gpu_peak = sampler.map(GpuSampler::finish);
+        anyhow::ensure!(audio.len() == args.batch, "the engine returned {} tracks for a batch of {}", audio.len(), args.batch);
+        runs.push(Run { phases, gpu_peak });
+    }
+
+    let report = report::summarise(&args, device, dtype, model.info().clone(), load_s, runs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::human(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hub id or directory to load for `--model`: a bare size names Meta's checkpoint.
+fn checkpoint(model: &str) -> String {
+    match model {
+        "small" | "medium" | "large" | "stereo-small" | "stereo-medium" | "stereo-large" => {
+            format!("facebook/musicgen-{model}")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_name_meta_checkpoints() {
+        assert_eq!(checkpoint("small"), "facebook/musicgen-small");
+        assert_eq!(checkpoint("stereo-large"), "facebook/musicgen-stereo-large");
+        assert_eq!(checkpoint("/models/mine"), "/models/mine");
+        assert_eq!(checkpoint("facebook/musicgen-medium"), "facebook/musicgen-medium");
+    }
 }

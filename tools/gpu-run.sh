@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The one script run on a GPU machine that has no Rust: validate, the GPU tests, `dgx-music bench`
+# and transformers' MusicGen side by side, then a short table. Built binaries come in BIN_DIR
+# (xz-compressed or plain), made here by tools/build-cuda.sh; see docs/PERFORMANCE.md.
+#
+#   tools/gpu-run.sh BIN_DIR OUT_DIR STAGE...
+#
+# BIN_DIR holds dgx-music[.xz], optionally gpu-tests[.xz], and the tools/ files the stages need
+# (bench_transformers.py, musicgen-arch/). Stages, run in the order given:
+#   env           nvidia-smi, the CUDA libraries found, the PTX targets inside the binary
+#   validate      dgx-music validate, human and --json
+#   tests         the GPU integration tests (crates/musicgen/tests/gpu.rs), run from the repo root
+#   bench         dgx-music bench: small, 16 s; f32 and bf16 batch 1, bf16 batch 8 (BENCH_CASES)
+#   transformers  tools/bench_transformers.py on the same cases (TF_CASES)
+#   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
+#   smoke         one short bench and one short transformers case: proves the scripts run
+# Everything goes to OUT_DIR: results.jsonl (one JSON object per measurement), log.txt, validate.txt.
+set -uo pipefail
+
+BIN_DIR="$(cd "${1:?usage: gpu-run.sh BIN_DIR OUT_DIR STAGE...}" && pwd)"
+OUT_DIR="${2:?usage: gpu-run.sh BIN_DIR OUT_DIR STAGE...}"
+shift 2
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+LOG="$OUT_DIR/log.txt"
+RESULTS="$OUT_DIR/results.jsonl"
+MODEL="${MODEL:-small}"
+DURATION="${DURATION:-16}"
+RUNS="${RUNS:-3}"
+BENCH_CASES="${BENCH_CASES:-f32x1 bf16x1 bf16x8}"
+TF_CASES="${TF_CASES:-fp32x1,bf16x1,bf16x8}"
+
+for dir in /usr/local/cuda-13.0/targets/"$(uname -m)"-linux/lib /usr/local/cuda/lib64; do
+  [ -d "$dir" ] && export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export PYTHONUNBUFFERED=1
+
+WORK="$(mktemp -d)"
+for name in dgx-music gpu-tests; do
+  if [ -f "$BIN_DIR/$name.xz" ]; then
+    xz -dc "$BIN_DIR/$name.xz" > "$WORK/$name"
+  elif [ -f "$BIN_DIR/$name" ]; then
+    cp "$BIN_DIR/$name" "$WORK/$name"
+  fi
+  [ -f "$WORK/$name" ] && chmod +x "$WORK/$name"
+done
+DGX="$WORK/dgx-music"
+
+say() { echo "== $*" | tee -a "$LOG"; }
+# Appends a JSON object (one line) to results.jsonl with a label.
+record() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]=sys.argv[1]; print(json.dumps(d))' "$1" >> "$RESULTS"; }
+
+stage_env() {
+  say "env $(date -u +%FT%TZ)"
+  { nvidia-smi; nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,clocks.max.sm --format=csv
+    uname -m; ldd "$DGX" | grep -E 'cuda|cublas|curand|nvrtc'
+    echo "PTX targets in the binary:"; grep -a -o '\.target sm_[0-9]*[af]*' "$DGX" | sort | uniq -c
+  } >> "$LOG" 2>&1
+}
+
+stage_validate() {
+  say "validate"
+  "$DGX" validate | tee "$OUT_DIR/validate.txt" | tee -a "$LOG"
+  echo "validate exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
+  "$DGX" validate --json > "$WORK/validate.json" 2>>"$LOG" || true
+  record validate < "$WORK/validate.json"
+}
+
+stage_tests() {
+  say "GPU tests"
+  if [ ! -x "$WORK/gpu-tests" ]; then echo "no gpu-tests binary in $BIN_DIR" | tee -a "$LOG"; return; fi
+  "$WORK/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
+  echo "gpu-tests exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
+}
+
+bench_case() { # DTYPExBATCH [extra args]
+  local dtype="${1%x*}" batch="${1#*x}"; shift
+  say "bench $MODEL $dtype batch $batch ${DURATION}s"
+  if "$DGX" bench --random-weights --model "$MODEL" --duration "$DURATION" --batch "$batch" --dtype "$dtype" \
+      --device cuda --runs "$RUNS" --json "$@" > "$WORK/bench.json" 2>>"$LOG"; then
+    record "dgx-music $dtype x$batch" < "$WORK/bench.json"
+  else
+    echo "bench $dtype x$batch failed" | tee -a "$LOG"
+  fi
+}
+
+stage_bench() { for c in $BENCH_CASES; do bench_case "$c"; done; }
+
+stage_transformers() {
+  say "transformers $TF_CASES"
+  python3 "$BIN_DIR/bench_transformers.py" --model "$MODEL" --duration "$DURATION" --runs "$RUNS" \
+    --cases "$TF_CASES" ${TF_BUDGET:+--budget "$TF_BUDGET"} 2>>"$LOG" | tee -a "$LOG" | tail -n 1 > "$WORK/tf.json"
+  record transformers < "$WORK/tf.json"
+}
+
+stage_profile() {
+  say "profile: kernels of a 0.2 s bf16 generation (13 steps) under ncu"
+  local ncu; ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)"
+  if [ -z "$ncu" ]; then echo "no ncu" | tee -a "$LOG"; return; fi
+  timeout "${PROFILE_TIMEOUT:-180}" "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$OUT_DIR/ncu.csv" \
+    "$DGX" bench --random-weights --model "$MODEL" --duration 0.2 --batch 1 --dtype bf16 --device cuda \
+    --runs 1 --warmup-duration 0 --json > /dev/null 2>>"$LOG" || echo "ncu failed" | tee -a "$LOG"
+}
+
+stage_smoke() {
+  DURATION=1 RUNS=1 bench_case bf16x1
+  say "transformers smoke"
+  python3 "$BIN_DIR/bench_transformers.py" --model "$MODEL" --duration 1 --runs 1 --cases fp32x1 2>>"$LOG" \
+    | tee -a "$LOG" | tail -n 1 > "$WORK/tf.json"
+  record "transformers smoke" < "$WORK/tf.json"
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    env|validate|tests|bench|transformers|profile|smoke) "stage_$stage" ;;
+    *) echo "unknown stage $stage" | tee -a "$LOG" ;;
+  esac
+done
+
+say "summary"
+python3 - "$RESULTS" <<'PY' | tee -a "$LOG"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
+for r in rows:
+    if r["label"] == "validate":
+        print(f"validate: {r['verdict']}  " + "; ".join(f"{c['status']} {c['name']}" for c in r["checks"]))
+    elif r["label"].startswith("dgx-music"):
+        print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['ms_per_step']:6.2f} ms/step  RTF {r['real_time_factor']:6.2f}x  "
+              f"aggregate {r['aggregate_real_time_factor']:6.1f}x  text {r['text_encoder_s']:.3f} s  encodec {r['encodec_s']:.3f} s  "
+              f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB  {r['verdict']}")
+    else:
+        for c in r.get("results", []):
+            if "median_s" in c:
+                print(f"{r['label'] + ' ' + c['dtype'] + ' x' + str(c['batch']):<22} {c['median_s']:7.2f} s  "
+                      f"{c['ms_per_step']:6.2f} ms/step  RTF {c['real_time_factor']:6.2f}x  aggregate {c['aggregate_real_time_factor']:6.1f}x")
+            else:
+                print(f"{r['label']} {c['dtype']} x{c['batch']}: {c.get('skipped')}")
+PY
+rm -rf "$WORK"
