@@ -8,10 +8,11 @@
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::DecoderConfig;
 use crate::error::{Error, Result};
+use crate::linear::Linear;
 
 /// Added to the scores of masked memory positions. Finite (transformers' eager path uses the
 /// dtype's minimum too) so that a fully masked row, the unconditional half of guidance, softmaxes
@@ -79,7 +80,7 @@ impl Activation {
 
 /// Bias-free projection, as every linear layer of the decoder.
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?))
 }
 
 /// `(rows, len, heads·head_dim)` -> `(rows, heads, len, head_dim)`, contiguous.
@@ -108,7 +109,7 @@ impl SelfAttention {
         let k = vb.pp("k_proj").get((hidden, hidden), "weight")?;
         let v = vb.pp("v_proj").get((hidden, hidden), "weight")?;
         Ok(Self {
-            qkv: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?, None),
+            qkv: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?),
             out: linear(hidden, hidden, vb.pp("out_proj"))?,
             heads,
             scale: ((hidden / heads) as f64).powf(-0.5),
@@ -285,7 +286,7 @@ impl Decoder {
             embed_tokens,
             layers,
             layer_norm: LayerNorm::load(hidden, model.pp("layer_norm"))?,
-            lm_heads: Linear::new(Tensor::cat(&heads, 0)?, None),
+            lm_heads: Linear::new(Tensor::cat(&heads, 0)?),
             num_codebooks: cfg.num_codebooks,
             vocab_size: cfg.vocab_size,
             hidden_size: hidden,

@@ -22,6 +22,7 @@ pub mod device;
 pub mod encodec;
 mod error;
 pub mod hub;
+pub mod linear;
 mod model;
 pub mod request;
 pub mod sampling;
