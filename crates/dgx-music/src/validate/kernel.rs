@@ -197,6 +197,8 @@ mod imp {
 }
 
 /// NVML's spelling of a GPU UUID: `GPU-` and 16 bytes in 8-4-4-4-12 hex groups.
+/// Only CUDA builds have CUDA devices to name.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("GPU-{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
