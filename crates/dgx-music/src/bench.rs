@@ -145,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = if args.random_weights {
         MusicGen::random(&args.model, &options)
     } else {
-        MusicGen::load(&checkpoint(&args.model), &options)
+        MusicGen::load(&args.model, &options)
     }
     .with_context(|| format!("cannot load model {:?}", args.model))?;
     let load_s = load_started.elapsed().as_secs_f64();
@@ -190,27 +190,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", report::human(&report));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The hub id or directory to load for `--model`: a bare size names Meta's checkpoint.
-fn checkpoint(model: &str) -> String {
-    match model {
-        "small" | "medium" | "large" | "stereo-small" | "stereo-medium" | "stereo-large" => {
-            format!("facebook/musicgen-{model}")
-        }
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_name_meta_checkpoints() {
-        assert_eq!(checkpoint("small"), "facebook/musicgen-small");
-        assert_eq!(checkpoint("stereo-large"), "facebook/musicgen-stereo-large");
-        assert_eq!(checkpoint("/models/mine"), "/models/mine");
-        assert_eq!(checkpoint("facebook/musicgen-medium"), "facebook/musicgen-medium");
-    }
 }
