@@ -105,8 +105,16 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_string(), message, field } };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::QueueFull { retry_after_secs, .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        match self {
+            ApiError::QueueFull { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // The rest of an oversized body is never read, so the server drops the connection after this
+            // answer; saying so stops a client from sending its next request down a closing socket.
+            ApiError::PayloadTooLarge(_) => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -158,7 +158,10 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
     let untyped = client.post(server.url("/api/v1/generate")).body(r#"{"prompt": "p", "duration": 5}"#).send();
     assert_error(untyped.await.unwrap(), 415, "unsupported_media_type", None, "application/json").await;
     let huge = json!({"prompt": "p".repeat(200_000), "duration": 5}).to_string();
-    assert_error(post(huge).await.unwrap(), 413, "payload_too_large", None, "KiB").await;
+    let too_large = post(huge).await.unwrap();
+    // The server stops reading the body and closes; the header keeps the client off the dying connection.
+    assert_eq!(too_large.headers()["connection"], "close");
+    assert_error(too_large, 413, "payload_too_large", None, "KiB").await;
 
     let unknown = "3f1f6b51-0c1e-4a4e-9d7a-6c7f2f3e9b10";
     for path in [

@@ -110,9 +110,15 @@ pub async fn generate(
     if !state.jobs.enqueue(&job, state.max_queue).await? {
         return Err(ApiError::QueueFull { max_queue: state.max_queue, retry_after_secs: state.metrics.retry_after_secs() });
     }
+    // The answer describes the job as accepted: queued, with its place in the line. The worker may
+    // already have claimed it (it also polls), and a later state here would break that contract.
+    let queue_position = match state.jobs.get(job.id).await? {
+        Some(stored) if stored.status == JobStatus::Queued => stored.queue_position,
+        _ => Some(0),
+    };
+    let job = Job { queue_position, ..job };
     state.worker.wake();
     state.events.changed(job.id);
-    let job = state.jobs.get(job.id).await?.unwrap_or(job);
     let location = job_path(job.id, "");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view())).into_response())
 }
