@@ -30,7 +30,8 @@ async fn the_seed_example_runs_end_to_end() {
     let response = client
         .post(server.url("/api/v1/generate"))
         .header("Content-Type", "application/json")
-        .body(r#"{"prompt": "ambient piano", "duration": 2}"#)
+        // The seed's request as written: 16 s also keeps the job running long enough to watch its progress.
+        .body(r#"{"prompt": "ambient piano", "duration": 16}"#)
         .send()
         .await
         .unwrap();
@@ -40,7 +41,7 @@ async fn the_seed_example_runs_end_to_end() {
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(location, format!("/api/v1/jobs/{id}"));
     assert_eq!(job["status"], "queued");
-    assert_eq!((job["prompt"].as_str(), job["duration"].as_f64()), (Some("ambient piano"), Some(2.0)));
+    assert_eq!((job["prompt"].as_str(), job["duration"].as_f64()), (Some("ambient piano"), Some(16.0)));
     assert_eq!((job["top_k"].as_u64(), job["top_p"].as_f64(), job["temperature"].as_f64(), job["cfg_coef"].as_f64()),
         (Some(250.min(model["vocab_size"].as_u64().unwrap())), Some(0.0), Some(1.0), Some(3.0)));
     assert!(job["seed"].is_u64() && job["created_at"].is_string() && job["audio_url"].is_null());
@@ -60,7 +61,7 @@ async fn the_seed_example_runs_end_to_end() {
     for field in ["started_at", "finished_at", "generation_time", "real_time_factor"] {
         assert!(!done[field].is_null(), "{field} in {done}");
     }
-    assert!((done["audio_duration"].as_f64().unwrap() - 2.0).abs() < 0.05, "{done}");
+    assert!((done["audio_duration"].as_f64().unwrap() - 16.0).abs() < 0.05, "{done}");
 
     let audio = client.get(server.url(&format!("/api/v1/jobs/{id}/audio"))).send().await.unwrap();
     assert_eq!(audio.status(), StatusCode::OK);
@@ -69,7 +70,7 @@ async fn the_seed_example_runs_end_to_end() {
     let bytes = audio.bytes().await.unwrap();
     let (spec, samples) = wav_pcm(&bytes);
     assert_eq!(spec.sample_rate as u64, model["sample_rate"].as_u64().unwrap());
-    assert!((samples.len() as f64 / spec.sample_rate as f64 - 2.0).abs() < 0.05);
+    assert!((samples.len() as f64 / spec.sample_rate as f64 - 16.0).abs() < 0.05);
 
     // Players seek with Range requests.
     let part = client
