@@ -10,7 +10,8 @@
 #   env           nvidia-smi, the CUDA libraries found, the PTX targets inside the binary
 #   validate      dgx-music validate, human and --json
 #   tests         the GPU integration tests (crates/musicgen/tests/gpu.rs), run from the repo root
-#   bench         dgx-music bench: small, 16 s; f32 and bf16 batch 1, bf16 batch 8 (BENCH_CASES)
+#   bench         dgx-music bench: small, 16 s; f32 and bf16 batch 1, bf16 batch 8 (BENCH_CASES;
+#                 a case like bf16x1-eager runs with --eager, without CUDA graphs)
 #   transformers  tools/bench_transformers.py on the same cases (TF_CASES)
 #   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
 #   smoke         one short bench and one short transformers case: proves the scripts run
@@ -69,18 +70,20 @@ stage_validate() {
 stage_tests() {
   say "GPU tests"
   if [ ! -x "$WORK/gpu-tests" ]; then echo "no gpu-tests binary in $BIN_DIR" | tee -a "$LOG"; return; fi
-  "$WORK/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
+  timeout "${TEST_TIMEOUT:-600}" "$WORK/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
   echo "gpu-tests exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
 }
 
-bench_case() { # DTYPExBATCH [extra args]
-  local dtype="${1%x*}" batch="${1#*x}"; shift
-  say "bench $MODEL $dtype batch $batch ${DURATION}s"
-  if "$DGX" bench --random-weights --model "$MODEL" --duration "$DURATION" --batch "$batch" --dtype "$dtype" \
+bench_case() { # DTYPExBATCH[-eager] [extra args]; -eager: kernel by kernel, no CUDA graph
+  local spec="$1" mode=""; shift
+  case "$spec" in *-eager) spec="${spec%-eager}"; mode=" eager"; set -- --eager "$@" ;; esac
+  local dtype="${spec%x*}" batch="${spec#*x}"
+  say "bench $MODEL $dtype batch $batch ${DURATION}s$mode"
+  if timeout "${BENCH_TIMEOUT:-600}" "$DGX" bench --random-weights --model "$MODEL" --duration "$DURATION" --batch "$batch" --dtype "$dtype" \
       --device cuda --runs "$RUNS" --json "$@" > "$WORK/bench.json" 2>>"$LOG"; then
-    record "dgx-music $dtype x$batch" < "$WORK/bench.json"
+    record "dgx-music $dtype x$batch$mode" < "$WORK/bench.json"
   else
-    echo "bench $dtype x$batch failed" | tee -a "$LOG"
+    echo "bench $dtype x$batch$mode failed" | tee -a "$LOG"
   fi
 }
 
@@ -94,11 +97,12 @@ stage_transformers() {
 }
 
 stage_profile() {
-  say "profile: kernels of a 0.2 s bf16 generation (13 steps) under ncu"
+  local batch="${PROFILE_BATCH:-1}"
+  say "profile: kernels of a 0.2 s bf16 batch $batch generation (13 steps) under ncu"
   local ncu; ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)"
   if [ -z "$ncu" ]; then echo "no ncu" | tee -a "$LOG"; return; fi
-  timeout "${PROFILE_TIMEOUT:-180}" "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$OUT_DIR/ncu.csv" \
-    "$DGX" bench --random-weights --model "$MODEL" --duration 0.2 --batch 1 --dtype bf16 --device cuda \
+  timeout "${PROFILE_TIMEOUT:-180}" "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$OUT_DIR/ncu-b$batch.csv" \
+    "$DGX" bench --random-weights --model "$MODEL" --duration 0.2 --batch "$batch" --dtype bf16 --device cuda \
     --runs 1 --warmup-duration 0 --json > /dev/null 2>>"$LOG" || echo "ncu failed" | tee -a "$LOG"
 }
 

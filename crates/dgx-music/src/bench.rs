@@ -46,6 +46,10 @@ pub struct Args {
     /// f32, f16 or bf16 for the decoder; default: bf16 on a GPU, f32 on the CPU.
     #[arg(long)]
     dtype: Option<String>,
+    /// On a GPU, launch each kernel of a decoder step from the host instead of replaying the
+    /// step as a CUDA graph: shows what the graph saves.
+    #[arg(long)]
+    eager: bool,
     /// Timed runs after the warm-up; the report gives their median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -127,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None if device == DeviceSpec::Cpu => DType::F32,
         None => DType::BF16,
     };
-    let options = LoadOptions { device, dtype };
+    let options = LoadOptions { device, dtype, eager: args.eager };
     let nvml_index = match device {
         DeviceSpec::Cuda(ordinal) => crate::validate::kernel::cuda_uuid(ordinal)
             .and_then(|uuid| crate::validate::driver::nvml_index_of(&uuid)),

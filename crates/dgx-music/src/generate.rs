@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outputs = output_paths(&args);
 
     let started = Instant::now();
-    let options = LoadOptions { device: args.device, dtype: args.dtype };
+    let options = LoadOptions { device: args.device, dtype: args.dtype, eager: false };
     let model = MusicGen::load(&args.model, &options).with_context(|| format!("loading model {}", args.model))?;
     if args.top_k.is_none() {
         let vocab = model.info().vocab_size;

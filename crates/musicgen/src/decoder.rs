@@ -4,22 +4,65 @@
 //! Generation feeds it one position at a time. [`Decoder::start`] computes the cross-attention
 //! keys and values from the text memory once per request and preallocates the self-attention
 //! cache; [`Decoder::step`] then does the per-token work only. Weights stay in the requested
-//! dtype; layer norms and attention softmaxes run in f32.
+//! dtype; layer norms and softmaxes accumulate in f32 inside their kernels.
+//!
+//! A step runs in one of three [`StepMode`]s. On the CPU the self-attention cache grows by one
+//! position per step. On a GPU a step of musicgen-small is ~900 tiny kernels, so launching them
+//! costs more than running them; there the cache has its full length from the start, each step
+//! writes in place at a position read from device memory, and the first step's kernels are
+//! recorded as a CUDA graph that every later step replays with one launch ([`graph`]).
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Embedding, VarBuilder};
 
+#[cfg(feature = "cuda")]
+mod fused;
+#[cfg(feature = "cuda")]
+mod graph;
+
 use crate::config::DecoderConfig;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 
-/// Added to the scores of masked memory positions. Finite (transformers' eager path uses the
-/// dtype's minimum too) so that a fully masked row, the unconditional half of guidance, softmaxes
-/// to a uniform average of zero values instead of NaN.
-const MASKED: f32 = f32::MIN;
+/// Added to the scores of masked positions: the dtype's minimum, as transformers' eager path.
+/// Finite, so that a fully masked row (the unconditional half of guidance) softmaxes to a
+/// uniform average of zero values instead of NaN; an f32 minimum would round to -inf in bf16.
+fn masked_value(dtype: DType) -> f64 {
+    match dtype {
+        // bfloat16's and float16's lowest finite values (bit patterns 0xff7f and 0xfbff).
+        DType::BF16 => -3.389_531_389_251_535_5e38,
+        DType::F16 => -65_504.0,
+        _ => f32::MIN as f64,
+    }
+}
 
-/// Layer norm computed in f32 whatever the activations' dtype.
+/// Whether the cross-attention mask `attended` `(rows, len)` changes nothing, so its add can be
+/// skipped: every row attends to all of `memory`, or to none of it where that row of memory is
+/// all zeros (guidance's unconditional half). The projections are bias-free, so such a row's
+/// keys and values are zeros and any softmax over them averages zeros: exactly what the fully
+/// masked softmax gives.
+fn mask_is_moot(attended: &Tensor, memory: &Tensor) -> Result<bool> {
+    let len = attended.dim(1)?;
+    let counts = attended.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
+    let magnitudes = memory.abs()?.to_dtype(DType::F32)?.max(D::Minus1)?.max(D::Minus1)?.to_vec1::<f32>()?;
+    Ok(counts.iter().zip(&magnitudes).all(|(&count, &magnitude)| count as usize == len || (count == 0.0 && magnitude == 0.0)))
+}
+
+/// Whether the fused attention kernels can run this decoder: a CUDA build on a GPU, with a
+/// head size they handle.
+fn fused_kernels_fit(device: &Device, head_dim: usize, dtype: DType) -> bool {
+    #[cfg(feature = "cuda")]
+    return device.is_cuda() && fused::supports(head_dim, dtype);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (device, head_dim, dtype);
+        false
+    }
+}
+
+/// Layer norm in the activations' dtype: candle's kernels (CPU and CUDA) accumulate the
+/// statistics in f32 whatever the dtype, so no cast round trip is needed.
 #[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
@@ -31,16 +74,14 @@ impl LayerNorm {
     /// `torch.nn.LayerNorm` defaults: affine, eps 1e-5.
     fn load(size: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints_dtype(size, "weight", candle_nn::Init::Const(1.0), DType::F32)?,
-            bias: vb.get_with_hints_dtype(size, "bias", candle_nn::Init::Const(0.0), DType::F32)?,
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?,
             eps: 1e-5,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
-        let ys = candle_nn::ops::layer_norm(&xs.to_dtype(DType::F32)?, &self.weight, &self.bias, self.eps)?;
-        Ok(ys.to_dtype(dtype)?)
+        Ok(candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)?)
     }
 }
 
@@ -89,80 +130,148 @@ fn split_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
     Ok(xs.reshape((rows, len, heads, width / heads))?.transpose(1, 2)?.contiguous()?)
 }
 
-/// Softmax over the last dimension in f32, returned in `dtype`.
-fn softmax_f32(scores: &Tensor, dtype: DType) -> Result<Tensor> {
+/// Softmax over the last dimension, accumulated in f32. candle's CUDA kernel does that for
+/// every dtype; its CPU kernel sums in the input dtype, so half precision is upcast there.
+fn softmax(scores: &Tensor) -> Result<Tensor> {
+    let dtype = scores.dtype();
+    if dtype == DType::F32 || scores.device().is_cuda() {
+        return Ok(candle_nn::ops::softmax_last_dim(scores)?);
+    }
     Ok(candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+}
+
+/// Scales the rows of a `(out, in)` projection so that it computes `scale · (W x)` in one matmul.
+/// transformers scales q after its projection; the head dims of MusicGen make `scale` a power
+/// of two (1/8 for 64), where both orders give the same floats.
+fn scaled(weight: Tensor, scale: f64) -> Result<Tensor> {
+    Ok((weight * scale)?)
+}
+
+/// The self-attention keys and values of the positions decoded so far, one layer's.
+#[derive(Debug, Clone)]
+enum SelfKv {
+    /// Grows by one position per step: each step attends to exactly the positions so far.
+    Growing(KvCache),
+    /// Keys then values, `(2, rows, heads, max_steps, head_dim)`, allocated once and written
+    /// in place.
+    Fixed(Tensor),
+}
+
+/// What a [`StepMode::Fixed`] step reads besides the layer input, the same for every layer.
+enum FixedStep {
+    /// With candle's ops.
+    Unfused {
+        /// The current position, `(rows, heads, 1, head_dim)` u32: where `scatter_set` writes.
+        write_index: Tensor,
+        /// Additive `(1, 1, 1, max_steps)`: 0 up to the current position, [`masked_value`] after.
+        mask: Tensor,
+    },
+    /// With the fused CUDA kernels, which read the position from `inputs[0]` and attend to the
+    /// positions up to it only.
+    #[cfg(feature = "cuda")]
+    Fused { inputs: Tensor },
 }
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    /// q, k and v stacked into one `(3·hidden, hidden)` projection: one matmul per step.
+    /// q (pre-scaled by 1/sqrt(head_dim)), k and v stacked into one `(3·hidden, hidden)`
+    /// projection: one matmul per step.
     qkv: Linear,
     out: Linear,
     heads: usize,
-    scale: f64,
 }
 
 impl SelfAttention {
     fn load(hidden: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        let q = vb.pp("q_proj").get((hidden, hidden), "weight")?;
+        let scale = ((hidden / heads) as f64).powf(-0.5);
+        let q = scaled(vb.pp("q_proj").get((hidden, hidden), "weight")?, scale)?;
         let k = vb.pp("k_proj").get((hidden, hidden), "weight")?;
         let v = vb.pp("v_proj").get((hidden, hidden), "weight")?;
         Ok(Self {
             qkv: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?),
             out: linear(hidden, hidden, vb.pp("out_proj"))?,
             heads,
-            scale: ((hidden / heads) as f64).powf(-0.5),
         })
     }
 
-    /// One new position attending to itself and every cached one (causality needs no mask).
-    fn forward(&self, xs: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// One new position attending to itself and every earlier one. A growing cache holds
+    /// exactly those; a fixed one is masked beyond the current position.
+    fn forward(&self, xs: &Tensor, cache: &mut SelfKv, fixed: Option<&FixedStep>) -> Result<Tensor> {
         let (rows, len, hidden) = xs.dims3()?;
         let qkv = self.qkv.forward(xs)?;
-        let q = (split_heads(&qkv.narrow(D::Minus1, 0, hidden)?, self.heads)? * self.scale)?;
+        #[cfg(feature = "cuda")]
+        if let (SelfKv::Fixed(cache), Some(FixedStep::Fused { inputs })) = (&*cache, fixed) {
+            return Ok(self.out.forward(&fused::self_attention(&qkv, cache, inputs, self.heads)?)?);
+        }
+        let q = split_heads(&qkv.narrow(D::Minus1, 0, hidden)?, self.heads)?;
         let k = split_heads(&qkv.narrow(D::Minus1, hidden, hidden)?, self.heads)?;
         let v = split_heads(&qkv.narrow(D::Minus1, 2 * hidden, hidden)?, self.heads)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let probs = softmax_f32(&q.matmul(&k.t()?)?, xs.dtype())?;
-        let attended = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, len, hidden))?;
+        let probs_and_values = match (cache, fixed) {
+            (SelfKv::Growing(cache), _) => {
+                let (k, v) = cache.append(&k, &v)?;
+                (softmax(&q.matmul(&k.t()?)?)?, v)
+            }
+            (SelfKv::Fixed(cache), Some(FixedStep::Unfused { write_index, mask })) => {
+                let (cache_k, cache_v) = (cache.get(0)?, cache.get(1)?);
+                cache_k.scatter_set(write_index, &k, 2)?;
+                cache_v.scatter_set(write_index, &v, 2)?;
+                let scores = q.matmul(&cache_k.t()?)?.broadcast_add(mask)?;
+                (softmax(&scores)?, cache_v)
+            }
+            _ => return Err(Error::Tensor(candle_core::Error::Msg("a fixed cache needs the step's position".into()))),
+        };
+        let (probs, values) = probs_and_values;
+        let attended = probs.matmul(&values)?.transpose(1, 2)?.reshape((rows, len, hidden))?;
         Ok(self.out.forward(&attended)?)
     }
 }
 
 #[derive(Debug, Clone)]
 struct CrossAttention {
+    /// Pre-scaled by 1/sqrt(head_dim), as the self-attention's q.
     q: Linear,
     k: Linear,
     v: Linear,
     out: Linear,
     heads: usize,
-    scale: f64,
 }
 
 impl CrossAttention {
     fn load(hidden: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        let scale = ((hidden / heads) as f64).powf(-0.5);
         Ok(Self {
-            q: linear(hidden, hidden, vb.pp("q_proj"))?,
+            q: Linear::new(scaled(vb.pp("q_proj").get((hidden, hidden), "weight")?, scale)?),
             k: linear(hidden, hidden, vb.pp("k_proj"))?,
             v: linear(hidden, hidden, vb.pp("v_proj"))?,
             out: linear(hidden, hidden, vb.pp("out_proj"))?,
             heads,
-            scale: ((hidden / heads) as f64).powf(-0.5),
         })
     }
 
-    /// Keys and values of the memory, `(rows, heads, memory_len, head_dim)` each.
-    fn memory_kv(&self, memory: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((split_heads(&self.k.forward(memory)?, self.heads)?, split_heads(&self.v.forward(memory)?, self.heads)?))
+    /// Keys then values of the memory, `(2, rows, heads, memory_len, head_dim)`.
+    fn memory_kv(&self, memory: &Tensor) -> Result<Tensor> {
+        let k = split_heads(&self.k.forward(memory)?, self.heads)?;
+        let v = split_heads(&self.v.forward(memory)?, self.heads)?;
+        Ok(Tensor::stack(&[k, v], 0)?)
     }
 
-    fn forward(&self, xs: &Tensor, kv: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
+    /// `fused`: with the fused CUDA kernel (fixed-mode steps on a GPU).
+    fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>, fused: bool) -> Result<Tensor> {
         let (rows, len, hidden) = xs.dims3()?;
-        let q = (split_heads(&self.q.forward(xs)?, self.heads)? * self.scale)?;
-        let scores = q.matmul(&kv.0.t()?)?.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = softmax_f32(&scores, xs.dtype())?;
-        let attended = probs.matmul(&kv.1)?.transpose(1, 2)?.reshape((rows, len, hidden))?;
+        let q = self.q.forward(xs)?;
+        #[cfg(feature = "cuda")]
+        if fused {
+            return Ok(self.out.forward(&fused::cross_attention(&q, kv, mask, self.heads)?)?);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = fused;
+        let q = split_heads(&q, self.heads)?;
+        let scores = q.matmul(&kv.get(0)?.t()?)?;
+        let probs = softmax(&match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        })?;
+        let attended = probs.matmul(&kv.get(1)?)?.transpose(1, 2)?.reshape((rows, len, hidden))?;
         Ok(self.out.forward(&attended)?)
     }
 }
@@ -194,10 +303,21 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, cache: &mut KvCache, cross_kv: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(xs)?, cache)?;
+    fn forward(
+        &self,
+        xs: &Tensor,
+        cache: &mut SelfKv,
+        fixed: Option<&FixedStep>,
+        cross_kv: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(xs)?, cache, fixed)?;
         let xs = (xs + h)?;
-        let h = self.encoder_attn.forward(&self.encoder_attn_layer_norm.forward(&xs)?, cross_kv, mask)?;
+        #[cfg(feature = "cuda")]
+        let fused = matches!(fixed, Some(FixedStep::Fused { .. }));
+        #[cfg(not(feature = "cuda"))]
+        let fused = false;
+        let h = self.encoder_attn.forward(&self.encoder_attn_layer_norm.forward(&xs)?, cross_kv, mask, fused)?;
         let xs = (xs + h)?;
         let h = self.activation.apply(&self.fc1.forward(&self.final_layer_norm.forward(&xs)?)?)?;
         Ok((xs + self.fc2.forward(&h)?)?)
@@ -218,15 +338,52 @@ pub fn sinusoidal_position(position: usize, dim: usize) -> Vec<f32> {
     out
 }
 
+/// How [`Decoder::step`] runs one position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMode {
+    /// The self-attention cache grows by one position per step and each step attends to
+    /// exactly the positions so far: the least arithmetic, what the CPU runs.
+    Growing,
+    /// The cache has its full length from the start; a step reads its tokens and position from
+    /// device memory, writes keys and values in place there and masks the later positions, so
+    /// every step runs the same kernels on the same buffers.
+    Fixed,
+    /// [`StepMode::Fixed`], with the first step's kernels recorded as a CUDA graph that every
+    /// later step replays in one launch. CUDA only; a failed capture falls back to `Fixed`.
+    Graph,
+}
+
+/// Buffers of a [`StepMode::Fixed`] request that every step reads or writes in place.
+#[derive(Debug)]
+struct FixedBuffers {
+    /// `[position, tokens (rows × K)]` u32, written from the host before each step.
+    inputs: Tensor,
+    /// Sinusoidal positions `(max_steps, hidden)` in the decoder dtype.
+    positions: Tensor,
+    /// `0..max_steps` u32, `(1, 1, 1, max_steps)`: compared with the position for the mask.
+    arange: Tensor,
+    /// The self-attention mask's two values, `(1, 1, 1, max_steps)` in the decoder dtype.
+    open: Tensor,
+    closed: Tensor,
+    /// The step's logits `(rows, K, vocab)` f32.
+    logits: Tensor,
+}
+
 /// Per-request state: the self-attention cache and the memory's cross-attention keys/values.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DecoderState {
-    self_kv: Vec<KvCache>,
-    cross_kv: Vec<(Tensor, Tensor)>,
-    /// Additive f32 mask `(rows, 1, 1, memory_len)`: 0 where attended, [`MASKED`] elsewhere.
-    cross_mask: Tensor,
+    self_kv: Vec<SelfKv>,
+    cross_kv: Vec<Tensor>,
+    /// Additive mask `(rows, 1, 1, memory_len)` in the decoder dtype: 0 where attended,
+    /// [`masked_value`] elsewhere; `None` when every position of every row is attended.
+    cross_mask: Option<Tensor>,
+    fixed: Option<FixedBuffers>,
+    /// The recorded step of a [`StepMode::Graph`] request.
+    #[cfg(feature = "cuda")]
+    graph: graph::StepGraph,
     rows: usize,
     position: usize,
+    max_steps: usize,
 }
 
 impl DecoderState {
@@ -237,6 +394,14 @@ impl DecoderState {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Whether the steps are being replayed from a CUDA graph (false until the second step).
+    pub fn replays_graph(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.graph.is_ready();
+        #[cfg(not(feature = "cuda"))]
+        false
     }
 }
 
@@ -251,13 +416,19 @@ pub struct Decoder {
     num_codebooks: usize,
     vocab_size: usize,
     hidden_size: usize,
+    heads: usize,
     dtype: DType,
     device: Device,
+    mode: StepMode,
+    /// Fixed-mode steps use the fused attention kernels (CUDA builds on a GPU, a head size
+    /// they handle).
+    fused: bool,
 }
 
 impl Decoder {
     /// Loads from `vb` rooted at the checkpoint's `decoder` prefix (`model.decoder.*`,
-    /// `lm_heads.*`); the builder's dtype is the decoder's compute dtype.
+    /// `lm_heads.*`); the builder's dtype is the decoder's compute dtype. Steps run as
+    /// [`StepMode::Graph`] on a GPU and [`StepMode::Growing`] on the CPU.
     ///
     /// transformers computes `embed_scale` from `scale_embedding` but never applies it, and
     /// neither does audiocraft, so it is ignored here too.
@@ -282,6 +453,7 @@ impl Decoder {
         let heads = (0..cfg.num_codebooks)
             .map(|k| Ok(vb.pp("lm_heads").pp(k).get((cfg.vocab_size, hidden), "weight")?))
             .collect::<Result<Vec<_>>>()?;
+        let device = vb.device().clone();
         Ok(Self {
             embed_tokens,
             layers,
@@ -290,9 +462,25 @@ impl Decoder {
             num_codebooks: cfg.num_codebooks,
             vocab_size: cfg.vocab_size,
             hidden_size: hidden,
+            heads: cfg.num_attention_heads,
             dtype: vb.dtype(),
-            device: vb.device().clone(),
+            mode: if device.is_cuda() { StepMode::Graph } else { StepMode::Growing },
+            fused: fused_kernels_fit(&device, hidden / cfg.num_attention_heads, vb.dtype()),
+            device,
         })
+    }
+
+    /// Chooses how later requests run their steps; [`StepMode::Graph`] needs a CUDA device.
+    pub fn set_step_mode(&mut self, mode: StepMode) -> Result<()> {
+        if mode == StepMode::Graph && !self.device.is_cuda() {
+            return Err(Error::Unsupported("CUDA graphs need a CUDA device".into()));
+        }
+        self.mode = mode;
+        Ok(())
+    }
+
+    pub fn step_mode(&self) -> StepMode {
+        self.mode
     }
 
     pub fn num_codebooks(&self) -> usize {
@@ -317,7 +505,7 @@ impl Decoder {
 
     /// Prepares a request: `memory` `(rows, len, hidden)` is the projected, masked text memory
     /// (any float dtype), `mask` `(rows, len)` is 1 where a text token is attended, 0 elsewhere;
-    /// `max_steps` sizes the self-attention cache.
+    /// `max_steps` sizes the self-attention cache (a fixed cache holds no more).
     pub fn start(&self, memory: &Tensor, mask: &Tensor, max_steps: usize) -> Result<DecoderState> {
         let (rows, len, hidden) = memory.dims3()?;
         if hidden != self.hidden_size || mask.dims2()? != (rows, len) {
@@ -328,14 +516,56 @@ impl Decoder {
                 self.hidden_size
             ))));
         }
+        let max_steps = max_steps.max(1);
         let memory = memory.to_device(&self.device)?.to_dtype(self.dtype)?;
         let cross_kv = self.layers.iter().map(|l| l.encoder_attn.memory_kv(&memory)).collect::<Result<Vec<_>>>()?;
         let attended = mask.to_device(&self.device)?.to_dtype(DType::F32)?.ne(0f32)?;
-        let zeros = Tensor::zeros((rows, len), DType::F32, &self.device)?;
-        let masked = Tensor::full(MASKED, (rows, len), &self.device)?;
-        let cross_mask = attended.where_cond(&zeros, &masked)?.reshape((rows, 1, 1, len))?;
-        let self_kv = self.layers.iter().map(|_| KvCache::new(2, max_steps.max(1))).collect();
-        Ok(DecoderState { self_kv, cross_kv, cross_mask, rows, position: 0 })
+        let zeros = Tensor::zeros((rows, len), self.dtype, &self.device)?;
+        let masked = Tensor::full(masked_value(self.dtype), (rows, len), &self.device)?.to_dtype(self.dtype)?;
+        let cross_mask = if mask_is_moot(&attended, &memory)? {
+            None
+        } else {
+            Some(attended.where_cond(&zeros, &masked)?.reshape((rows, 1, 1, len))?)
+        };
+        let (self_kv, fixed) = match self.mode {
+            StepMode::Growing => (self.layers.iter().map(|_| SelfKv::Growing(KvCache::new(2, max_steps))).collect(), None),
+            StepMode::Fixed | StepMode::Graph => {
+                let head_dim = self.hidden_size / self.heads;
+                let shape = (2, rows, self.heads, max_steps, head_dim);
+                let self_kv = self
+                    .layers
+                    .iter()
+                    .map(|_| {
+                        Ok(SelfKv::Fixed(Tensor::zeros(shape, self.dtype, &self.device)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (self_kv, Some(self.fixed_buffers(rows, max_steps)?))
+            }
+        };
+        Ok(DecoderState {
+            self_kv,
+            cross_kv,
+            cross_mask,
+            fixed,
+            #[cfg(feature = "cuda")]
+            graph: graph::StepGraph::new(self.mode == StepMode::Graph),
+            rows,
+            position: 0,
+            max_steps,
+        })
+    }
+
+    fn fixed_buffers(&self, rows: usize, max_steps: usize) -> Result<FixedBuffers> {
+        let table: Vec<f32> = (0..max_steps).flat_map(|p| sinusoidal_position(p, self.hidden_size)).collect();
+        let mask_shape = (1, 1, 1, max_steps);
+        Ok(FixedBuffers {
+            inputs: Tensor::zeros(1 + rows * self.num_codebooks, DType::U32, &self.device)?,
+            positions: Tensor::from_vec(table, (max_steps, self.hidden_size), &self.device)?.to_dtype(self.dtype)?,
+            arange: Tensor::arange(0u32, max_steps as u32, &self.device)?.reshape(mask_shape)?,
+            open: Tensor::zeros(mask_shape, self.dtype, &self.device)?,
+            closed: Tensor::full(masked_value(self.dtype), mask_shape, &self.device)?.to_dtype(self.dtype)?,
+            logits: Tensor::zeros((rows, self.num_codebooks, self.vocab_size), DType::F32, &self.device)?,
+        })
     }
 
     /// Decodes one position: `tokens` `(rows, num_codebooks)` u32 are the (delay-patterned)
@@ -350,25 +580,132 @@ impl Decoder {
                 self.num_codebooks
             ))));
         }
-        let tokens = tokens.to_device(&self.device)?;
+        if state.position >= state.max_steps && state.fixed.is_some() {
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "decoder step {} is beyond the {} steps this request was started with",
+                state.position, state.max_steps
+            ))));
+        }
+        let logits = if state.fixed.is_some() {
+            let mut inputs = Vec::with_capacity(1 + rows * k);
+            inputs.push(state.position as u32);
+            inputs.extend(tokens.flatten_all()?.to_vec1::<u32>()?);
+            self.fixed_step(&inputs, state)?
+        } else {
+            let tokens = tokens.to_device(&self.device)?;
+            let position = Tensor::from_vec(
+                sinusoidal_position(state.position, self.hidden_size),
+                (1, 1, self.hidden_size),
+                &self.device,
+            )?
+            .to_dtype(self.dtype)?;
+            self.forward(&tokens, &position, &mut state.self_kv, None, &state.cross_kv, state.cross_mask.as_ref())?
+        };
+        state.position += 1;
+        Ok(logits)
+    }
+
+    /// Uploads `inputs` and runs the step on the fixed buffers: replayed from the CUDA graph
+    /// when there is one, recorded into it after the first step when asked for.
+    fn fixed_step(&self, inputs: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        let DecoderState {
+            self_kv,
+            cross_kv,
+            cross_mask,
+            fixed,
+            #[cfg(feature = "cuda")]
+            graph,
+            ..
+        } = state;
+        let fixed = fixed.as_ref().expect("fixed buffers of a fixed-mode state");
+        write_u32(&fixed.inputs, inputs)?;
+        let mut forward = || self.fixed_forward(fixed, self_kv, cross_kv, cross_mask.as_ref());
+        #[cfg(feature = "cuda")]
+        graph.run(&self.device, &mut forward)?;
+        #[cfg(not(feature = "cuda"))]
+        forward()?;
+        // A copy, so the caller's tensor is not overwritten by the next step.
+        Ok(fixed.logits.copy()?)
+    }
+
+    /// One fixed-mode step from device-resident inputs to `fixed.logits`, in place: no host
+    /// data moves, so the same kernels can be recorded once and replayed.
+    fn fixed_forward(
+        &self,
+        fixed: &FixedBuffers,
+        self_kv: &mut [SelfKv],
+        cross_kv: &[Tensor],
+        cross_mask: Option<&Tensor>,
+    ) -> Result<()> {
+        let (rows, _, _) = fixed.logits.dims3()?;
+        let position = fixed.inputs.narrow(0, 0, 1)?;
+        let tokens = fixed.inputs.narrow(0, 1, rows * self.num_codebooks)?.reshape((rows, self.num_codebooks))?;
+        let embedding = fixed.positions.index_select(&position, 0)?.unsqueeze(0)?;
+        let step = if self.fused {
+            #[cfg(feature = "cuda")]
+            {
+                FixedStep::Fused { inputs: fixed.inputs.clone() }
+            }
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("fused kernels exist in CUDA builds only")
+        } else {
+            let position = position.reshape((1, 1, 1, 1))?;
+            FixedStep::Unfused {
+                write_index: position.broadcast_as((rows, self.heads, 1, self.hidden_size / self.heads))?.contiguous()?,
+                mask: fixed.arange.broadcast_le(&position)?.where_cond(&fixed.open, &fixed.closed)?,
+            }
+        };
+        let logits = self.forward(&tokens, &embedding, self_kv, Some(&step), cross_kv, cross_mask)?;
+        fixed.logits.slice_set(&logits, 0, 0)?;
+        Ok(())
+    }
+
+    /// The decoder proper: embeddings of `tokens` (on the device) plus `position` `(1, 1, hidden)`,
+    /// the layers, the final norm and the heads; logits `(rows, K, vocab)` f32.
+    fn forward(
+        &self,
+        tokens: &Tensor,
+        position: &Tensor,
+        self_kv: &mut [SelfKv],
+        fixed: Option<&FixedStep>,
+        cross_kv: &[Tensor],
+        cross_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let rows = tokens.dim(0)?;
         let mut xs = self.embed_tokens[0].forward(&tokens.narrow(1, 0, 1)?)?;
         for (codebook, embedding) in self.embed_tokens.iter().enumerate().skip(1) {
             xs = (xs + embedding.forward(&tokens.narrow(1, codebook, 1)?)?)?;
         }
-        let position = Tensor::from_vec(
-            sinusoidal_position(state.position, self.hidden_size),
-            (1, 1, self.hidden_size),
-            &self.device,
-        )?
-        .to_dtype(self.dtype)?;
-        let mut xs = xs.broadcast_add(&position)?;
-        for ((layer, cache), cross_kv) in self.layers.iter().zip(&mut state.self_kv).zip(&state.cross_kv) {
-            xs = layer.forward(&xs, cache, cross_kv, &state.cross_mask)?;
+        let mut xs = xs.broadcast_add(position)?;
+        for ((layer, cache), kv) in self.layers.iter().zip(self_kv.iter_mut()).zip(cross_kv) {
+            xs = layer.forward(&xs, cache, fixed, kv, cross_mask)?;
         }
         let xs = self.layer_norm.forward(&xs)?;
         let logits = self.lm_heads.forward(&xs)?;
-        state.position += 1;
         Ok(logits.reshape((rows, self.num_codebooks, self.vocab_size))?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Overwrites the contiguous u32 tensor `dst` with `values`, keeping its buffer: a CUDA graph
+/// reads its inputs from fixed addresses. (candle has no public in-place upload.)
+fn write_u32(dst: &Tensor, values: &[u32]) -> Result<()> {
+    if dst.dtype() != DType::U32 || dst.elem_count() != values.len() || !dst.is_contiguous() {
+        return Err(Error::Tensor(candle_core::Error::Msg(format!(
+            "cannot write {} u32 values into a {:?} {:?} tensor",
+            values.len(),
+            dst.dtype(),
+            dst.dims()
+        ))));
+    }
+    match &dst.device() {
+        Device::Cpu => {
+            let src = Tensor::from_slice(values, dst.shape(), &Device::Cpu)?;
+            dst.slice_set(&src, 0, 0)?;
+            Ok(())
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => graph::upload_u32(dst, values),
+        other => Err(Error::Unsupported(format!("fixed-mode decoder steps on {other:?}"))),
     }
 }
 
@@ -445,6 +782,31 @@ mod tests {
         let batched = run(2);
         let diff = alone.iter().zip(&batched).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-5, "row 0 changed by {diff} when batched");
+    }
+
+    #[test]
+    fn a_fixed_cache_gives_the_logits_of_a_growing_one() {
+        let cfg = tiny_config();
+        let growing = random_decoder(&cfg, DType::F32);
+        let mut fixed = growing.clone();
+        fixed.set_step_mode(StepMode::Fixed).unwrap();
+        assert!(fixed.set_step_mode(StepMode::Graph).is_err(), "graphs need CUDA");
+        let memory = Tensor::randn(0f32, 1.0, (3, 4, 8), &Device::Cpu).unwrap();
+        // The last row is guidance's unconditional half: nothing to attend to.
+        let mask = Tensor::new(&[[1u32, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], &Device::Cpu).unwrap();
+        let inputs = [[16u32, 16], [3, 16], [5, 7], [1, 2], [9, 9]];
+        let mut a = growing.start(&memory, &mask, inputs.len()).unwrap();
+        let mut b = fixed.start(&memory, &mask, inputs.len()).unwrap();
+        for codes in inputs {
+            let tokens = Tensor::new(&[codes, [codes[1], codes[0]], [2, 3]], &Device::Cpu).unwrap();
+            let expected: Vec<f32> = growing.step(&tokens, &mut a).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = fixed.step(&tokens, &mut b).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let diff = expected.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "fixed cache differs by {diff} at position {}", a.position());
+        }
+        let tokens = Tensor::new(&[[1u32, 1], [1, 1], [1, 1]], &Device::Cpu).unwrap();
+        let err = fixed.step(&tokens, &mut b).unwrap_err().to_string();
+        assert!(err.contains("beyond the 5 steps"), "{err}");
     }
 
     #[test]

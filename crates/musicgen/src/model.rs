@@ -15,7 +15,7 @@ use candle_nn::{Linear, VarBuilder};
 pub use self::generation::{Generation, Step};
 use crate::audio::Audio;
 use crate::config::MusicgenConfig;
-use crate::decoder::Decoder;
+use crate::decoder::{Decoder, StepMode};
 use crate::device::{DType, DeviceSpec};
 use crate::encodec::EncodecDecoder;
 use crate::error::{Error, Result};
@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub device: DeviceSpec,
     /// Precision of the decoder; the T5 encoder and EnCodec always run in f32.
     pub dtype: DType,
+    /// On a GPU, launch every kernel of a decoder step from the host instead of replaying the
+    /// step from a CUDA graph: slower, for comparisons and diagnosis. No effect on the CPU.
+    pub eager: bool,
 }
 
 /// What a loaded model is, for logs, `/api/v1/models` and `bench`.
@@ -46,6 +49,8 @@ pub struct ModelInfo {
     pub decoder_hidden_size: usize,
     pub vocab_size: usize,
     pub parameters: usize,
+    /// How decoder steps run: `graph` (CUDA graph replay), `growing` (kernel by kernel).
+    pub step_mode: String,
 }
 
 /// Where prompt token ids come from.
@@ -140,7 +145,10 @@ impl MusicGen {
         } else {
             None
         };
-        let decoder = Decoder::load(&config.decoder, vb.pp("decoder").set_dtype(options.dtype.into()))?;
+        let mut decoder = Decoder::load(&config.decoder, vb.pp("decoder").set_dtype(options.dtype.into()))?;
+        if options.eager {
+            decoder.set_step_mode(StepMode::Growing)?;
+        }
         let codec = EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
         let info = ModelInfo {
             source: source.to_string(),
@@ -153,6 +161,12 @@ impl MusicGen {
             decoder_hidden_size: hidden,
             vocab_size: config.decoder.vocab_size,
             parameters,
+            step_mode: match decoder.step_mode() {
+                StepMode::Growing => "growing",
+                StepMode::Fixed => "fixed",
+                StepMode::Graph => "graph",
+            }
+            .to_string(),
         };
         Ok(Self {
             info,

@@ -70,7 +70,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     tracing::info!("loading model {} on {} ({})", config.model, config.device, config.dtype);
     let spawned = worker::spawn(
         config.model.clone(),
-        LoadOptions { device: config.device, dtype: config.dtype },
+        LoadOptions { device: config.device, dtype: config.dtype, eager: false },
         worker::WorkerContext {
             jobs: jobs.clone(),
             audio: audio.clone(),

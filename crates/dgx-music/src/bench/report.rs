@@ -72,6 +72,13 @@ pub fn human(r: &BenchReport) -> String {
         let _ = writeln!(s, "  {k:<16} {v}");
     };
     row("build", r.build.describe());
+    row(
+        "decoder steps",
+        match r.model_info.step_mode.as_str() {
+            "graph" => "replayed as a CUDA graph (--eager: kernel by kernel)".to_string(),
+            other => format!("{other} cache, kernel by kernel"),
+        },
+    );
     row("load", format!("{:.2} s", r.load_s));
     row("text encoder", format!("{:.3} s", r.text_encoder_s));
     row(

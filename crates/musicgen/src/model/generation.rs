@@ -6,6 +6,7 @@
 //! has cfg_coef 3 this is transformers' `[cond; uncond]` batch exactly.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::MusicGen;
 use crate::audio::Audio;
@@ -142,18 +143,28 @@ impl<'m> Generation<'m> {
         let row_len = k * self.model.decoder.vocab_size();
         let vocab = self.model.decoder.vocab_size();
         let mut scores = vec![0f32; items * row_len];
-        for (item, sampler) in self.samplers.iter_mut().enumerate() {
-            let cond = &logits[item * row_len..(item + 1) * row_len];
-            let out = &mut scores[item * row_len..(item + 1) * row_len];
-            match self.uncond_rows[item] {
-                Some(row) => {
-                    let uncond = &logits[row * row_len..(row + 1) * row_len];
-                    guide(cond, uncond, sampler.params().cfg_coef as f32, out);
+        // Items draw from their own streams, so sampling them on several threads picks the
+        // same tokens as one after the other; it is most of a step's host time in big batches.
+        let uncond_rows = &self.uncond_rows;
+        let picked: Vec<Vec<u32>> = scores
+            .par_chunks_mut(row_len)
+            .zip(self.samplers.par_iter_mut())
+            .enumerate()
+            .with_max_len(1)
+            .map(|(item, (out, sampler))| {
+                let cond = &logits[item * row_len..(item + 1) * row_len];
+                match uncond_rows[item] {
+                    Some(row) => {
+                        let uncond = &logits[row * row_len..(row + 1) * row_len];
+                        guide(cond, uncond, sampler.params().cfg_coef as f32, out);
+                    }
+                    None => out.copy_from_slice(cond),
                 }
-                None => out.copy_from_slice(cond),
-            }
-            for c in 0..k {
-                let token = sampler.pick(&out[c * vocab..(c + 1) * vocab]);
+                (0..k).map(|c| sampler.pick(&out[c * vocab..(c + 1) * vocab])).collect()
+            })
+            .collect();
+        for (item, tokens) in picked.into_iter().enumerate() {
+            for (c, token) in tokens.into_iter().enumerate() {
                 self.grid[(item * k + c) * len + position + 1] = self.pattern.apply(c, position + 1, token);
             }
         }
@@ -161,20 +172,26 @@ impl<'m> Generation<'m> {
         Ok(Some(Step { logits, scores }))
     }
 
-    /// Runs any steps left, undoes the delay and decodes each item with EnCodec (stereo: even
-    /// codebooks left, odd right), trimmed to the requested duration.
+    /// Runs any steps left, undoes the delay and decodes the items with EnCodec (stereo: even
+    /// codebooks left, odd right), trimmed to the requested duration. A GPU decodes the whole
+    /// batch in one call (its cost is launches, not arithmetic); the CPU decodes item by item,
+    /// which bounds the memory of long batches and costs nothing there.
     pub fn finish(mut self) -> Result<Vec<Audio>> {
         while self.step()?.is_some() {}
         let model = self.model;
         let k = self.pattern.num_codebooks();
         let channels = model.config.decoder.audio_channels;
         let device = model.decoder.device();
-        self.codes()
-            .into_iter()
-            .map(|codes| {
-                let frames = codes.len() / k;
-                let codes = Tensor::from_vec(codes, (1, k, frames), device)?;
-                let wave = model.codec.decode_interleaved(&codes, channels)?.squeeze(0)?;
+        let codes = self.codes();
+        let frames = codes.first().map_or(0, |c| c.len() / k);
+        let group = if device.is_cpu() { 1 } else { codes.len().max(1) };
+        let mut tracks = Vec::with_capacity(codes.len());
+        for items in codes.chunks(group) {
+            let flat: Vec<u32> = items.concat();
+            let codes = Tensor::from_vec(flat, (items.len(), k, frames), device)?;
+            let wave = model.codec.decode_interleaved(&codes, channels)?;
+            for item in 0..items.len() {
+                let wave = wave.get(item)?;
                 let channels = (0..wave.dim(0)?)
                     .map(|c| {
                         let mut samples = wave.get(c)?.to_vec1::<f32>()?;
@@ -182,9 +199,10 @@ impl<'m> Generation<'m> {
                         Ok(samples)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok(Audio { sample_rate: model.codec.sample_rate(), channels })
-            })
-            .collect()
+                tracks.push(Audio { sample_rate: model.codec.sample_rate(), channels });
+            }
+        }
+        Ok(tracks)
     }
 }
 

@@ -1,0 +1,19 @@
+//! Compiles the fused decoder kernels (kernels/*.cu) to PTX for CUDA builds. The target comes
+//! from CUDA_COMPUTE_CAP exactly as for candle's own kernels (cudaforge), so one setting picks
+//! the architecture of every kernel in the binary.
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=kernels");
+    #[cfg(feature = "cuda")]
+    {
+        let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+        let ptx = cudaforge::KernelBuilder::new()
+            .source_files(["kernels/attention.cu"])
+            .arg("-std=c++17")
+            .arg("-O3")
+            .build_ptx()
+            .expect("compiling kernels/attention.cu with nvcc (see tools/build-cuda.sh)");
+        ptx.write(out_dir.join("ptx.rs")).expect("writing the PTX bindings");
+    }
+}
