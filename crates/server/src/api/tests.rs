@@ -38,6 +38,7 @@ async fn start(max_queue: usize) -> TestServer {
         decoder_hidden_size: 16,
         vocab_size: 99,
         parameters: 1000,
+        step_mode: "growing".into(),
     };
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
