@@ -12,8 +12,8 @@
 //! activations' dtype. That halves the bytes of a step against f32 where candle's half-precision
 //! CPU matmul reaches only ~2 GB/s on these shapes.
 //!
-//! Every other case (CUDA, long prompts at `start`) is candle's `Linear`; half-precision weights
-//! given activations of another dtype there compute in the weights' dtype.
+//! Every other case (CUDA, long prompts at `start`) is candle's `Linear`, in f32 when the
+//! activations' dtype is not the weights'.
 
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
@@ -93,13 +93,16 @@ impl Linear {
         }
     }
 
-    /// candle's `Linear`, in the weights' dtype when the activations have another one.
+    /// candle's `Linear`; when the activations' dtype is not the weights', in f32 as the
+    /// streaming path (the CPU half-precision decoder's `start`, once per request).
     fn fallback(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = self.inner.weight().dtype();
-        if xs.dtype() == dtype {
+        let weight = self.inner.weight();
+        if xs.dtype() == weight.dtype() {
             return self.inner.forward(xs);
         }
-        self.inner.forward(&xs.to_dtype(dtype)?)?.to_dtype(xs.dtype())
+        candle_nn::Linear::new(weight.to_dtype(DType::F32)?, None)
+            .forward(&xs.to_dtype(DType::F32)?)?
+            .to_dtype(xs.dtype())
     }
 }
 
@@ -154,7 +157,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// bf16 bits to f32: bf16 is the top half of an f32.
 #[inline(always)]
-fn widen_bf16(bits: u16) -> f32 {
+pub(crate) fn widen_bf16(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
@@ -163,7 +166,7 @@ fn widen_bf16(bits: u16) -> f32 {
 /// also normalises subnormals exactly), and infinities and NaNs (exponent all ones) given
 /// f32's all-ones exponent back.
 #[inline(always)]
-fn widen_f16(bits: u16) -> f32 {
+pub(crate) fn widen_f16(bits: u16) -> f32 {
     let h = bits as u32;
     let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
     let special = if h & 0x7c00 == 0x7c00 { 0x7f80_0000 } else { 0 };
@@ -361,8 +364,8 @@ mod tests {
     /// Largest difference relative to the largest reference value: summation order alone
     /// moves single outputs near zero by more than their own size.
     fn max_relative_gap(a: &Tensor, b: &Tensor) -> f32 {
-        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap() };
+        let (a, b) = (values(a), values(b));
         let scale = b.iter().fold(0f32, |m, y| m.max(y.abs()));
         a.iter()
             .zip(&b)
@@ -455,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn half_weights_beyond_the_streaming_rows_use_candle_in_their_dtype() {
+    fn half_weights_beyond_the_streaming_rows_compute_in_f32() {
         let weight = Tensor::randn(0f32, 1.0, (70, 40), &Device::Cpu)
             .unwrap()
             .to_dtype(DType::BF16)
@@ -464,11 +467,12 @@ mod tests {
         let xs = Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap();
         let got = ours.forward(&xs).unwrap();
         assert_eq!(got.dtype(), DType::F32);
-        let theirs = candle_nn::Linear::new(weight, None)
-            .forward(&xs.to_dtype(DType::BF16).unwrap())
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
+        assert_eq!(max_relative_gap(&got, &widened_reference(&weight, &xs)), 0.0);
+        // Same dtypes: candle's bf16 product as it is.
+        let xs = xs.to_dtype(DType::BF16).unwrap();
+        let theirs = candle_nn::Linear::new(weight, None).forward(&xs).unwrap();
+        let got = ours.forward(&xs).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(max_relative_gap(&got, &theirs), 0.0);
     }
 
