@@ -4,7 +4,9 @@
 //! The decoder steps run once per dtype listed (default `f32,bf16`), one after the other in
 //! the same process, so the figures share the machine's state.
 //!
-//! `cargo run -p musicgen --release --example step_bench -- [architecture] [steps] [dtypes]`
+//! `skip` steps run untimed first, to time steps at a later position (a longer cache).
+//!
+//! `cargo run -p musicgen --release --example step_bench -- [architecture] [steps] [dtypes] [skip]`
 
 use std::time::Instant;
 
@@ -26,6 +28,7 @@ fn main() -> musicgen::Result<()> {
         .split(',')
         .map(str::parse)
         .collect::<musicgen::Result<Vec<DType>>>()?;
+    let skip: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
 
     // Bandwidth: read 256 MiB and write 256 MiB per copy.
     let src = vec![1f32; 64 << 20];
@@ -118,9 +121,12 @@ fn main() -> musicgen::Result<()> {
                 sampling: SamplingParams::default(),
                 seed: 1,
             }],
-            duration_secs: (steps + 10) as f64 / 50.0,
+            duration_secs: (skip + steps + 10) as f64 / 50.0,
         };
         let mut generation = model.start(&request)?;
+        for _ in 0..skip {
+            generation.step()?;
+        }
         let mut times = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t = Instant::now();
@@ -128,7 +134,7 @@ fn main() -> musicgen::Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
         println!(
-            "{architecture} {dtype:?}: {} params, {steps} steps, median {:.1} ms/step, min {:.1} ms",
+            "{architecture} {dtype:?}: {} params, {steps} steps after {skip}, median {:.1} ms/step, min {:.1} ms",
             model.info().parameters,
             median(times.clone()) * 1e3,
             times.iter().cloned().fold(f64::MAX, f64::min) * 1e3
