@@ -137,7 +137,9 @@ impl<'m> Generation<'m> {
         for &item in &self.row_items {
             tokens.extend((0..k).map(|c| self.grid[(item * k + c) * len + position]));
         }
-        let tokens = Tensor::from_vec(tokens, (rows, k), self.model.decoder.device())?;
+        // On the host: the decoder uploads them where its step mode needs them (a GPU graph step
+        // reads them from the host into its own input buffer, so a device copy would be wasted).
+        let tokens = Tensor::from_vec(tokens, (rows, k), &candle_core::Device::Cpu)?;
         let logits = self.model.decoder.step(&tokens, &mut self.state)?.flatten_all()?.to_vec1::<f32>()?;
 
         let row_len = k * self.model.decoder.vocab_size();
