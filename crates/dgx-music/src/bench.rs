@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use musicgen::{CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+use musicgen::{
+    CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
+};
 use serde::Serialize;
 
 use crate::validate::target::BuildTarget;
@@ -133,8 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let options = LoadOptions { device, dtype, eager: args.eager };
     let nvml_index = match device {
-        DeviceSpec::Cuda(ordinal) => crate::validate::kernel::cuda_uuid(ordinal)
-            .and_then(|uuid| crate::validate::driver::nvml_index_of(&uuid)),
+        DeviceSpec::Cuda(ordinal) => {
+            crate::validate::kernel::cuda_uuid(ordinal).and_then(|uuid| crate::validate::driver::nvml_index_of(&uuid))
+        }
         DeviceSpec::Cpu => None,
     };
 
@@ -156,7 +159,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let request = |duration_secs: f64| GenerationRequest {
         items: (0..args.batch)
-            .map(|i| GenerationItem { prompt: args.prompt.clone(), sampling: SamplingParams::default(), seed: i as u64 })
+            .map(|i| GenerationItem {
+                prompt: args.prompt.clone(),
+                sampling: SamplingParams::default(),
+                seed: i as u64,
+            })
             .collect(),
         duration_secs,
     };
@@ -183,7 +190,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let sampler = nvml_index.and_then(GpuSampler::start);
         let (phases, audio) = timing::timed_generation(&model, &timed, &sync).context("generation failed")?;
         let gpu_peak = sampler.map(GpuSampler::finish);
-        anyhow::ensure!(audio.len() == args.batch, "the engine returned {} tracks for a batch of {}", audio.len(), args.batch);
+        anyhow::ensure!(
+            audio.len() == args.batch,
+            "the engine returned {} tracks for a batch of {}",
+            audio.len(),
+            args.batch
+        );
         runs.push(Run { phases, gpu_peak });
     }
 

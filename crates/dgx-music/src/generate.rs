@@ -8,7 +8,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use musicgen::audio::{self, Normalize, SampleFormat};
 use musicgen::request::{validate_duration, validate_prompt};
-use musicgen::{CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+use musicgen::{
+    CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
+};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
@@ -155,11 +157,7 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
     // The vocabulary is not known before loading; the model checks top_k against it again.
     sampling.validate(usize::MAX)?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
-    let items = args
-        .prompts
-        .iter()
-        .map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed })
-        .collect();
+    let items = args.prompts.iter().map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed }).collect();
     Ok(GenerationRequest { items, duration_secs: args.duration })
 }
 
@@ -187,11 +185,8 @@ fn numbered(base: &Path, i: usize) -> PathBuf {
 
 /// A file name from a prompt: "Ambient piano, 16 s!" -> "ambient-piano-16-s".
 fn slug(prompt: &str) -> String {
-    let words: Vec<String> = prompt
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
+    let words: Vec<String> =
+        prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
     let mut slug = String::new();
     for word in words {
         if slug.len() + word.len() > 60 {
@@ -202,7 +197,11 @@ fn slug(prompt: &str) -> String {
         }
         slug.push_str(&word);
     }
-    if slug.is_empty() { "music".into() } else { slug }
+    if slug.is_empty() {
+        "music".into()
+    } else {
+        slug
+    }
 }
 
 fn progress_bar(quiet: bool) -> ProgressBar {

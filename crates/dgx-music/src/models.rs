@@ -74,8 +74,9 @@ fn list() -> anyhow::Result<ExitCode> {
 }
 
 fn download(id: &str) -> anyhow::Result<ExitCode> {
-    let hub_id = hub::hub_id(id)
-        .with_context(|| format!("{id:?} is not a hub id; use owner/name or small, medium, large, stereo-small, ..."))?;
+    let hub_id = hub::hub_id(id).with_context(|| {
+        format!("{id:?} is not a hub id; use owner/name or small, medium, large, stereo-small, ...")
+    })?;
     let settings = hub::HubSettings::from_env();
     let dir = hub::download_with(&hub_id, &settings, true)?;
     // Check what arrived, so a broken download is reported now rather than at the first generate.
@@ -99,7 +100,11 @@ fn human_bytes(bytes: u64) -> String {
         value /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

@@ -52,8 +52,7 @@ impl Report {
         let kernels = kernel::run_all();
         if let Ok(list) = &kernels {
             for gpu in &mut driver.gpus {
-                gpu.cuda_ordinal =
-                    list.iter().find(|k| k.uuid.is_some() && k.uuid == gpu.uuid).map(|k| k.cuda_ordinal);
+                gpu.cuda_ordinal = list.iter().find(|k| k.uuid.is_some() && k.uuid == gpu.uuid).map(|k| k.cuda_ordinal);
             }
         }
         let checks = checks::evaluate(&build, &driver, &kernels);

@@ -44,10 +44,7 @@ fn main() -> musicgen::Result<()> {
         })
         .collect();
     let bytes = 2.0 * (src.len() * 4) as f64;
-    println!(
-        "memory copy: {:.2} GB/s (read+write, median of 5)",
-        bytes / median(copies) / 1e9
-    );
+    println!("memory copy: {:.2} GB/s (read+write, median of 5)", bytes / median(copies) / 1e9);
     drop((src, dst));
 
     // The decoder's projection shapes (musicgen-small), 2 rows as batch 1 with guidance:
@@ -64,21 +61,12 @@ fn main() -> musicgen::Result<()> {
         )
     };
     for dtype in [TensorDType::F32, TensorDType::BF16] {
-        for (out_dim, in_dim) in [
-            (4096, 1024),
-            (1024, 4096),
-            (3072, 1024),
-            (1024, 1024),
-            (8192, 1024),
-        ] {
+        for (out_dim, in_dim) in [(4096, 1024), (1024, 4096), (3072, 1024), (1024, 1024), (8192, 1024)] {
             let weight = Tensor::randn(0f32, 0.02, (out_dim, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
             let xs = Tensor::randn(0f32, 1.0, (2, 1, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
             let candle = candle_nn::Linear::new(weight.clone(), None);
             let ours = musicgen::linear::Linear::new(weight);
-            let (a, b) = (
-                time(&|| candle.forward(&xs).unwrap()),
-                time(&|| ours.forward(&xs).unwrap()),
-            );
+            let (a, b) = (time(&|| candle.forward(&xs).unwrap()), time(&|| ours.forward(&xs).unwrap()));
             let gb = (out_dim * in_dim * dtype.size_in_bytes()) as f64 / 1e9;
             println!(
                 "(2x{in_dim})x({out_dim}x{in_dim})^T {dtype:?}: candle Linear {:.2} ms ({:.1} GB/s), musicgen Linear {:.2} ms ({:.1} GB/s)",
@@ -93,7 +81,9 @@ fn main() -> musicgen::Result<()> {
     for dtype in [TensorDType::F32, TensorDType::BF16] {
         let xs = Tensor::randn(0f32, 1.0, (2, 1, 1024), &Device::Cpu)?.to_dtype(dtype)?;
         let layers = (0..86)
-            .map(|_| Ok(musicgen::linear::Linear::new(Tensor::full(0.01f32, (4096, 1024), &Device::Cpu)?.to_dtype(dtype)?)))
+            .map(|_| {
+                Ok(musicgen::linear::Linear::new(Tensor::full(0.01f32, (4096, 1024), &Device::Cpu)?.to_dtype(dtype)?))
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let pass = median(
             (0..3)
@@ -118,11 +108,7 @@ fn main() -> musicgen::Result<()> {
         let options = LoadOptions { dtype, ..LoadOptions::default() };
         let model = MusicGen::random(&architecture, &options)?;
         let request = GenerationRequest {
-            items: vec![GenerationItem {
-                prompt: "bench".into(),
-                sampling: SamplingParams::default(),
-                seed: 1,
-            }],
+            items: vec![GenerationItem { prompt: "bench".into(), sampling: SamplingParams::default(), seed: 1 }],
             duration_secs: (skip + steps + 10) as f64 / 50.0,
         };
         let mut generation = model.start(&request)?;

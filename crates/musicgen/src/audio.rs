@@ -84,9 +84,8 @@ pub fn normalize(audio: &mut Audio, strategy: Normalize) -> Result<()> {
         }
         Normalize::Loudness => {
             let samples = audio.channels.iter().map(Vec::len).sum::<usize>().max(1);
-            let energy = (audio.channels.iter().flatten().map(|&s| (s as f64).powi(2)).sum::<f64>()
-                / samples as f64)
-                .sqrt();
+            let energy =
+                (audio.channels.iter().flatten().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples as f64).sqrt();
             if energy < ENERGY_FLOOR {
                 return Ok(());
             }
@@ -104,8 +103,8 @@ pub fn normalize(audio: &mut Audio, strategy: Normalize) -> Result<()> {
 /// Integrated loudness in LUFS (−∞ for audio too short or too quiet to gate).
 pub fn integrated_loudness(audio: &Audio) -> Result<f64> {
     let loud = |e: ebur128::Error| Error::Audio(format!("loudness measurement failed: {e}"));
-    let mut meter = ebur128::EbuR128::new(audio.channels.len() as u32, audio.sample_rate, ebur128::Mode::I)
-        .map_err(loud)?;
+    let mut meter =
+        ebur128::EbuR128::new(audio.channels.len() as u32, audio.sample_rate, ebur128::Mode::I).map_err(loud)?;
     let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
     meter.add_frames_planar_f32(&planes).map_err(loud)?;
     meter.loudness_global().map_err(loud)
@@ -136,8 +135,8 @@ impl FromStr for SampleFormat {
 /// Writes `audio` to `path` as a WAV file.
 pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) -> Result<()> {
     let path = path.as_ref();
-    let file = std::fs::File::create(path)
-        .map_err(|e| Error::Audio(format!("cannot create {}: {e}", path.display())))?;
+    let file =
+        std::fs::File::create(path).map_err(|e| Error::Audio(format!("cannot create {}: {e}", path.display())))?;
     encode_wav(std::io::BufWriter::new(file), audio, format)
 }
 

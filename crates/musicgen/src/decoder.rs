@@ -52,7 +52,10 @@ fn mask_is_moot(attended: &Tensor, memory: &Tensor) -> Result<bool> {
     let len = attended.dim(1)?;
     let counts = attended.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
     let magnitudes = memory.abs()?.to_dtype(DType::F32)?.max(D::Minus1)?.max(D::Minus1)?.to_vec1::<f32>()?;
-    Ok(counts.iter().zip(&magnitudes).all(|(&count, &magnitude)| count as usize == len || (count == 0.0 && magnitude == 0.0)))
+    Ok(counts
+        .iter()
+        .zip(&magnitudes)
+        .all(|(&count, &magnitude)| count as usize == len || (count == 0.0 && magnitude == 0.0)))
 }
 
 /// Whether the fused attention kernels can run this decoder: a CUDA build on a GPU, with a
@@ -243,7 +246,9 @@ impl SelfAttention {
     fn attend_on_cpu(&self, qkv: &Tensor, attend: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<Tensor> {
         let (rows, len, width) = qkv.dims3()?;
         if len != 1 {
-            return Err(Error::Tensor(candle_core::Error::Msg(format!("a CPU half-precision step takes one position, not {len}"))));
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "a CPU half-precision step takes one position, not {len}"
+            ))));
         }
         let attended = cpu_f32(qkv, attend)?;
         Ok(self.out.forward(&Tensor::from_vec(attended, (rows, 1, width / 3), qkv.device())?)?)
@@ -302,7 +307,8 @@ impl CrossAttention {
             let (_, _, heads, memory_len, _) = kv.dims5()?;
             let q = q.flatten_all()?.to_vec1::<f32>()?;
             let mask = mask.map(|mask| mask.flatten_all()?.to_vec1::<f32>()).transpose()?;
-            let attended = cpu_f32(kv, |kv| cpu::cross_attention(&q, kv, mask.as_deref(), rows * len, heads, memory_len))?;
+            let attended =
+                cpu_f32(kv, |kv| cpu::cross_attention(&q, kv, mask.as_deref(), rows * len, heads, memory_len))?;
             return Ok(self.out.forward(&Tensor::from_vec(attended, (rows, len, hidden), xs.device())?)?);
         }
         #[cfg(feature = "cuda")]
@@ -365,7 +371,8 @@ impl DecoderLayer {
         let fused = matches!(fixed, Some(FixedStep::Fused { .. }));
         #[cfg(not(feature = "cuda"))]
         let fused = false;
-        let h = self.encoder_attn.forward(&self.encoder_attn_layer_norm.forward(&xs)?, cross_kv, mask, fused, on_cpu)?;
+        let h =
+            self.encoder_attn.forward(&self.encoder_attn_layer_norm.forward(&xs)?, cross_kv, mask, fused, on_cpu)?;
         let xs = (xs + h)?;
         let h = self.activation.apply(&self.fc1.forward(&self.final_layer_norm.forward(&xs)?)?)?;
         Ok((xs + self.fc2.forward(&h)?)?)
@@ -601,15 +608,15 @@ impl Decoder {
                 };
                 (self.layers.iter().map(|_| cache()).collect(), None)
             }
-            StepMode::Growing => (self.layers.iter().map(|_| SelfKv::Growing(KvCache::new(2, max_steps))).collect(), None),
+            StepMode::Growing => {
+                (self.layers.iter().map(|_| SelfKv::Growing(KvCache::new(2, max_steps))).collect(), None)
+            }
             StepMode::Fixed | StepMode::Graph => {
                 let shape = (2, rows, self.heads, max_steps, head_dim);
                 let self_kv = self
                     .layers
                     .iter()
-                    .map(|_| {
-                        Ok(SelfKv::Fixed(Tensor::zeros(shape, dtype, &self.device)?))
-                    })
+                    .map(|_| Ok(SelfKv::Fixed(Tensor::zeros(shape, dtype, &self.device)?)))
                     .collect::<Result<Vec<_>>>()?;
                 (self_kv, Some(self.fixed_buffers(rows, max_steps)?))
             }
@@ -724,7 +731,9 @@ impl Decoder {
         } else {
             let position = position.reshape((1, 1, 1, 1))?;
             FixedStep::Unfused {
-                write_index: position.broadcast_as((rows, self.heads, 1, self.hidden_size / self.heads))?.contiguous()?,
+                write_index: position
+                    .broadcast_as((rows, self.heads, 1, self.hidden_size / self.heads))?
+                    .contiguous()?,
                 mask: fixed.arange.broadcast_le(&position)?.where_cond(&fixed.open, &fixed.closed)?,
             }
         };
@@ -843,10 +852,12 @@ mod tests {
         let mask = Tensor::ones((2, 3), DType::U32, &Device::Cpu).unwrap();
         let inputs = [[16u32, 16], [3, 16], [5, 7], [1, 2], [9, 9]];
         let run = |rows: usize| {
-            let mut state = decoder.start(&memory.narrow(0, 0, rows).unwrap(), &mask.narrow(0, 0, rows).unwrap(), 2).unwrap();
+            let mut state =
+                decoder.start(&memory.narrow(0, 0, rows).unwrap(), &mask.narrow(0, 0, rows).unwrap(), 2).unwrap();
             let mut last = None;
             for codes in inputs {
-                let tokens = Tensor::new(&codes, &Device::Cpu).unwrap().unsqueeze(0).unwrap().repeat((rows, 1)).unwrap();
+                let tokens =
+                    Tensor::new(&codes, &Device::Cpu).unwrap().unsqueeze(0).unwrap().repeat((rows, 1)).unwrap();
                 last = Some(decoder.step(&tokens, &mut state).unwrap().get(0).unwrap());
             }
             last.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -887,7 +898,14 @@ mod tests {
     struct Rounded(crate::model::random::RandomWeights, DType);
 
     impl candle_nn::var_builder::SimpleBackend for Rounded {
-        fn get(&self, s: candle_core::Shape, name: &str, init: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get(
+            &self,
+            s: candle_core::Shape,
+            name: &str,
+            init: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             self.0.get(s, name, init, self.1, dev)?.to_dtype(dtype)
         }
         fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -40,7 +40,11 @@ impl DelayPattern {
 
     /// Steps by which codebook `k` lags codebook 0 of its channel.
     pub fn delay(&self, k: usize) -> usize {
-        if self.audio_channels == 2 { k / 2 } else { k }
+        if self.audio_channels == 2 {
+            k / 2
+        } else {
+            k
+        }
     }
 
     /// Decoder steps to run: one per frame plus the longest delay.
@@ -55,7 +59,11 @@ impl DelayPattern {
 
     /// Frames of codes the grid yields once the delay is undone.
     pub fn frames(&self) -> usize {
-        if self.enabled { self.frames } else { self.steps() }
+        if self.enabled {
+            self.frames
+        } else {
+            self.steps()
+        }
     }
 
     /// Whether the pattern fixes position `t` of codebook `k` to the pad token.
@@ -69,7 +77,11 @@ impl DelayPattern {
 
     /// The token that ends up at position `t` of codebook `k` when the model proposed `token`.
     pub fn apply(&self, k: usize, t: usize, token: u32) -> u32 {
-        if self.is_forced(k, t) { self.pad_token } else { token }
+        if self.is_forced(k, t) {
+            self.pad_token
+        } else {
+            token
+        }
     }
 
     /// Undoes the delay: `grid` is (codebooks, grid_len) row-major, the result (codebooks, frames).

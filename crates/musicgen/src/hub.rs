@@ -46,15 +46,16 @@ impl HubSettings {
     /// Settings from an arbitrary variable lookup, in the order of precedence `huggingface_hub` uses.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let set = |key: &str| var(key).filter(|v| !v.is_empty());
-        let cache_dir = set("HF_HUB_CACHE").or_else(|| set("HUGGINGFACE_HUB_CACHE")).map(PathBuf::from).unwrap_or_else(|| {
-            let home = set("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                let base = set("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(set("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
-                base.join("huggingface")
+        let cache_dir =
+            set("HF_HUB_CACHE").or_else(|| set("HUGGINGFACE_HUB_CACHE")).map(PathBuf::from).unwrap_or_else(|| {
+                let home = set("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                    let base = set("XDG_CACHE_HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from(set("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
+                    base.join("huggingface")
+                });
+                home.join("hub")
             });
-            home.join("hub")
-        });
         let offline = set("HF_HUB_OFFLINE")
             .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         Self { cache_dir, offline }
@@ -217,10 +218,9 @@ impl Fetcher<'_> {
                 self.id,
                 local_advice(self.id)
             ),
-            HFError::AuthRequired { .. } | HFError::Forbidden { .. } => format!(
-                "the hub refused access to {file} ({err}); set HF_TOKEN to a token that can read {}",
-                self.id
-            ),
+            HFError::AuthRequired { .. } | HFError::Forbidden { .. } => {
+                format!("the hub refused access to {file} ({err}); set HF_TOKEN to a token that can read {}", self.id)
+            }
             _ => format!(
                 "cannot download {file} from the hub ({err}); check the network or proxy (HTTPS_PROXY). {}",
                 local_advice(self.id)
@@ -361,7 +361,8 @@ pub fn remove_cached(model: &str) -> Result<u64> {
 }
 
 pub fn remove_cached_in(model: &str, settings: &HubSettings) -> Result<u64> {
-    let id = hub_id(model).ok_or_else(|| Error::invalid("model", format!("{model:?} is not a hub id such as facebook/musicgen-small")))?;
+    let id = hub_id(model)
+        .ok_or_else(|| Error::invalid("model", format!("{model:?} is not a hub id such as facebook/musicgen-small")))?;
     let folder = settings.cache_dir.join(format!("models--{}", id.replace('/', "--")));
     if !folder.is_dir() {
         return Err(Error::MissingFile {
@@ -413,7 +414,11 @@ mod tests {
         let s = HubSettings::from_lookup(env(&[("HOME", "/home/u"), ("HF_HOME", "/data/hf"), ("HF_HUB_OFFLINE", "1")]));
         assert_eq!(s.cache_dir, PathBuf::from("/data/hf/hub"));
         assert!(s.offline);
-        let s = HubSettings::from_lookup(env(&[("HF_HOME", "/data/hf"), ("HF_HUB_CACHE", "/fast/hub"), ("HF_HUB_OFFLINE", "0")]));
+        let s = HubSettings::from_lookup(env(&[
+            ("HF_HOME", "/data/hf"),
+            ("HF_HUB_CACHE", "/fast/hub"),
+            ("HF_HUB_OFFLINE", "0"),
+        ]));
         assert_eq!(s.cache_dir, PathBuf::from("/fast/hub"));
         assert!(!s.offline);
     }

@@ -31,7 +31,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use audio::{Audio, Normalize, SampleFormat};
-pub use device::{DeviceSpec, DType};
+pub use device::{DType, DeviceSpec};
 pub use error::{Error, Result};
 pub use model::{Generation, LoadOptions, ModelInfo, MusicGen, Step};
 pub use request::{CancelToken, GenerationItem, GenerationRequest, Progress, SamplingParams};

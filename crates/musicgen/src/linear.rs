@@ -38,9 +38,7 @@ pub struct Linear {
 impl Linear {
     /// `weight` is `(out_features, in_features)` as PyTorch stores it.
     pub fn new(weight: Tensor) -> Self {
-        Self {
-            inner: candle_nn::Linear::new(weight, None),
-        }
+        Self { inner: candle_nn::Linear::new(weight, None) }
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -53,10 +51,7 @@ impl Linear {
             DType::BF16 | DType::F16 => matches!(xs.dtype(), DType::F32 | DType::BF16 | DType::F16),
             _ => false,
         };
-        let fast = xs.device().is_cpu()
-            && dtypes_fit
-            && xs.dims().last() == Some(&in_dim)
-            && rows <= MAX_FAST_ROWS;
+        let fast = xs.device().is_cpu() && dtypes_fit && xs.dims().last() == Some(&in_dim) && rows <= MAX_FAST_ROWS;
         if !fast {
             return self.fallback(xs);
         }
@@ -78,9 +73,7 @@ impl Linear {
             }
         };
         let mut dims = xs.dims().to_vec();
-        *dims
-            .last_mut()
-            .expect("xs has in_dim as its last dimension") = out_dim;
+        *dims.last_mut().expect("xs has in_dim as its last dimension") = out_dim;
         let out = Tensor::from_vec(out, dims, xs.device())?;
         if half_weights {
             out.to_dtype(xs.dtype())
@@ -113,18 +106,15 @@ fn few_rows_product(weight: &[f32], xs: &[f32], rows: usize, in_dim: usize) -> V
     let out_dim = weight.len() / in_dim;
     // Tasks own disjoint output blocks in feature-major order; transposed into place after.
     let mut by_feature = vec![0f32; out_dim * rows];
-    by_feature
-        .par_chunks_mut(OUTPUTS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let first = block * OUTPUTS_PER_TASK;
-            for (o, sums) in out.chunks_exact_mut(rows).enumerate() {
-                let w = &weight[(first + o) * in_dim..(first + o + 1) * in_dim];
-                for (r, sum) in sums.iter_mut().enumerate() {
-                    *sum = dot(w, &xs[r * in_dim..(r + 1) * in_dim]);
-                }
+    by_feature.par_chunks_mut(OUTPUTS_PER_TASK * rows).enumerate().for_each(|(block, out)| {
+        let first = block * OUTPUTS_PER_TASK;
+        for (o, sums) in out.chunks_exact_mut(rows).enumerate() {
+            let w = &weight[(first + o) * in_dim..(first + o + 1) * in_dim];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                *sum = dot(w, &xs[r * in_dim..(r + 1) * in_dim]);
             }
-        });
+        }
+    });
     let mut out = vec![0f32; rows * out_dim];
     for (o, sums) in by_feature.chunks_exact(rows).enumerate() {
         for (r, &s) in sums.iter().enumerate() {
@@ -137,12 +127,7 @@ fn few_rows_product(weight: &[f32], xs: &[f32], rows: usize, in_dim: usize) -> V
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
     for (ca, cb) in a_chunks.zip(b_chunks) {
         for i in 0..LANES {
             acc[i] += ca[i] * cb[i];
@@ -185,15 +170,12 @@ fn widen<const BF16: bool>(bits: u16) -> f32 {
 fn few_rows_widened<const BF16: bool>(weight: &[u16], xs: &[f32], rows: usize, in_dim: usize) -> Vec<f32> {
     let out_dim = weight.len() / in_dim;
     let mut by_feature = vec![0f32; out_dim * rows];
-    by_feature
-        .par_chunks_mut(OUTPUTS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let first = block * OUTPUTS_PER_TASK;
-            let outputs = out.len() / rows;
-            let weights = &weight[first * in_dim..(first + outputs) * in_dim];
-            widened_block::<BF16>(weights, xs, rows, in_dim, out);
-        });
+    by_feature.par_chunks_mut(OUTPUTS_PER_TASK * rows).enumerate().for_each(|(block, out)| {
+        let first = block * OUTPUTS_PER_TASK;
+        let outputs = out.len() / rows;
+        let weights = &weight[first * in_dim..(first + outputs) * in_dim];
+        widened_block::<BF16>(weights, xs, rows, in_dim, out);
+    });
     let mut out = vec![0f32; rows * out_dim];
     for (o, sums) in by_feature.chunks_exact(rows).enumerate() {
         for (r, &s) in sums.iter().enumerate() {
@@ -360,14 +342,11 @@ mod tests {
     /// Largest difference relative to the largest reference value: summation order alone
     /// moves single outputs near zero by more than their own size.
     fn max_relative_gap(a: &Tensor, b: &Tensor) -> f32 {
-        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap() };
+        let values =
+            |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap() };
         let (a, b) = (values(a), values(b));
         let scale = b.iter().fold(0f32, |m, y| m.max(y.abs()));
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-            / scale
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
     }
 
     #[test]
@@ -391,22 +370,9 @@ mod tests {
         let ours = Linear::new(weight.clone());
         let theirs = candle_nn::Linear::new(weight, None);
         let many = Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap();
-        assert!(
-            max_relative_gap(
-                &ours.forward(&many).unwrap(),
-                &theirs.forward(&many).unwrap()
-            ) < 1e-5
-        );
-        let transposed = Tensor::randn(0f32, 1.0, (40, 2), &Device::Cpu)
-            .unwrap()
-            .t()
-            .unwrap();
-        assert!(
-            max_relative_gap(
-                &ours.forward(&transposed).unwrap(),
-                &theirs.forward(&transposed).unwrap()
-            ) < 1e-5
-        );
+        assert!(max_relative_gap(&ours.forward(&many).unwrap(), &theirs.forward(&many).unwrap()) < 1e-5);
+        let transposed = Tensor::randn(0f32, 1.0, (40, 2), &Device::Cpu).unwrap().t().unwrap();
+        assert!(max_relative_gap(&ours.forward(&transposed).unwrap(), &theirs.forward(&transposed).unwrap()) < 1e-5);
     }
 
     /// The reference for half-precision weights: candle's `Linear` in f32 on the same (rounded)
@@ -423,10 +389,8 @@ mod tests {
             // Ragged shapes: all tail (37 inputs) and whole chunks plus a tail (1000), at every
             // row count (both lane widths).
             for (out_dim, in_dim) in [(131, 37), (96, 1000)] {
-                let weight = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
+                let weight =
+                    Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
                 let ours = Linear::new(weight.clone());
                 for rows in 1..=MAX_FAST_ROWS {
                     let xs = Tensor::randn(0f32, 1.0, (rows, 1, in_dim), &Device::Cpu).unwrap();
@@ -455,10 +419,7 @@ mod tests {
 
     #[test]
     fn half_weights_beyond_the_streaming_rows_compute_in_f32() {
-        let weight = Tensor::randn(0f32, 1.0, (70, 40), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (70, 40), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
         let ours = Linear::new(weight.clone());
         let xs = Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap();
         let got = ours.forward(&xs).unwrap();

@@ -149,7 +149,8 @@ impl MusicGen {
         if options.eager {
             decoder.set_step_mode(StepMode::Growing)?;
         }
-        let codec = EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
+        let codec =
+            EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
         let info = ModelInfo {
             source: source.to_string(),
             device: options.device.to_string(),
@@ -168,17 +169,7 @@ impl MusicGen {
             }
             .to_string(),
         };
-        Ok(Self {
-            info,
-            config,
-            prompts,
-            text_encoder,
-            enc_to_dec_proj,
-            decoder,
-            codec,
-            decoder_start_token,
-            device,
-        })
+        Ok(Self { info, config, prompts, text_encoder, enc_to_dec_proj, decoder, codec, decoder_start_token, device })
     }
 
     pub fn info(&self) -> &ModelInfo {

@@ -142,7 +142,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn fraction(&self) -> f64 {
-        if self.total_steps == 0 { 1.0 } else { self.step as f64 / self.total_steps as f64 }
+        if self.total_steps == 0 {
+            1.0
+        } else {
+            self.step as f64 / self.total_steps as f64
+        }
     }
 }
 

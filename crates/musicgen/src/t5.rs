@@ -150,7 +150,11 @@ impl FeedForward {
                 activation: kind.activation,
             }
         } else {
-            Self::Plain { wi: candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi"))?, wo, activation: kind.activation }
+            Self::Plain {
+                wi: candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi"))?,
+                wo,
+                activation: kind.activation,
+            }
         })
     }
 

@@ -404,7 +404,8 @@ impl SimpleBackend for CheckedBackend {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let found = self.0.shape(name).ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })?;
+        let found =
+            self.0.shape(name).ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })?;
         if found != expected {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),

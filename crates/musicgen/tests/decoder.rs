@@ -44,7 +44,8 @@ fn check_decoder_against_reference(name: &str) {
     let memory = &tensors["projected_encoder_hidden_states"];
     let mask = &tensors["attention_mask"];
     let (batch, len, hidden) = memory.dims3().unwrap();
-    let memory = Tensor::cat(&[memory, &Tensor::zeros((batch, len, hidden), DType::F32, &Device::Cpu).unwrap()], 0).unwrap();
+    let memory =
+        Tensor::cat(&[memory, &Tensor::zeros((batch, len, hidden), DType::F32, &Device::Cpu).unwrap()], 0).unwrap();
     let mask = Tensor::cat(&[mask, &mask.zeros_like().unwrap()], 0).unwrap();
 
     let steps = json["steps"].as_u64().unwrap() as usize;
@@ -114,8 +115,7 @@ fn delay_pattern_matches_transformers_mask() {
         let frames = json["frames"].as_u64().unwrap() as usize;
         let pad = json["pad_token_id"].as_u64().unwrap() as u32;
         let pattern = DelayPattern::new(k, channels, frames, pad);
-        let mask: Vec<i64> =
-            tensors["delay_pattern_mask"].flatten_all().unwrap().to_vec1::<i64>().unwrap();
+        let mask: Vec<i64> = tensors["delay_pattern_mask"].flatten_all().unwrap().to_vec1::<i64>().unwrap();
         let len = pattern.grid_len();
         // The reference mask covers B·K rows; every item's K rows are the same.
         for (row, chunk) in mask.chunks(len).enumerate() {

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use musicgen::config::MusicgenConfig;
-use musicgen::{
-    CancelToken, Error, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
-};
+use musicgen::{CancelToken, Error, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

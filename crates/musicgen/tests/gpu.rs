@@ -23,7 +23,9 @@ use candle_core::{DType, Device, Tensor};
 use musicgen::decoder::{Decoder, StepMode};
 use musicgen::delay::DelayPattern;
 use musicgen::weights::Checkpoint;
-use musicgen::{DType as ModelDType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+use musicgen::{
+    DType as ModelDType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
+};
 
 const FIXTURES: [&str; 2] = ["tiny-mono", "tiny-stereo"];
 
@@ -60,7 +62,11 @@ fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len());
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = actual.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    if diff.is_nan() { f32::NAN } else { diff / scale }
+    if diff.is_nan() {
+        f32::NAN
+    } else {
+        diff / scale
+    }
 }
 
 fn to_u32(t: &Tensor) -> Vec<u32> {
@@ -83,7 +89,11 @@ fn generate(name: &str, dtype: ModelDType) -> (Vec<u32>, Vec<f32>) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| GenerationItem { prompt: p.as_str().unwrap().into(), sampling: SamplingParams::greedy(coef), seed: 0 })
+            .map(|p| GenerationItem {
+                prompt: p.as_str().unwrap().into(),
+                sampling: SamplingParams::greedy(coef),
+                seed: 0,
+            })
             .collect(),
         duration_secs: frames / 50.0,
     };
@@ -128,7 +138,13 @@ fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {
 
 /// Every step's logits of the teacher-forced decoder, run in `mode`, for all of the reference's
 /// prompts or only the one at `item`.
-fn teacher_forced_logits(name: &str, device: &Device, dtype: DType, mode: StepMode, item: Option<usize>) -> Vec<Vec<f32>> {
+fn teacher_forced_logits(
+    name: &str,
+    device: &Device,
+    dtype: DType,
+    mode: StepMode,
+    item: Option<usize>,
+) -> Vec<Vec<f32>> {
     let (tensors, json) = reference(name);
     let checkpoint = Checkpoint::open(&fixture(name).join("checkpoint")).unwrap();
     let cfg = checkpoint.config().decoder.clone();
@@ -197,7 +213,9 @@ fn decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
     for name in FIXTURES {
         for (dtype, tolerance) in [(DType::F32, 1e-4f32), (DType::F16, 1e-2), (DType::BF16, 5e-2)] {
             let err = decoder_logits_error(name, &device, dtype);
-            eprintln!("{name}: GPU {dtype:?} decoder logits, teacher-forced: max relative error {err:e} (<= {tolerance:e})");
+            eprintln!(
+                "{name}: GPU {dtype:?} decoder logits, teacher-forced: max relative error {err:e} (<= {tolerance:e})"
+            );
             assert!(err <= tolerance, "{name}: GPU {dtype:?} logits relative error {err} over {tolerance}");
         }
     }

@@ -123,7 +123,10 @@ fn the_three_layouts_hold_the_same_tensors() {
     }
     // Both config dialects describe the same model.
     assert_eq!(format!("{:?}", mono.config().decoder), format!("{:?}", legacy.config().decoder));
-    assert_eq!(format!("{:?}", mono.config().text_encoder.d_model), format!("{:?}", legacy.config().text_encoder.d_model));
+    assert_eq!(
+        format!("{:?}", mono.config().text_encoder.d_model),
+        format!("{:?}", legacy.config().text_encoder.d_model)
+    );
     assert_eq!(mono.parameter_count(), bin.parameter_count());
 }
 
@@ -131,7 +134,8 @@ fn the_three_layouts_hold_the_same_tensors() {
 fn var_builder_converts_dtype() {
     let ckpt = Checkpoint::open(&checkpoint_dir("tiny-mono")).unwrap();
     let vb = ckpt.var_builder(DType::BF16, &Device::Cpu).unwrap();
-    let t = vb.get((32, 4), "text_encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight").unwrap();
+    let t =
+        vb.get((32, 4), "text_encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight").unwrap();
     assert_eq!(t.dtype(), DType::BF16);
 }
 

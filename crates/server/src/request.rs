@@ -47,9 +47,9 @@ const FIELDS: [&str; 7] = ["prompt", "duration", "top_k", "top_p", "temperature"
 /// Validates a parsed JSON body. `vocab_size` bounds `top_k`; `random_seed` is used when the
 /// body has none.
 pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
-    let object = body
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(None, "the body must be a JSON object like {\"prompt\": \"ambient piano\", \"duration\": 16}"))?;
+    let object = body.as_object().ok_or_else(|| {
+        ApiError::invalid(None, "the body must be a JSON object like {\"prompt\": \"ambient piano\", \"duration\": 16}")
+    })?;
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             None,
@@ -60,8 +60,15 @@ pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Resu
 
     let prompt = match object.get("prompt") {
         Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) => return Err(ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")),
-        Some(other) => return Err(ApiError::invalid(Some("prompt"), format!("prompt must be a string, got {}", kind(other)))),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                "prompt is required: describe the music, e.g. \"ambient piano\"",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(Some("prompt"), format!("prompt must be a string, got {}", kind(other))))
+        }
     };
     if prompt.trim().is_empty() {
         return Err(ApiError::invalid(Some("prompt"), "prompt is empty; describe the music, e.g. \"ambient piano\""));
@@ -76,7 +83,9 @@ pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Resu
 
     let duration = match number(object, "duration", "a number of seconds within 1..=300")? {
         Some(d) => d,
-        None => return Err(ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300")),
+        None => {
+            return Err(ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300"))
+        }
     };
     if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
         return Err(ApiError::invalid(Some("duration"), format!("duration {duration} is outside 1..=300 seconds")));
@@ -87,9 +96,16 @@ pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Resu
         None | Some(Value::Null) => defaults.top_k.min(vocab_size),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(k) if (1..=vocab_size as u64).contains(&k) => k as usize,
-            _ => return Err(ApiError::invalid(Some("top_k"), format!("top_k {n} is outside 1..={vocab_size} (the model's vocabulary; 1 is greedy)"))),
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("top_k"),
+                    format!("top_k {n} is outside 1..={vocab_size} (the model's vocabulary; 1 is greedy)"),
+                ))
+            }
         },
-        Some(other) => return Err(ApiError::invalid(Some("top_k"), format!("top_k must be {top_k_range}, got {}", kind(other)))),
+        Some(other) => {
+            return Err(ApiError::invalid(Some("top_k"), format!("top_k must be {top_k_range}, got {}", kind(other))))
+        }
     };
 
     let top_p = number(object, "top_p", "a number within [0, 1]")?.unwrap_or(defaults.top_p);
@@ -98,11 +114,17 @@ pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Resu
     }
     let temperature = number(object, "temperature", "a number > 0")?.unwrap_or(defaults.temperature);
     if temperature <= 0.0 {
-        return Err(ApiError::invalid(Some("temperature"), format!("temperature {temperature} must be > 0 (1 is neutral)")));
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("temperature {temperature} must be > 0 (1 is neutral)"),
+        ));
     }
     let cfg_coef = number(object, "cfg_coef", "a number >= 0")?.unwrap_or(defaults.cfg_coef);
     if cfg_coef < 0.0 {
-        return Err(ApiError::invalid(Some("cfg_coef"), format!("cfg_coef {cfg_coef} must be >= 0 (3 is the default, 1 disables guidance)")));
+        return Err(ApiError::invalid(
+            Some("cfg_coef"),
+            format!("cfg_coef {cfg_coef} must be >= 0 (3 is the default, 1 disables guidance)"),
+        ));
     }
     let seed = match object.get("seed") {
         None | Some(Value::Null) => random_seed & MAX_SEED,
@@ -110,7 +132,12 @@ pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Resu
             Some(s) if s <= MAX_SEED => s,
             _ => return Err(ApiError::invalid(Some("seed"), format!("seed {n} is outside 0..={MAX_SEED}"))),
         },
-        Some(other) => return Err(ApiError::invalid(Some("seed"), format!("seed must be an integer within 0..={MAX_SEED}, got {}", kind(other)))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                Some("seed"),
+                format!("seed must be an integer within 0..={MAX_SEED}, got {}", kind(other)),
+            ))
+        }
     };
 
     Ok(JobParams { prompt, duration, top_k, top_p, temperature, cfg_coef, seed })

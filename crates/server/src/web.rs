@@ -25,9 +25,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; object-src 'none'; ba
 
 /// Routes for the page, generic over the API's state so the server can `merge` it into its own router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/assets/{*path}", get(asset))
+    Router::new().route("/", get(index)).route("/assets/{*path}", get(asset))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -53,45 +51,24 @@ fn serve(name: &str, request_headers: &HeaderMap) -> Response {
     let common = [
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-        ),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
     ];
     if matches_etag(request_headers, &etag) {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
     let content_type = HeaderValue::from_static(content_type(name));
-    (
-        StatusCode::OK,
-        common,
-        [(header::CONTENT_TYPE, content_type)],
-        file.data.into_owned(),
-    )
-        .into_response()
+    (StatusCode::OK, common, [(header::CONTENT_TYPE, content_type)], file.data.into_owned()).into_response()
 }
 
 /// `If-None-Match` holds `*` or a comma-separated list of (possibly weak) tags.
 fn matches_etag(request_headers: &HeaderMap, etag: &HeaderValue) -> bool {
-    let Some(Ok(wanted)) = request_headers
-        .get(header::IF_NONE_MATCH)
-        .map(|value| value.to_str())
-    else {
+    let Some(Ok(wanted)) = request_headers.get(header::IF_NONE_MATCH).map(|value| value.to_str()) else {
         return false;
     };
     let ours = etag.to_str().unwrap_or_default();
-    wanted
-        .split(',')
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == "*" || tag == ours)
+    wanted.split(',').map(|tag| tag.trim().trim_start_matches("W/")).any(|tag| tag == "*" || tag == ours)
 }
 
 /// The page ships only these kinds of files; a test fails if an asset of any other kind is added.
@@ -121,30 +98,18 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
-        router::<()>()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap()
+        router::<()>().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
     }
 
     async fn body_text(response: Response) -> String {
-        String::from_utf8(
-            to_bytes(response.into_body(), 1 << 20)
-                .await
-                .unwrap()
-                .to_vec(),
-        )
-        .unwrap()
+        String::from_utf8(to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap()
     }
 
     #[tokio::test]
     async fn root_serves_the_page_with_its_modules() {
         let response = get("/", None).await;
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/html; charset=utf-8"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-cache");
         let html = body_text(response).await;
         assert!(html.contains(r#"<script type="module" src="/assets/app.js">"#));
@@ -174,14 +139,8 @@ mod tests {
     #[tokio::test]
     async fn javascript_modules_get_a_javascript_type() {
         let response = get("/assets/app.js", None).await;
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/javascript; charset=utf-8"
-        );
-        assert_eq!(
-            response.headers()[header::X_CONTENT_TYPE_OPTIONS],
-            "nosniff"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     #[tokio::test]
@@ -198,12 +157,8 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_escaping_paths_are_not_found() {
-        for uri in [
-            "/assets/nope.js",
-            "/assets/../index.html",
-            "/assets/%2e%2e/Cargo.toml",
-            "/assets/../../src/web.rs",
-        ] {
+        for uri in ["/assets/nope.js", "/assets/../index.html", "/assets/%2e%2e/Cargo.toml", "/assets/../../src/web.rs"]
+        {
             let response = get(uri, None).await;
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
         }

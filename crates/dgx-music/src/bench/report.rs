@@ -10,7 +10,14 @@ use super::{Args, BenchReport, Run, BAR_AUDIO_S, BAR_WALL_S};
 use crate::validate::render::{gib, utc_now_rfc3339};
 use crate::validate::target::BuildTarget;
 
-pub fn summarise(args: &Args, device: DeviceSpec, dtype: DType, info: ModelInfo, load_s: f64, runs: Vec<Run>) -> BenchReport {
+pub fn summarise(
+    args: &Args,
+    device: DeviceSpec,
+    dtype: DType,
+    info: ModelInfo,
+    load_s: f64,
+    runs: Vec<Run>,
+) -> BenchReport {
     let m = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let total_s = m(|r| r.phases.total_s);
     let decoder_s = m(|r| r.phases.decoder_s);
@@ -95,7 +102,11 @@ pub fn human(r: &BenchReport) -> String {
             "{:.2} s; real-time factor {:.2}x{}",
             r.total_s,
             r.real_time_factor,
-            if r.batch > 1 { format!(" per track, {:.1}x for the batch", r.aggregate_real_time_factor) } else { String::new() }
+            if r.batch > 1 {
+                format!(" per track, {:.1}x for the batch", r.aggregate_real_time_factor)
+            } else {
+                String::new()
+            }
         ),
     );
     let mem = |b: Option<u64>| b.map(gib).unwrap_or_else(|| "-".into());

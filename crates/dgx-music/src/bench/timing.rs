@@ -28,7 +28,11 @@ pub struct Phases {
 impl Phases {
     /// Mean time per decoder step.
     pub fn ms_per_step(&self) -> f64 {
-        if self.steps == 0 { 0.0 } else { self.decoder_s * 1e3 / self.steps as f64 }
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.decoder_s * 1e3 / self.steps as f64
+        }
     }
 }
 
@@ -86,7 +90,14 @@ mod tests {
 
     #[test]
     fn ms_per_step_is_the_mean() {
-        let p = Phases { text_encoder_s: 0.1, decoder_s: 0.8, steps: 400, median_step_ms: 1.9, encodec_s: 0.1, total_s: 1.0 };
+        let p = Phases {
+            text_encoder_s: 0.1,
+            decoder_s: 0.8,
+            steps: 400,
+            median_step_ms: 1.9,
+            encodec_s: 0.1,
+            total_s: 1.0,
+        };
         assert!((p.ms_per_step() - 2.0).abs() < 1e-12);
         assert_eq!(Phases { steps: 0, ..p }.ms_per_step(), 0.0);
     }

@@ -81,7 +81,12 @@ pub fn evaluate(build: &BuildTarget, driver: &DriverInfo, kernels: &Result<Vec<K
     let mut checks = Vec::new();
 
     checks.push(if !build.cuda {
-        Check::new("CUDA build", Status::Fail, "this binary was built without CUDA: it can use the CPU only", Some(BUILD_FIX.into()))
+        Check::new(
+            "CUDA build",
+            Status::Fail,
+            "this binary was built without CUDA: it can use the CPU only",
+            Some(BUILD_FIX.into()),
+        )
     } else if build.kernel_arch().is_none() {
         Check::new(
             "CUDA build",
@@ -162,7 +167,9 @@ pub fn evaluate(build: &BuildTarget, driver: &DriverInfo, kernels: &Result<Vec<K
     }
 
     match kernels {
-        Err(err) if build.cuda => checks.push(Check::new("GPU kernel run", Status::Fail, err.clone(), Some(error_fix(err, None)))),
+        Err(err) if build.cuda => {
+            checks.push(Check::new("GPU kernel run", Status::Fail, err.clone(), Some(error_fix(err, None))))
+        }
         Err(_) => checks.push(Check::new("GPU kernel run", Status::Skip, "not possible without a CUDA build", None)),
         Ok(list) if list.is_empty() => checks.push(Check::new(
             "GPU kernel run",
@@ -182,7 +189,9 @@ pub fn evaluate(build: &BuildTarget, driver: &DriverInfo, kernels: &Result<Vec<K
                         name,
                         Status::Fail,
                         format!("results differ from the CPU beyond tolerance: {}", kernel_summary(k)),
-                        Some(format!("report this with the output of `dgx-music validate --json`; meanwhile {DRIVER_FIX}")),
+                        Some(format!(
+                            "report this with the output of `dgx-music validate --json`; meanwhile {DRIVER_FIX}"
+                        )),
                     )
                 });
             }
@@ -239,7 +248,12 @@ mod tests {
     #[test]
     fn cpu_build_without_driver_fails_with_advice() {
         let build = BuildTarget { cuda: false, compute_cap: None, ..BuildTarget::current() };
-        let none = DriverInfo { error: Some("no NVIDIA driver found".into()), version: None, cuda_driver_api: None, gpus: vec![] };
+        let none = DriverInfo {
+            error: Some("no NVIDIA driver found".into()),
+            version: None,
+            cuda_driver_api: None,
+            gpus: vec![],
+        };
         let kernels = Err("this binary was built without CUDA".to_string());
         let checks = evaluate(&build, &none, &kernels);
         assert!(!verdict(&checks, &kernels));

@@ -39,7 +39,9 @@ impl DriverInfo {
     pub fn probe() -> Self {
         match Nvml::init() {
             Ok(nvml) => Self::from_nvml(&nvml),
-            Err(e) => Self { error: Some(describe_init_error(&e)), version: None, cuda_driver_api: None, gpus: Vec::new() },
+            Err(e) => {
+                Self { error: Some(describe_init_error(&e)), version: None, cuda_driver_api: None, gpus: Vec::new() }
+            }
         }
     }
 
@@ -87,8 +89,7 @@ fn gpu(nvml: &Nvml, index: u32) -> GpuInfo {
     if let Ok(device) = nvml.device_by_index(index) {
         info.name = device.name().ok();
         info.uuid = device.uuid().ok();
-        info.compute_capability =
-            device.cuda_compute_capability().ok().map(|c| (c.major * 10 + c.minor) as Cap);
+        info.compute_capability = device.cuda_compute_capability().ok().map(|c| (c.major * 10 + c.minor) as Cap);
         if let Ok(mem) = device.memory_info() {
             info.memory_total_bytes = Some(mem.total);
             info.memory_free_bytes = Some(mem.free);
@@ -104,9 +105,7 @@ pub fn format_cuda_version(v: i32) -> String {
 
 fn describe_init_error(e: &NvmlError) -> String {
     match e {
-        NvmlError::LibloadingError(_) => {
-            "no NVIDIA driver found: libnvidia-ml.so.1 could not be loaded".into()
-        }
+        NvmlError::LibloadingError(_) => "no NVIDIA driver found: libnvidia-ml.so.1 could not be loaded".into(),
         NvmlError::DriverNotLoaded => "the NVIDIA kernel driver is not loaded".into(),
         NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".into(),
         NvmlError::LibRmVersionMismatch => {

@@ -46,7 +46,11 @@ impl KernelArch {
             major.parse::<Cap>().ok()? * 10 + minor.parse::<Cap>().ok()?
         } else {
             let n: Cap = digits.parse().ok()?;
-            if n < 20 { n * 10 } else { n }
+            if n < 20 {
+                n * 10
+            } else {
+                n
+            }
         };
         let portability = suffix.unwrap_or(match cap {
             c if c > 120 => Portability::Family,

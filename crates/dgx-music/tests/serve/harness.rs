@@ -90,7 +90,9 @@ impl Server {
         assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
         let mut text = String::new();
         let deadline = Instant::now() + WAIT;
-        while let Some(chunk) = tokio::time::timeout_at(deadline.into(), response.chunk()).await.expect("SSE timed out").unwrap() {
+        while let Some(chunk) =
+            tokio::time::timeout_at(deadline.into(), response.chunk()).await.expect("SSE timed out").unwrap()
+        {
             text.push_str(std::str::from_utf8(&chunk).unwrap());
         }
         text.split("\n\n")
@@ -134,7 +136,13 @@ impl Drop for Server {
     }
 }
 
-pub async fn poll(client: &reqwest::Client, base: &str, id: &str, done: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+pub async fn poll(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+    limit: Duration,
+) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let job: Value = client.get(format!("{base}/api/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();

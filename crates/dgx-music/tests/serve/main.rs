@@ -42,8 +42,10 @@ async fn the_seed_example_runs_end_to_end() {
     assert_eq!(location, format!("/api/v1/jobs/{id}"));
     assert_eq!(job["status"], "queued");
     assert_eq!((job["prompt"].as_str(), job["duration"].as_f64()), (Some("ambient piano"), Some(16.0)));
-    assert_eq!((job["top_k"].as_u64(), job["top_p"].as_f64(), job["temperature"].as_f64(), job["cfg_coef"].as_f64()),
-        (Some(250.min(model["vocab_size"].as_u64().unwrap())), Some(0.0), Some(1.0), Some(3.0)));
+    assert_eq!(
+        (job["top_k"].as_u64(), job["top_p"].as_f64(), job["temperature"].as_f64(), job["cfg_coef"].as_f64()),
+        (Some(250.min(model["vocab_size"].as_u64().unwrap())), Some(0.0), Some(1.0), Some(3.0))
+    );
     assert!(job["seed"].is_u64() && job["created_at"].is_string() && job["audio_url"].is_null());
 
     // Progress events, then the final state, then the end of the stream.
@@ -73,12 +75,8 @@ async fn the_seed_example_runs_end_to_end() {
     assert!((samples.len() as f64 / spec.sample_rate as f64 - 16.0).abs() < 0.05);
 
     // Players seek with Range requests.
-    let part = client
-        .get(server.url(&format!("/api/v1/jobs/{id}/audio")))
-        .header("Range", "bytes=4-11")
-        .send()
-        .await
-        .unwrap();
+    let part =
+        client.get(server.url(&format!("/api/v1/jobs/{id}/audio"))).header("Range", "bytes=4-11").send().await.unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.headers()["content-range"], format!("bytes 4-11/{}", bytes.len()));
     assert_eq!(part.bytes().await.unwrap(), bytes.slice(4..12));
@@ -93,18 +91,29 @@ async fn the_seed_example_runs_end_to_end() {
     let list: Value = client.get(server.url("/api/v1/jobs")).send().await.unwrap().json().await.unwrap();
     assert_eq!((list["total"].as_u64(), list["limit"].as_u64(), list["offset"].as_u64()), (Some(1), Some(20), Some(0)));
     assert_eq!(list["jobs"][0]["id"], id.as_str());
-    let none: Value =
-        client.get(server.url("/api/v1/jobs?status=failed")).send().await.unwrap().json().await.unwrap();
+    let none: Value = client.get(server.url("/api/v1/jobs?status=failed")).send().await.unwrap().json().await.unwrap();
     assert_eq!((none["total"].as_u64(), none["jobs"].as_array().map(Vec::len)), (Some(0), Some(0)));
 
     let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("dgx_music_jobs{status=\"completed\"} 1"), "{metrics}");
-    assert!(metrics.contains("dgx_music_queue_depth 0") && metrics.contains("dgx_music_generation_seconds_count 1"), "{metrics}");
+    assert!(
+        metrics.contains("dgx_music_queue_depth 0") && metrics.contains("dgx_music_generation_seconds_count 1"),
+        "{metrics}"
+    );
     let api_metrics = client.get(server.url("/api/v1/metrics")).send().await.unwrap();
     assert!(api_metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
 
     let openapi: Value = client.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/api/v1/generate", "/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/audio", "/api/v1/jobs/{id}/events", "/api/v1/health", "/api/v1/models", "/api/v1/metrics"] {
+    for path in [
+        "/api/v1/generate",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/audio",
+        "/api/v1/jobs/{id}/events",
+        "/api/v1/health",
+        "/api/v1/models",
+        "/api/v1/metrics",
+    ] {
         assert!(openapi["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
 
@@ -112,7 +121,14 @@ async fn the_seed_example_runs_end_to_end() {
     let deleted = client.delete(server.url(&location)).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_error(client.get(server.url(&location)).send().await.unwrap(), 404, "not_found", None, &id).await;
-    assert_error(client.get(server.url(&format!("{location}/audio"))).send().await.unwrap(), 404, "not_found", None, &id).await;
+    assert_error(
+        client.get(server.url(&format!("{location}/audio"))).send().await.unwrap(),
+        404,
+        "not_found",
+        None,
+        &id,
+    )
+    .await;
     assert!(audio_files(&server.data_dir).is_empty());
     server.stop().await;
 }
@@ -125,7 +141,9 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
         let models: Value = client.get(server.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
         models["models"][0]["vocab_size"].as_u64().unwrap()
     };
-    let post = |body: String| client.post(server.url("/api/v1/generate")).header("Content-Type", "application/json").body(body).send();
+    let post = |body: String| {
+        client.post(server.url("/api/v1/generate")).header("Content-Type", "application/json").body(body).send()
+    };
 
     let long_prompt = "a".repeat(2001);
     let top_k_range = format!("1..={vocab}");
@@ -150,11 +168,29 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
         let response = post(body.to_string()).await.unwrap();
         assert_error(response, 400, "invalid_request", Some(field), needle).await;
     }
-    assert_error(post("{\"prompt\": \"p\", \"duration\": ".into()).await.unwrap(), 400, "invalid_request", None, "malformed JSON").await;
+    assert_error(
+        post("{\"prompt\": \"p\", \"duration\": ".into()).await.unwrap(),
+        400,
+        "invalid_request",
+        None,
+        "malformed JSON",
+    )
+    .await;
     assert_error(post("[1, 2]".into()).await.unwrap(), 400, "invalid_request", None, "JSON object").await;
-    assert_error(post("{\"prompt\": \"p\", \"duration\": 5, \"steps\": 3}".into()).await.unwrap(), 400, "invalid_request", None, "steps").await;
+    assert_error(
+        post("{\"prompt\": \"p\", \"duration\": 5, \"steps\": 3}".into()).await.unwrap(),
+        400,
+        "invalid_request",
+        None,
+        "steps",
+    )
+    .await;
 
-    let plain = client.post(server.url("/api/v1/generate")).header("Content-Type", "text/plain").body(r#"{"prompt": "p", "duration": 5}"#).send();
+    let plain = client
+        .post(server.url("/api/v1/generate"))
+        .header("Content-Type", "text/plain")
+        .body(r#"{"prompt": "p", "duration": 5}"#)
+        .send();
     assert_error(plain.await.unwrap(), 415, "unsupported_media_type", None, "application/json").await;
     let untyped = client.post(server.url("/api/v1/generate")).body(r#"{"prompt": "p", "duration": 5}"#).send();
     assert_error(untyped.await.unwrap(), 415, "unsupported_media_type", None, "application/json").await;
@@ -177,21 +213,74 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
     ] {
         assert_error(client.get(server.url(&path)).send().await.unwrap(), 404, "not_found", None, "").await;
     }
-    assert_error(client.delete(server.url(&format!("/api/v1/jobs/{unknown}"))).send().await.unwrap(), 404, "not_found", None, unknown).await;
-    assert_error(client.delete(server.url("/api/v1/jobs/..%2F..%2Fdgx-music.db")).send().await.unwrap(), 404, "not_found", None, "UUID").await;
+    assert_error(
+        client.delete(server.url(&format!("/api/v1/jobs/{unknown}"))).send().await.unwrap(),
+        404,
+        "not_found",
+        None,
+        unknown,
+    )
+    .await;
+    assert_error(
+        client.delete(server.url("/api/v1/jobs/..%2F..%2Fdgx-music.db")).send().await.unwrap(),
+        404,
+        "not_found",
+        None,
+        "UUID",
+    )
+    .await;
     // Literal dot segments, which HTTP clients would normalise away, sent as raw bytes.
-    for target in ["/api/v1/jobs/../../dgx-music.db", "/api/v1/jobs/../../../etc/passwd/audio", "/api/v1/jobs/%2e%2e%2f%2e%2e%2fdgx-music.db/audio"] {
+    for target in [
+        "/api/v1/jobs/../../dgx-music.db",
+        "/api/v1/jobs/../../../etc/passwd/audio",
+        "/api/v1/jobs/%2e%2e%2f%2e%2e%2fdgx-music.db/audio",
+    ] {
         let (status, body) = raw_request(server.addr, "GET", target).await;
         assert_eq!(status, 404, "{target}: {body}");
         assert!(body.contains("\"not_found\"") && !body.contains("SQLite"), "{target}: {body}");
     }
     assert!(server.data_dir.join("dgx-music.db").exists());
 
-    assert_error(client.get(server.url("/api/v1/jobs?status=done")).send().await.unwrap(), 400, "invalid_request", Some("status"), "completed").await;
-    assert_error(client.get(server.url("/api/v1/jobs?limit=0")).send().await.unwrap(), 400, "invalid_request", Some("limit"), "1..=100").await;
-    assert_error(client.get(server.url("/api/v1/jobs?limit=abc")).send().await.unwrap(), 400, "invalid_request", Some("limit"), "1..=100").await;
-    assert_error(client.get(server.url("/api/v1/jobs?offset=-1")).send().await.unwrap(), 400, "invalid_request", Some("offset"), "integer").await;
-    assert_error(client.put(server.url("/api/v1/generate")).send().await.unwrap(), 405, "method_not_allowed", None, "PUT").await;
+    assert_error(
+        client.get(server.url("/api/v1/jobs?status=done")).send().await.unwrap(),
+        400,
+        "invalid_request",
+        Some("status"),
+        "completed",
+    )
+    .await;
+    assert_error(
+        client.get(server.url("/api/v1/jobs?limit=0")).send().await.unwrap(),
+        400,
+        "invalid_request",
+        Some("limit"),
+        "1..=100",
+    )
+    .await;
+    assert_error(
+        client.get(server.url("/api/v1/jobs?limit=abc")).send().await.unwrap(),
+        400,
+        "invalid_request",
+        Some("limit"),
+        "1..=100",
+    )
+    .await;
+    assert_error(
+        client.get(server.url("/api/v1/jobs?offset=-1")).send().await.unwrap(),
+        400,
+        "invalid_request",
+        Some("offset"),
+        "integer",
+    )
+    .await;
+    assert_error(
+        client.put(server.url("/api/v1/generate")).send().await.unwrap(),
+        405,
+        "method_not_allowed",
+        None,
+        "PUT",
+    )
+    .await;
 
     // Nothing above was queued.
     let list: Value = client.get(server.url("/api/v1/jobs")).send().await.unwrap().json().await.unwrap();
@@ -217,10 +306,18 @@ async fn a_running_job_can_be_cancelled() {
     let next = server.submit(json!({"prompt": "short", "duration": 1})).await;
     let done = server.wait_for(&next, |j| j["status"] == "completed").await;
     assert_eq!(done["error"], Value::Null);
-    let after: Value = client.get(server.url(&format!("/api/v1/jobs/{long}"))).send().await.unwrap().json().await.unwrap();
+    let after: Value =
+        client.get(server.url(&format!("/api/v1/jobs/{long}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!((after["status"].as_str(), after["audio_url"].is_null()), (Some("cancelled"), true));
     assert!(after["progress"].as_f64().unwrap() < 1.0, "{after}");
-    assert_error(client.get(server.url(&format!("/api/v1/jobs/{long}/audio"))).send().await.unwrap(), 409, "conflict", None, "cancelled").await;
+    assert_error(
+        client.get(server.url(&format!("/api/v1/jobs/{long}/audio"))).send().await.unwrap(),
+        409,
+        "conflict",
+        None,
+        "cancelled",
+    )
+    .await;
     assert_eq!(audio_files(&server.data_dir), vec![format!("{next}.wav")]);
 
     // A queued job is cancelled without ever running; a cancelled job is then deleted.
@@ -242,7 +339,8 @@ async fn history_and_audio_survive_a_restart_and_sigterm_requeues_the_running_jo
     let client = reqwest::Client::new();
     let first = server.submit(json!({"prompt": "first", "duration": 2, "seed": 11})).await;
     server.wait_for(&first, |j| j["status"] == "completed").await;
-    let audio = client.get(server.url(&format!("/api/v1/jobs/{first}/audio"))).send().await.unwrap().bytes().await.unwrap();
+    let audio =
+        client.get(server.url(&format!("/api/v1/jobs/{first}/audio"))).send().await.unwrap().bytes().await.unwrap();
     let long = server.submit(json!({"prompt": "interrupted", "duration": LONG_DURATION, "seed": 12})).await;
     server.wait_for(&long, |j| j["status"] == "running").await;
     let stopped = server.stop().await;
@@ -252,7 +350,8 @@ async fn history_and_audio_survive_a_restart_and_sigterm_requeues_the_running_jo
     let list: Value = client.get(server.url("/api/v1/jobs")).send().await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = list["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![long.as_str(), first.as_str()], "newest first");
-    let again = client.get(server.url(&format!("/api/v1/jobs/{first}/audio"))).send().await.unwrap().bytes().await.unwrap();
+    let again =
+        client.get(server.url(&format!("/api/v1/jobs/{first}/audio"))).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(again, audio);
     let resumed = server.wait_for(&long, |j| j["status"] == "completed").await;
     assert_eq!(resumed["seed"], 12);
@@ -275,7 +374,9 @@ async fn a_killed_server_finishes_the_job_after_restart_without_serving_a_partia
     let bytes = reqwest::get(server.url(&format!("/api/v1/jobs/{id}/audio"))).await.unwrap().bytes().await.unwrap();
     let (spec, samples) = wav_pcm(&bytes);
     let seconds = samples.len() as f64 / spec.sample_rate as f64;
-    assert!((seconds - done["audio_duration"].as_f64().unwrap()).abs() < 1e-3 && (seconds - LONG_DURATION).abs() < 0.05);
+    assert!(
+        (seconds - done["audio_duration"].as_f64().unwrap()).abs() < 1e-3 && (seconds - LONG_DURATION).abs() < 0.05
+    );
     assert_eq!(audio_files(&data_dir), vec![format!("{id}.wav")], "no temporary file is left");
     server.stop().await;
 }
@@ -292,7 +393,8 @@ async fn twenty_concurrent_clients_all_get_their_audio() {
             let response = client.post(format!("{base}/api/v1/generate")).json(&body).send().await.unwrap();
             assert_eq!(response.status(), StatusCode::ACCEPTED);
             let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-            let job = harness::poll(&client, &base, &id, |j| j["status"] == "completed", Duration::from_secs(600)).await;
+            let job =
+                harness::poll(&client, &base, &id, |j| j["status"] == "completed", Duration::from_secs(600)).await;
             let wav = client.get(format!("{base}/api/v1/jobs/{id}/audio")).send().await.unwrap().bytes().await.unwrap();
             let (spec, samples) = wav_pcm(&wav);
             assert!((samples.len() as f64 / spec.sample_rate as f64 - (1 + i % 2) as f64).abs() < 0.05);
@@ -318,10 +420,15 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let client = reqwest::Client::new();
     let running = server.submit(json!({"prompt": "runs", "duration": LONG_DURATION})).await;
     server.wait_for(&running, |j| j["status"] == "running").await;
-    let waiting = [server.submit(json!({"prompt": "q1", "duration": 1})).await, server.submit(json!({"prompt": "q2", "duration": 1})).await];
-    let waiting_job: Value = client.get(server.url(&format!("/api/v1/jobs/{}", waiting[1]))).send().await.unwrap().json().await.unwrap();
+    let waiting = [
+        server.submit(json!({"prompt": "q1", "duration": 1})).await,
+        server.submit(json!({"prompt": "q2", "duration": 1})).await,
+    ];
+    let waiting_job: Value =
+        client.get(server.url(&format!("/api/v1/jobs/{}", waiting[1]))).send().await.unwrap().json().await.unwrap();
     assert_eq!(waiting_job["queue_position"], 1);
-    let full = client.post(server.url("/api/v1/generate")).json(&json!({"prompt": "q3", "duration": 1})).send().await.unwrap();
+    let full =
+        client.post(server.url("/api/v1/generate")).json(&json!({"prompt": "q3", "duration": 1})).send().await.unwrap();
     let retry_after: u64 = full.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     assert_error(full, 429, "queue_full", None, "full").await;
@@ -356,13 +463,16 @@ async fn a_batch_produces_the_same_audio_as_each_job_alone() {
     for id in &batched {
         let job = server.wait_for(id, |j| j["status"] == "completed").await;
         started.insert(job["started_at"].as_str().unwrap().to_string());
-        batched_audio.push(client.get(server.url(&format!("/api/v1/jobs/{id}/audio"))).send().await.unwrap().bytes().await.unwrap());
+        batched_audio.push(
+            client.get(server.url(&format!("/api/v1/jobs/{id}/audio"))).send().await.unwrap().bytes().await.unwrap(),
+        );
     }
     assert_eq!(started.len(), 1, "the three jobs ran as one batch");
     for (body, batched) in bodies.iter().zip(&batched_audio) {
         let alone = server.submit(body.clone()).await;
         server.wait_for(&alone, |j| j["status"] == "completed").await;
-        let audio = client.get(server.url(&format!("/api/v1/jobs/{alone}/audio"))).send().await.unwrap().bytes().await.unwrap();
+        let audio =
+            client.get(server.url(&format!("/api/v1/jobs/{alone}/audio"))).send().await.unwrap().bytes().await.unwrap();
         assert!(audio == *batched, "{body}: batched audio differs from the same job alone");
     }
     server.stop().await;

@@ -84,7 +84,15 @@ impl<E: Element> Cache<E> {
     pub(super) fn new(rows: usize, heads: usize, head_dim: usize, capacity: usize) -> Self {
         let capacity = capacity.max(1);
         let size = rows * heads * capacity * head_dim;
-        Self { keys: vec![E::default(); size], values: vec![E::default(); size], rows, heads, head_dim, capacity, len: 0 }
+        Self {
+            keys: vec![E::default(); size],
+            values: vec![E::default(); size],
+            rows,
+            heads,
+            head_dim,
+            capacity,
+            len: 0,
+        }
     }
 
     /// Appends one position from the stacked projection `qkv` `(rows, 3·hidden)` (q, k, v)
@@ -130,7 +138,9 @@ impl<E: Element> Cache<E> {
         let blocks = self.rows * self.heads;
         let regrow = |data: &[E]| {
             let mut grown = vec![E::default(); blocks * capacity * self.head_dim];
-            for (dst, src) in grown.chunks_exact_mut(capacity * self.head_dim).zip(data.chunks_exact(old * self.head_dim)) {
+            for (dst, src) in
+                grown.chunks_exact_mut(capacity * self.head_dim).zip(data.chunks_exact(old * self.head_dim))
+            {
                 dst[..src.len()].copy_from_slice(src);
             }
             grown
@@ -143,12 +153,30 @@ impl<E: Element> Cache<E> {
 
 /// Cross-attention of the queries `q` `(rows, heads·head_dim)` over a memory's keys and values
 /// `kv` `(2, rows, heads, len, head_dim)`, with an additive `mask` `(rows, len)` where given.
-pub(super) fn cross_attention(q: &[f32], kv: &[f32], mask: Option<&[f32]>, rows: usize, heads: usize, len: usize) -> Vec<f32> {
+pub(super) fn cross_attention(
+    q: &[f32],
+    kv: &[f32],
+    mask: Option<&[f32]>,
+    rows: usize,
+    heads: usize,
+    len: usize,
+) -> Vec<f32> {
     let hidden = q.len() / rows;
     let head_dim = hidden / heads;
     let (keys, values) = kv.split_at(rows * heads * len * head_dim);
-    Heads { rows, heads, head_dim, len, queries: q, query_stride: hidden, keys, values, block_stride: len * head_dim, mask }
-        .attend()
+    Heads {
+        rows,
+        heads,
+        head_dim,
+        len,
+        queries: q,
+        query_stride: hidden,
+        keys,
+        values,
+        block_stride: len * head_dim,
+        mask,
+    }
+    .attend()
 }
 
 /// Where one attention's operands are: the query of row `r`, head `h` at
@@ -187,7 +215,9 @@ impl<E: Element> Heads<'_, E> {
             let mut scratch = Scratch::default();
             out.chunks_exact_mut(head_dim).enumerate().for_each(|task| run(task, &mut scratch));
         } else {
-            out.par_chunks_mut(head_dim).enumerate().for_each_init(Scratch::default, |scratch, task| run(task, scratch));
+            out.par_chunks_mut(head_dim)
+                .enumerate()
+                .for_each_init(Scratch::default, |scratch, task| run(task, scratch));
         }
         out
     }
@@ -212,7 +242,14 @@ impl Scratch {
         self.attend_portable(q, keys, values, mask, out);
     }
 
-    fn attend_portable<E: Element>(&mut self, q: &[f32], keys: &[E], values: &[E], mask: Option<&[f32]>, out: &mut [f32]) {
+    fn attend_portable<E: Element>(
+        &mut self,
+        q: &[f32],
+        keys: &[E],
+        values: &[E],
+        mask: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         let head_dim = q.len();
         // Widening in a loop of its own vectorises; inside the dot products it would not.
         self.wide.clear();
@@ -273,7 +310,9 @@ mod avx2 {
     unsafe fn load8<E: Element>(at: *const E) -> __m256 {
         match E::FORMAT {
             Format::F32 => _mm256_loadu_ps(at as *const f32),
-            Format::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(at as *const __m128i)))),
+            Format::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                at as *const __m128i,
+            )))),
             Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i)),
         }
     }
@@ -303,7 +342,9 @@ mod avx2 {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        assert!(q.len() == HEAD_DIM && out.len() == HEAD_DIM && keys.len() == values.len() && keys.len() % HEAD_DIM == 0);
+        assert!(
+            q.len() == HEAD_DIM && out.len() == HEAD_DIM && keys.len() == values.len() && keys.len() % HEAD_DIM == 0
+        );
         let len = keys.len() / HEAD_DIM;
         assert!(mask.is_none_or(|m| m.len() == len));
         let query: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(q.as_ptr().add(8 * i)));
@@ -417,14 +458,22 @@ mod tests {
             let qkv = random(&[rows, 1, 3 * hidden]);
             let got = cache.step(&values(&qkv));
             let split = |at: usize| {
-                qkv.narrow(2, at * hidden, hidden).unwrap().reshape((rows, 1, heads, d)).unwrap().transpose(1, 2).unwrap()
+                qkv.narrow(2, at * hidden, hidden)
+                    .unwrap()
+                    .reshape((rows, 1, heads, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
             };
             let held = |t: Tensor| t.to_dtype(round).unwrap().to_dtype(DType::F32).unwrap();
             keys.push(held(split(1)));
             values_so_far.push(held(split(2)));
             let k = Tensor::cat(&keys, 2).unwrap();
             let v = Tensor::cat(&values_so_far, 2).unwrap();
-            let gap = max_gap(&got, &reference(&split(0).contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), None));
+            let gap = max_gap(
+                &got,
+                &reference(&split(0).contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), None),
+            );
             assert!(gap < bound, "{round:?} {rows}x{heads}x{d}, position {step}: {gap}");
         }
         assert!(cache.capacity >= steps);

@@ -31,13 +31,23 @@ pub(super) fn supports(head_dim: usize, dtype: DType) -> bool {
 /// `qkv` `(rows, 1, 3·hidden)`, `cache` `(2, rows, heads, max_len, head_dim)` (keys, values),
 /// `inputs` u32 whose first value is the position: writes the position's key and value into
 /// the cache and returns the attended values `(rows, 1, hidden)`.
-pub(super) fn self_attention(qkv: &Tensor, cache: &Tensor, inputs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+pub(super) fn self_attention(
+    qkv: &Tensor,
+    cache: &Tensor,
+    inputs: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
     qkv.apply_op3_no_bwd(cache, inputs, &SelfAttentionStep { heads })
 }
 
 /// `q` `(rows, 1, hidden)` (pre-scaled), `kv` `(2, rows, heads, len, head_dim)`, `mask` additive
 /// `(rows, 1, 1, len)` or none: the attended memory `(rows, 1, hidden)`.
-pub(super) fn cross_attention(q: &Tensor, kv: &Tensor, mask: Option<&Tensor>, heads: usize) -> candle_core::Result<Tensor> {
+pub(super) fn cross_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
     match mask {
         Some(mask) => q.apply_op3_no_bwd(kv, mask, &CrossAttentionStep { heads }),
         None => q.apply_op2_no_bwd(kv, &CrossAttentionStep { heads }),
@@ -95,18 +105,38 @@ impl SelfAttentionStep {
         let device = qkv.0.device().clone();
         let (two, rows, heads, max_len, head_dim) = cache.1.shape().dims5()?;
         let hidden = heads * head_dim;
-        if two != 2 || heads != self.heads || qkv.1.shape().elem_count() != rows * 3 * hidden || !supports(head_dim, T::DTYPE) {
-            candle_core::bail!("fused self-attention: qkv {:?} does not fit cache {:?}", qkv.1.shape(), cache.1.shape());
+        if two != 2
+            || heads != self.heads
+            || qkv.1.shape().elem_count() != rows * 3 * hidden
+            || !supports(head_dim, T::DTYPE)
+        {
+            candle_core::bail!(
+                "fused self-attention: qkv {:?} does not fit cache {:?}",
+                qkv.1.shape(),
+                cache.1.shape()
+            );
         }
         let qkv = contiguous::<T>(qkv.0, qkv.1, "qkv")?;
         let cache = contiguous::<T>(cache.0, cache.1, "the cache")?;
         let inputs = contiguous::<u32>(inputs.0, inputs.1, "the inputs")?;
         // SAFETY: the kernel writes every element of `out`.
         let mut out = unsafe { device.alloc::<T>(rows * hidden)? };
-        let func = device.get_or_load_custom_func(&kernel_name("self_attention_step", T::DTYPE)?, "musicgen_attention", ptx::ATTENTION)?;
+        let func = device.get_or_load_custom_func(
+            &kernel_name("self_attention_step", T::DTYPE)?,
+            "musicgen_attention",
+            ptx::ATTENTION,
+        )?;
         let mut launch = func.builder();
         let (rows_i, heads_i, head_dim_i, max_len_i) = (rows as i32, heads as i32, head_dim as i32, max_len as i32);
-        launch.arg(&qkv).arg(&cache).arg(&inputs).arg(&mut out).arg(&rows_i).arg(&heads_i).arg(&head_dim_i).arg(&max_len_i);
+        launch
+            .arg(&qkv)
+            .arg(&cache)
+            .arg(&inputs)
+            .arg(&mut out)
+            .arg(&rows_i)
+            .arg(&heads_i)
+            .arg(&head_dim_i)
+            .arg(&max_len_i);
         // SAFETY: argument types and count match `self_attention_step_*`; every index the kernel
         // forms is bounded by the shapes checked above (the position by the caller, who
         // refuses steps beyond max_len).
@@ -120,7 +150,15 @@ impl CustomOp3 for SelfAttentionStep {
         "fused-self-attention-step"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Err(cpu_refused(self.name()))
     }
 
@@ -153,7 +191,8 @@ impl CrossAttentionStep {
         let device = q.0.device().clone();
         let (two, rows, heads, len, head_dim) = kv.1.shape().dims5()?;
         let hidden = heads * head_dim;
-        if two != 2 || heads != self.heads || q.1.shape().elem_count() != rows * hidden || !supports(head_dim, T::DTYPE) {
+        if two != 2 || heads != self.heads || q.1.shape().elem_count() != rows * hidden || !supports(head_dim, T::DTYPE)
+        {
             candle_core::bail!("fused cross-attention: q {:?} does not fit memory {:?}", q.1.shape(), kv.1.shape());
         }
         if let Some((_, layout)) = mask {
@@ -166,7 +205,11 @@ impl CrossAttentionStep {
         let mask = mask.map(|(s, l)| contiguous::<T>(s, l, "the mask")).transpose()?;
         // SAFETY: the kernel writes every element of `out`.
         let mut out = unsafe { device.alloc::<T>(rows * hidden)? };
-        let func = device.get_or_load_custom_func(&kernel_name("cross_attention_step", T::DTYPE)?, "musicgen_attention", ptx::ATTENTION)?;
+        let func = device.get_or_load_custom_func(
+            &kernel_name("cross_attention_step", T::DTYPE)?,
+            "musicgen_attention",
+            ptx::ATTENTION,
+        )?;
         let mut launch = func.builder();
         let null: u64 = 0;
         let (rows_i, heads_i, head_dim_i, len_i) = (rows as i32, heads as i32, head_dim as i32, len as i32);
@@ -202,11 +245,23 @@ impl CustomOp2 for CrossAttentionStep {
         "fused-cross-attention-step"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Err(cpu_refused(CustomOp2::name(self)))
     }
 
-    fn cuda_fwd(&self, q: &CudaStorage, q_l: &Layout, kv: &CudaStorage, kv_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        q_l: &Layout,
+        kv: &CudaStorage,
+        kv_l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         self.dispatch((q, q_l), (kv, kv_l), None)
     }
 }
@@ -216,7 +271,15 @@ impl CustomOp3 for CrossAttentionStep {
         "fused-cross-attention-step"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Err(cpu_refused(CustomOp3::name(self)))
     }
 

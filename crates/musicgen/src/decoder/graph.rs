@@ -64,7 +64,9 @@ impl StepGraph {
                 *self = match record(cuda, forward) {
                     Ok(graph) => Self::Ready(graph),
                     Err(e) => {
-                        tracing::warn!("could not record the decoder step as a CUDA graph ({e}); running kernels one by one");
+                        tracing::warn!(
+                            "could not record the decoder step as a CUDA graph ({e}); running kernels one by one"
+                        );
                         Self::Off
                     }
                 };

@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(small.audio_encoder.num_quantizers(), 4);
         assert_eq!(small.audio_encoder.hop_length(), 640);
         let large = config("facebook/musicgen-stereo-large").unwrap();
-        assert_eq!((large.decoder.hidden_size, large.decoder.num_codebooks, large.decoder.audio_channels), (2048, 8, 2));
+        assert_eq!(
+            (large.decoder.hidden_size, large.decoder.num_codebooks, large.decoder.audio_channels),
+            (2048, 8, 2)
+        );
         assert_eq!(config("musicgen-medium").unwrap().decoder.ffn_dim, 6144);
         let err = config("huge").unwrap_err().to_string();
         assert!(err.contains("huge") && err.contains("stereo-small"), "{err}");

@@ -101,14 +101,17 @@ pub async fn generate(
             ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
         }
     })?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(None, format!("malformed JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(None, format!("malformed JSON: {e}")))?;
     // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
     let random_seed = Uuid::new_v4().as_u64_pair().0;
     let params = parse_generate(&value, state.model.vocab_size, random_seed)?;
     let job = Job::new(params, state.model.source.clone(), Utc::now());
     if !state.jobs.enqueue(&job, state.max_queue).await? {
-        return Err(ApiError::QueueFull { max_queue: state.max_queue, retry_after_secs: state.metrics.retry_after_secs() });
+        return Err(ApiError::QueueFull {
+            max_queue: state.max_queue,
+            retry_after_secs: state.metrics.retry_after_secs(),
+        });
     }
     // The answer describes the job as accepted: queued, with its place in the line. The worker may
     // already have claimed it (it also polls), and a later state here would break that contract.
@@ -148,7 +151,12 @@ pub struct JobList {
     pub offset: u64,
 }
 
-fn parse_count(value: Option<&str>, field: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
+fn parse_count(
+    value: Option<&str>,
+    field: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ApiError> {
     let Some(text) = value else { return Ok(default) };
     let shown: String = text.chars().take(40).collect();
     match text.parse::<u64>() {
@@ -176,7 +184,9 @@ pub async fn list_jobs(
     let Query(query) = query.map_err(|e| ApiError::invalid(None, format!("bad query string: {}", e.body_text())))?;
     let status = match query.status.as_deref() {
         None => None,
-        Some(text) => Some(text.parse::<JobStatus>().map_err(|m| ApiError::invalid(Some("status"), format!("status {m}")))?),
+        Some(text) => {
+            Some(text.parse::<JobStatus>().map_err(|m| ApiError::invalid(Some("status"), format!("status {m}")))?)
+        }
     };
     let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
@@ -240,7 +250,11 @@ pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Resu
         (status = 416, description = "Range not satisfiable"),
     )
 )]
-pub async fn get_audio(State(state): State<AppState>, JobId(id): JobId, request: Request) -> Result<Response, ApiError> {
+pub async fn get_audio(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+    request: Request,
+) -> Result<Response, ApiError> {
     let job = load(&state, id).await?;
     if job.status != JobStatus::Completed {
         return Err(ApiError::Conflict(format!(
@@ -250,7 +264,11 @@ pub async fn get_audio(State(state): State<AppState>, JobId(id): JobId, request:
     }
     let (parts, _) = request.into_parts();
     let request = Request::from_parts(parts, Body::empty());
-    state.audio.serve(id, request).await?.ok_or_else(|| ApiError::NotFound(format!("the audio of job {id} was deleted")))
+    state
+        .audio
+        .serve(id, request)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("the audio of job {id} was deleted")))
 }
 
 enum EventsState {

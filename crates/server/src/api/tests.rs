@@ -76,21 +76,52 @@ async fn generate_queues_and_reports_the_job() {
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let job: Value = response.json().await.unwrap();
     assert_eq!(location, format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()));
-    assert_eq!((job["status"].as_str(), job["queue_position"].as_u64(), job["seed"].as_u64()), (Some("queued"), Some(0), Some(42)));
-    assert_eq!((job["top_k"].as_u64(), job["model"].as_str()), (Some(99), Some("tiny")), "top_k defaults within the vocabulary");
+    assert_eq!(
+        (job["status"].as_str(), job["queue_position"].as_u64(), job["seed"].as_u64()),
+        (Some("queued"), Some(0), Some(42))
+    );
+    assert_eq!(
+        (job["top_k"].as_u64(), job["model"].as_str()),
+        (Some(99), Some("tiny")),
+        "top_k defaults within the vocabulary"
+    );
     let keys: Vec<&str> = job.as_object().unwrap().keys().map(String::as_str).collect();
-    for key in ["id", "status", "progress", "prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", "model",
-        "created_at", "started_at", "finished_at", "queue_position", "audio_duration", "generation_time", "real_time_factor", "error", "audio_url"] {
+    for key in [
+        "id",
+        "status",
+        "progress",
+        "prompt",
+        "duration",
+        "top_k",
+        "top_p",
+        "temperature",
+        "cfg_coef",
+        "seed",
+        "model",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "queue_position",
+        "audio_duration",
+        "generation_time",
+        "real_time_factor",
+        "error",
+        "audio_url",
+    ] {
         assert!(keys.contains(&key), "{key} missing from {job}");
     }
     let fetched: Value = client.get(format!("{}{location}", server.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(fetched, job);
 
-    let (status, error) = error_of(client.get(format!("{location}/audio").replace("/api", &format!("{}/api", server.base))).send().await.unwrap()).await;
+    let (status, error) = error_of(
+        client.get(format!("{location}/audio").replace("/api", &format!("{}/api", server.base))).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((status, error["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
 
     // Cancelling a queued job, then deleting it.
-    let cancelled: Value = client.delete(format!("{}{location}", server.base)).send().await.unwrap().json().await.unwrap();
+    let cancelled: Value =
+        client.delete(format!("{}{location}", server.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     let deleted = client.delete(format!("{}{location}", server.base)).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
@@ -102,7 +133,8 @@ async fn generate_queues_and_reports_the_job() {
 async fn a_full_queue_answers_429_with_retry_after() {
     let server = start(2).await;
     let client = reqwest::Client::new();
-    let post = || client.post(format!("{}/api/v1/generate", server.base)).json(&json!({"prompt": "p", "duration": 1})).send();
+    let post =
+        || client.post(format!("{}/api/v1/generate", server.base)).json(&json!({"prompt": "p", "duration": 1})).send();
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED);
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED);
     let full = post().await.unwrap();
@@ -119,7 +151,13 @@ async fn concurrent_submissions_never_overfill_the_queue() {
     for i in 0..20 {
         let url = format!("{}/api/v1/generate", server.base);
         tasks.push(tokio::spawn(async move {
-            reqwest::Client::new().post(url).json(&json!({"prompt": format!("p{i}"), "duration": 1})).send().await.unwrap().status()
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"prompt": format!("p{i}"), "duration": 1}))
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     let mut accepted = 0;
@@ -139,14 +177,34 @@ async fn errors_are_json_with_the_right_status() {
     let client = reqwest::Client::new();
     let generate = format!("{}/api/v1/generate", server.base);
     let cases = [
-        (client.post(&generate).header("content-type", "application/json").body("{"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (client.post(&generate).header("content-type", "text/plain").body("{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        (client.post(&generate).header("content-type", "application/json").body(vec![b' '; 70_000]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        (client.post(&generate).json(&json!({"prompt": "p", "duration": 5, "top_k": 100})), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            client.post(&generate).header("content-type", "application/json").body("{"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            client.post(&generate).header("content-type", "text/plain").body("{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            client.post(&generate).header("content-type", "application/json").body(vec![b' '; 70_000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            client.post(&generate).json(&json!({"prompt": "p", "duration": 5, "top_k": 100})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (client.get(format!("{}/api/v1/jobs/123", server.base)), StatusCode::NOT_FOUND, "not_found"),
         (client.get(format!("{}/api/v1/jobs/..%2F..%2Fdb/events", server.base)), StatusCode::NOT_FOUND, "not_found"),
         (client.get(format!("{}/api/v1/jobs?limit=101", server.base)), StatusCode::BAD_REQUEST, "invalid_request"),
-        (client.get(format!("{}/api/v1/jobs?limit=1&limit=2", server.base)), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            client.get(format!("{}/api/v1/jobs?limit=1&limit=2", server.base)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (client.get(format!("{}/api/v1/unknown", server.base)), StatusCode::NOT_FOUND, "not_found"),
         (client.delete(format!("{}/api/v1/health", server.base)), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     ];

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -146,13 +148,14 @@ impl JobStore for SqliteJobStore {
     fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>> {
         async move {
             let status = status.map(|s| s.as_str());
-            let rows = sqlx::query(select_jobs!("WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3"))
-                .bind(status)
-                .bind(limit.min(i64::MAX as u64) as i64)
-                .bind(offset.min(i64::MAX as u64) as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
+            let rows =
+                sqlx::query(select_jobs!("WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3"))
+                    .bind(status)
+                    .bind(limit.min(i64::MAX as u64) as i64)
+                    .bind(offset.min(i64::MAX as u64) as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
             let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR status = ?1)")
                 .bind(status)
                 .fetch_one(&self.pool)
@@ -262,11 +265,12 @@ impl JobStore for SqliteJobStore {
 
     fn requeue_all_running(&self) -> BoxFuture<'_, StoreResult<u64>> {
         async move {
-            let result =
-                sqlx::query("UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE status = 'running'")
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db)?;
+            let result = sqlx::query(
+                "UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE status = 'running'",
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
             Ok(result.rows_affected())
         }
         .boxed()
