@@ -4,7 +4,7 @@ set positional-arguments
 default:
     @just --list
 
-# Generate music: just generate --prompt "ambient piano" --duration 8 --output piano.wav
+# Generate music: just generate "ambient piano" --duration 8 -o piano.wav
 generate *args:
     cargo run --release -p dgx-music -- generate "$@"
 

@@ -133,7 +133,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None if device == DeviceSpec::Cpu => DType::F32,
         None => DType::BF16,
     };
-    let options = LoadOptions { device, dtype, eager: args.eager };
+    let options = LoadOptions {
+        device,
+        dtype,
+        eager: args.eager,
+        on_download: (!args.json).then(crate::progress::download_bars),
+    };
     let nvml_index = match device {
         DeviceSpec::Cuda(ordinal) => {
             crate::validate::kernel::cuda_uuid(ordinal).and_then(|uuid| crate::validate::driver::nvml_index_of(&uuid))

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use musicgen::audio::{self, Normalize, SampleFormat};
 use musicgen::request::{validate_duration, validate_prompt};
 use musicgen::{
@@ -100,7 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outputs = output_paths(&args);
 
     let started = Instant::now();
-    let options = LoadOptions { device: args.device, dtype: args.dtype, eager: false };
+    let options = LoadOptions {
+        device: args.device,
+        dtype: args.dtype,
+        on_download: (!args.quiet).then(crate::progress::download_bars),
+        ..LoadOptions::default()
+    };
     let model = MusicGen::load(&args.model, &options).with_context(|| format!("loading model {}", args.model))?;
     if args.top_k.is_none() {
         let vocab = model.info().vocab_size;
@@ -112,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("Loaded {} on {} ({}) in {load_secs:.1} s", info.source, info.device, info.dtype);
     }
 
-    let bar = progress_bar(args.quiet);
+    let bar = crate::progress::generation_bar(args.quiet);
     let generation_started = Instant::now();
     let tracks = model.generate(
         &request,
@@ -202,19 +206,6 @@ fn slug(prompt: &str) -> String {
     } else {
         slug
     }
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} generating [{bar:40}] {pos}/{len} steps  {per_sec}  ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 #[cfg(test)]

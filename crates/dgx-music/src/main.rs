@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod generate;
 mod models;
+mod progress;
 mod serve;
 mod validate;
 

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn list() -> anyhow::Result<ExitCode> {
     let settings = hub::HubSettings::from_env();
-    let models = hub::cached_models_in(&settings)?;
+    let models = hub::cached_models(&settings)?;
     println!("Hugging Face cache: {}", settings.cache_dir.display());
     if models.is_empty() {
         println!("No MusicGen checkpoint is cached. Get one with `dgx-music models download small`.");
@@ -78,7 +78,7 @@ fn download(id: &str) -> anyhow::Result<ExitCode> {
         format!("{id:?} is not a hub id; use owner/name or small, medium, large, stereo-small, ...")
     })?;
     let settings = hub::HubSettings::from_env();
-    let dir = hub::download_with(&hub_id, &settings, true)?;
+    let dir = hub::download(&hub_id, &settings, Some(&crate::progress::download_bars()))?;
     // Check what arrived, so a broken download is reported now rather than at the first generate.
     musicgen::weights::Checkpoint::open(&dir)
         .with_context(|| format!("{hub_id} was downloaded to {} but cannot be loaded", dir.display()))?;
@@ -87,7 +87,7 @@ fn download(id: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn remove(id: &str) -> anyhow::Result<ExitCode> {
-    let freed = hub::remove_cached(id)?;
+    let freed = hub::remove_cached(id, &hub::HubSettings::from_env())?;
     println!("removed {id}, {} freed", human_bytes(freed));
     Ok(ExitCode::SUCCESS)
 }

@@ -33,6 +33,8 @@ pub struct LoadOptions {
     /// On a GPU, launch every kernel of a decoder step from the host instead of replaying the
     /// step from a CUDA graph: slower, for comparisons and diagnosis. No effect on the CPU.
     pub eager: bool,
+    /// Receives the progress of a hub download (nothing is drawn or printed by the engine).
+    pub on_download: Option<crate::hub::OnDownload>,
 }
 
 /// What a loaded model is, for logs, `/api/v1/models` and `bench`.
@@ -85,7 +87,7 @@ impl MusicGen {
     /// or a local checkpoint directory.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
         let device = options.device.open()?;
-        let dir = crate::hub::resolve(model, true)?;
+        let dir = crate::hub::resolve(model, &crate::hub::HubSettings::from_env(), options.on_download.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let tokenizer = Tokenizer::from_file(checkpoint.tokenizer_path())?;
         let vb = checkpoint.var_builder(TensorDType::F32, &device)?;

@@ -16,8 +16,7 @@
 //!   waveform must only be finite and within a factor 2 of the f32 loudness (the share of equal
 //!   codes is printed).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod util;
 
 use candle_core::{DType, Device, Tensor};
 use musicgen::decoder::{Decoder, StepMode};
@@ -27,21 +26,9 @@ use musicgen::{
     DType as ModelDType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
 };
 
+use util::{checkpoint, ints, reference, relative_error};
+
 const FIXTURES: [&str; 2] = ["tiny-mono", "tiny-stereo"];
-
-/// The fixtures where this crate was built, else under the working directory: the test executable
-/// is often carried to a GPU machine and run from a checkout at another path.
-fn fixture(name: &str) -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let dir = if built.is_dir() { built } else { PathBuf::from("crates/musicgen/tests/fixtures") };
-    dir.join(name)
-}
-
-fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let tensors = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap();
-    let json = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    (tensors, serde_json::from_str(&json).unwrap())
-}
 
 /// The GPU to test on, or `None` after saying why the test skips.
 fn gpu() -> Option<Device> {
@@ -58,28 +45,13 @@ fn gpu() -> Option<Device> {
     }
 }
 
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len());
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    if diff.is_nan() {
-        f32::NAN
-    } else {
-        diff / scale
-    }
-}
-
-fn to_u32(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
-}
-
 /// Greedy, guided generation of the reference's prompts: (codes of every item, concatenated;
 /// audio of every item, channels and items concatenated).
 fn generate(name: &str, dtype: ModelDType) -> (Vec<u32>, Vec<f32>) {
     let (_, json) = reference(name);
     let model = MusicGen::load(
-        fixture(name).join("checkpoint").to_str().unwrap(),
-        &LoadOptions { device: DeviceSpec::Cuda(0), dtype, eager: false },
+        checkpoint(name).to_str().unwrap(),
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype, ..LoadOptions::default() },
     )
     .unwrap();
     let coef = json["guidance_scale"].as_f64().unwrap();
@@ -113,7 +85,7 @@ fn f32_on_the_gpu_reproduces_transformers_codes_and_audio() {
     for name in FIXTURES {
         let (tensors, _) = reference(name);
         let (codes, audio) = generate(name, ModelDType::F32);
-        assert_eq!(codes, to_u32(&tensors["codes"]), "{name}: GPU f32 greedy codes differ from transformers");
+        assert_eq!(codes, ints(&tensors["codes"]), "{name}: GPU f32 greedy codes differ from transformers");
         let expected = tensors["audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let err = relative_error(&audio, &expected);
         eprintln!("{name}: GPU f32 codes equal transformers'; audio max relative error {err:e}");
@@ -146,7 +118,7 @@ fn teacher_forced_logits(
     item: Option<usize>,
 ) -> Vec<Vec<f32>> {
     let (tensors, json) = reference(name);
-    let checkpoint = Checkpoint::open(&fixture(name).join("checkpoint")).unwrap();
+    let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
     let cfg = checkpoint.config().decoder.clone();
     let vb = checkpoint.var_builder(dtype, device).unwrap();
     let mut decoder = Decoder::load(&cfg, vb.pp("decoder")).unwrap();
@@ -169,7 +141,7 @@ fn teacher_forced_logits(
     let k = cfg.num_codebooks;
     let pattern = DelayPattern::new(k, cfg.audio_channels, frames, checkpoint.generation().pad_token_id);
     let len = pattern.grid_len();
-    let grid = to_u32(&tensors["sequences"]);
+    let grid = ints(&tensors["sequences"]);
 
     let mut state = decoder.start(&memory, &mask, steps).unwrap();
     let mut all = Vec::with_capacity(steps);

@@ -70,7 +70,12 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     tracing::info!("loading model {} on {} ({})", config.model, config.device, config.dtype);
     let spawned = worker::spawn(
         config.model.clone(),
-        LoadOptions { device: config.device, dtype: config.dtype, eager: false },
+        LoadOptions {
+            device: config.device,
+            dtype: config.dtype,
+            on_download: Some(log_downloads()),
+            ..LoadOptions::default()
+        },
         worker::WorkerContext {
             jobs: jobs.clone(),
             audio: audio.clone(),
@@ -157,4 +162,15 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
+}
+
+/// A server has no terminal to draw on: a hub download is logged when each file starts and ends.
+fn log_downloads() -> musicgen::hub::OnDownload {
+    musicgen::hub::OnDownload::new(|event| match event {
+        musicgen::hub::DownloadEvent::Started { file, total_bytes } => {
+            tracing::info!("downloading {file} ({:.1} MB)", *total_bytes as f64 / 1e6)
+        }
+        musicgen::hub::DownloadEvent::Finished { file } => tracing::info!("downloaded {file}"),
+        musicgen::hub::DownloadEvent::Progress { .. } => {}
+    })
 }

@@ -1,7 +1,7 @@
 //! Checkpoints, tokenizer and hub resolution against the fixtures made by tools/make_fixtures.py
 //! (tiny random MusicGen checkpoints saved by transformers 5.17, plus the legacy layouts).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -11,36 +11,10 @@ use musicgen::tokenizer::Tokenizer;
 use musicgen::weights::{Checkpoint, WeightFormat};
 use musicgen::Error;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn checkpoint_dir(name: &str) -> PathBuf {
-    fixture(name).join("checkpoint")
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn prompts(name: &str, key: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json[key].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
-}
+use crate::util::{checkpoint, copy_checkpoint, prompts, reference, tensor_diff};
 
 fn as_u32(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_dtype(DType::U32).unwrap().to_vec2().unwrap()
-}
-
-/// A writable copy of a fixture checkpoint.
-fn copy_checkpoint(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(checkpoint_dir(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
-    tmp
 }
 
 fn open_err(dir: &Path) -> Error {
@@ -50,11 +24,11 @@ fn open_err(dir: &Path) -> Error {
 #[test]
 fn tokenizer_matches_transformers_padding_and_eos() {
     for name in ["tiny-mono", "tiny-stereo"] {
-        let ckpt = Checkpoint::open(&checkpoint_dir(name)).unwrap();
+        let ckpt = Checkpoint::open(&checkpoint(name)).unwrap();
         let tokenizer = Tokenizer::from_file(ckpt.tokenizer_path()).unwrap();
-        let reference = reference(name);
+        let (reference, json) = reference(name);
         for (prompt_key, suffix) in [("prompts", ""), ("prompts_single", "_single")] {
-            let prompts = prompts(name, prompt_key);
+            let prompts = prompts(&json, prompt_key);
             let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
             let (ids, mask) = tokenizer.encode_batch(&refs, &Device::Cpu).unwrap();
             assert_eq!(ids.dtype(), DType::U32);
@@ -70,7 +44,7 @@ fn tokenizer_matches_transformers_padding_and_eos() {
 
 #[test]
 fn tokenizer_refuses_an_empty_batch() {
-    let tokenizer = Tokenizer::from_file(&checkpoint_dir("tiny-mono").join("tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(&checkpoint("tiny-mono").join("tokenizer.json")).unwrap();
     assert!(tokenizer.encode_batch(&[], &Device::Cpu).is_err());
 }
 
@@ -89,22 +63,17 @@ fn all_tensors(ckpt: &Checkpoint) -> BTreeMap<String, Tensor> {
     for name in ckpt.tensor_names() {
         let tensor = vb.get_unchecked(&name).unwrap();
         if let Some(previous) = tensors.insert(canonical(&name), tensor.clone()) {
-            assert_eq!(max_abs_diff(&previous, &tensor), 0.0, "tied copies of {name} differ");
+            assert_eq!(tensor_diff(&previous, &tensor), 0.0, "tied copies of {name} differ");
         }
     }
     tensors
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-}
-
 #[test]
 fn the_three_layouts_hold_the_same_tensors() {
-    let mono = Checkpoint::open(&checkpoint_dir("tiny-mono")).unwrap();
-    let legacy = Checkpoint::open(&checkpoint_dir("tiny-mono-legacy")).unwrap();
-    let bin = Checkpoint::open(&checkpoint_dir("tiny-mono-bin")).unwrap();
+    let mono = Checkpoint::open(&checkpoint("tiny-mono")).unwrap();
+    let legacy = Checkpoint::open(&checkpoint("tiny-mono-legacy")).unwrap();
+    let bin = Checkpoint::open(&checkpoint("tiny-mono-bin")).unwrap();
     assert_eq!(mono.format(), WeightFormat::Safetensors);
     assert_eq!(legacy.format(), WeightFormat::ShardedSafetensors);
     assert_eq!(legacy.weight_files().len(), 2);
@@ -118,7 +87,7 @@ fn the_three_layouts_hold_the_same_tensors() {
         let got = all_tensors(other);
         assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{:?}", other.dir());
         for (name, tensor) in &expected {
-            assert_eq!(max_abs_diff(tensor, &got[name]), 0.0, "{name} differs in {:?}", other.dir());
+            assert_eq!(tensor_diff(tensor, &got[name]), 0.0, "{name} differs in {:?}", other.dir());
         }
     }
     // Both config dialects describe the same model.
@@ -132,7 +101,7 @@ fn the_three_layouts_hold_the_same_tensors() {
 
 #[test]
 fn var_builder_converts_dtype() {
-    let ckpt = Checkpoint::open(&checkpoint_dir("tiny-mono")).unwrap();
+    let ckpt = Checkpoint::open(&checkpoint("tiny-mono")).unwrap();
     let vb = ckpt.var_builder(DType::BF16, &Device::Cpu).unwrap();
     let t =
         vb.get((32, 4), "text_encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight").unwrap();
@@ -141,7 +110,7 @@ fn var_builder_converts_dtype() {
 
 #[test]
 fn generation_config_with_fallbacks_to_the_decoder() {
-    let ckpt = Checkpoint::open(&checkpoint_dir("tiny-mono")).unwrap();
+    let ckpt = Checkpoint::open(&checkpoint("tiny-mono")).unwrap();
     let g = ckpt.generation();
     assert_eq!((g.decoder_start_token_id, g.pad_token_id), (64, 64));
     assert_eq!(g.guidance_scale, Some(3.0));
@@ -173,7 +142,7 @@ fn missing_files_are_named() {
         assert!(matches!(err, Error::MissingFile { .. }), "{file}: {err}");
         assert!(err.to_string().contains(must_mention), "{err}");
     }
-    let err = open_err(&checkpoint_dir("no-such-fixture"));
+    let err = open_err(&checkpoint("no-such-fixture"));
     assert!(err.to_string().contains("hub id"), "{err}");
 
     let tmp = copy_checkpoint("tiny-mono-legacy");
@@ -258,10 +227,10 @@ fn unknown_architectures_are_refused_by_name() {
 
 #[test]
 fn local_directories_resolve_to_themselves() {
-    let dir = checkpoint_dir("tiny-mono");
+    let dir = checkpoint("tiny-mono");
     let settings = HubSettings { cache_dir: PathBuf::from("/nonexistent"), offline: true };
-    assert_eq!(hub::resolve_with(dir.to_str().unwrap(), &settings, false).unwrap(), dir);
-    let err = hub::resolve_with("./no/such/dir", &settings, false).unwrap_err();
+    assert_eq!(hub::resolve(dir.to_str().unwrap(), &settings, None).unwrap(), dir);
+    let err = hub::resolve("./no/such/dir", &settings, None).unwrap_err();
     assert!(matches!(err, Error::MissingFile { .. }), "{err}");
 }
 
@@ -275,7 +244,7 @@ fn offline_without_a_cached_copy_advises_a_local_directory() {
         _ => None,
     });
     assert!(settings.offline);
-    let err = hub::resolve_with("facebook/musicgen-small", &settings, false).unwrap_err();
+    let err = hub::resolve("facebook/musicgen-small", &settings, None).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::Download { .. }), "{message}");
     assert!(message.contains("--model /path/to/dir") && message.contains("HF_HUB_OFFLINE"), "{message}");
@@ -292,7 +261,7 @@ fn fake_cache(cache: &Path, id: &str, fixture_name: &str) -> PathBuf {
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
-    for (i, entry) in std::fs::read_dir(checkpoint_dir(fixture_name)).unwrap().enumerate() {
+    for (i, entry) in std::fs::read_dir(checkpoint(fixture_name)).unwrap().enumerate() {
         let entry = entry.unwrap();
         let blob = format!("blob{i:04}");
         std::fs::copy(entry.path(), repo.join("blobs").join(&blob)).unwrap();
@@ -307,22 +276,22 @@ fn offline_resolution_lists_and_removal_use_the_hf_cache() {
     let snapshot = fake_cache(cache.path(), "someone/musicgen-tiny", "tiny-mono-legacy");
     let settings = HubSettings { cache_dir: cache.path().to_path_buf(), offline: true };
 
-    let dir = hub::resolve_with("someone/musicgen-tiny", &settings, false).unwrap();
+    let dir = hub::resolve("someone/musicgen-tiny", &settings, None).unwrap();
     assert_eq!(dir, snapshot);
     let ckpt = Checkpoint::open(&dir).unwrap();
     assert_eq!(ckpt.format(), WeightFormat::ShardedSafetensors);
 
-    let listed = hub::cached_models_in(&settings).unwrap();
+    let listed = hub::cached_models(&settings).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, "someone/musicgen-tiny");
     assert_eq!(listed[0].path, snapshot);
     assert!(listed[0].supported);
     assert!(listed[0].size_bytes > 1_000_000, "{}", listed[0].size_bytes);
 
-    let freed = hub::remove_cached_in("someone/musicgen-tiny", &settings).unwrap();
+    let freed = hub::remove_cached("someone/musicgen-tiny", &settings).unwrap();
     assert!(freed >= listed[0].size_bytes, "{freed}");
-    assert!(hub::cached_models_in(&settings).unwrap().is_empty());
-    let err = hub::remove_cached_in("someone/musicgen-tiny", &settings).unwrap_err();
+    assert!(hub::cached_models(&settings).unwrap().is_empty());
+    let err = hub::remove_cached("someone/musicgen-tiny", &settings).unwrap_err();
     assert!(err.to_string().contains("models list"), "{err}");
 }
 
@@ -330,7 +299,7 @@ fn offline_resolution_lists_and_removal_use_the_hf_cache() {
 fn melody_is_refused_before_any_download() {
     let cache = tempfile::tempdir().unwrap();
     let settings = HubSettings { cache_dir: cache.path().to_path_buf(), offline: false };
-    let err = hub::resolve_with("facebook/musicgen-melody", &settings, false).unwrap_err();
+    let err = hub::resolve("facebook/musicgen-melody", &settings, None).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("melody"), "{err}");
 }

@@ -2,41 +2,18 @@
 //! reference's per-step logits and guided scores, and greedy decoding through the delay pattern
 //! must rebuild the reference's token grid and codes exactly.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor};
 use musicgen::decoder::Decoder;
 use musicgen::delay::DelayPattern;
 use musicgen::sampling::{argmax, guide};
 use musicgen::weights::Checkpoint;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let tensors = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap();
-    let json = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    (tensors, serde_json::from_str(&json).unwrap())
-}
-
-/// max |a − b| / max |b|, the error measure of the parity tests.
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len());
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
-}
-
-fn to_u32(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
-}
+use crate::util::{checkpoint, ints, reference, relative_error};
 
 /// Runs the reference's greedy, guided generation through our decoder and checks every step.
 fn check_decoder_against_reference(name: &str) {
     let (tensors, json) = reference(name);
-    let checkpoint = Checkpoint::open(&fixture(name).join("checkpoint")).unwrap();
+    let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
     let cfg = checkpoint.config().decoder.clone();
     let vb = checkpoint.var_builder(DType::F32, &Device::Cpu).unwrap();
     let decoder = Decoder::load(&cfg, vb.pp("decoder")).unwrap();
@@ -91,9 +68,9 @@ fn check_decoder_against_reference(name: &str) {
     }
     eprintln!("{name}: decoder logits max relative error {worst_logits:e}, scores {worst_scores:e}");
 
-    assert_eq!(grid, to_u32(&tensors["sequences"]), "{name}: token grid differs from transformers");
+    assert_eq!(grid, ints(&tensors["sequences"]), "{name}: token grid differs from transformers");
     let codes: Vec<u32> = (0..batch).flat_map(|b| pattern.undo(&grid[b * k * len..(b + 1) * k * len])).collect();
-    assert_eq!(codes, to_u32(&tensors["codes"]), "{name}: codes differ from transformers");
+    assert_eq!(codes, ints(&tensors["codes"]), "{name}: codes differ from transformers");
 }
 
 #[test]

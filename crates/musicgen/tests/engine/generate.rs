@@ -1,43 +1,13 @@
 //! The whole engine against transformers' `generate` on the tiny fixtures, plus the behaviour the
 //! server relies on: batches, seeds, progress, cancellation and exact sample counts.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use candle_core::{DType, Device, Tensor};
 use musicgen::config::MusicgenConfig;
 use musicgen::{CancelToken, Error, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+use crate::util::{checkpoint, floats, ints, max_abs_diff, prompts, reference, relative_error};
 
 fn load(name: &str) -> MusicGen {
-    MusicGen::load(fixture(name).join("checkpoint").to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
-fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let tensors = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap();
-    let json = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    (tensors, serde_json::from_str(&json).unwrap())
-}
-
-fn floats(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn ints(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-}
-
-/// max |a − b| / max |b|.
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    max_abs_diff(actual, expected) / expected.iter().fold(0f32, |m, v| m.max(v.abs()))
+    MusicGen::load(checkpoint(name).to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
 fn request(prompts: &[&str], sampling: SamplingParams, duration_secs: f64) -> GenerationRequest {
@@ -45,10 +15,6 @@ fn request(prompts: &[&str], sampling: SamplingParams, duration_secs: f64) -> Ge
         items: prompts.iter().map(|p| GenerationItem { prompt: p.to_string(), sampling, seed: 0 }).collect(),
         duration_secs,
     }
-}
-
-fn prompts(json: &serde_json::Value, key: &str) -> Vec<String> {
-    json[key].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
 }
 
 /// Greedy guided generation of the reference's prompts, checked at every stage.
@@ -220,7 +186,7 @@ fn bad_requests_are_refused_before_any_work() {
 
 #[test]
 fn random_weights_build_any_configuration_and_generate() {
-    let text = std::fs::read_to_string(fixture("tiny-stereo").join("checkpoint/config.json")).unwrap();
+    let text = std::fs::read_to_string(checkpoint("tiny-stereo").join("config.json")).unwrap();
     let config = MusicgenConfig::from_json(&text).unwrap();
     let model = MusicGen::random_with_config(config, &LoadOptions::default()).unwrap();
     assert!(model.info().parameters > 0);

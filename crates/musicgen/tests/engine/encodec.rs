@@ -2,32 +2,14 @@
 //! engine relies on (lengths, batching, both weight-norm namings, errors) on random weights.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use musicgen::config::{EncodecConfig, MusicgenConfig};
 use musicgen::encodec::EncodecDecoder;
+use musicgen::weights::Checkpoint;
 
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// The safetensors files of a checkpoint directory: the shards its index lists, or
-/// `model.safetensors`.
-fn safetensors_files(checkpoint: &Path) -> Vec<PathBuf> {
-    let index = checkpoint.join("model.safetensors.index.json");
-    if index.exists() {
-        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
-        let mut files: Vec<String> =
-            index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_owned()).collect();
-        files.sort();
-        files.dedup();
-        files.into_iter().map(|f| checkpoint.join(f)).collect()
-    } else {
-        vec![checkpoint.join("model.safetensors")]
-    }
-}
+use crate::util::{checkpoint, reference, tensor_diff};
 
 struct Fixture {
     config: MusicgenConfig,
@@ -35,37 +17,25 @@ struct Fixture {
 }
 
 fn load_fixture(name: &str) -> Fixture {
-    let checkpoint = fixture_dir(name).join("checkpoint");
-    let config = MusicgenConfig::from_file(&checkpoint.join("config.json")).unwrap();
-    let files = safetensors_files(&checkpoint);
-    // SAFETY: the fixture files are not modified while the test runs.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
+    let config = checkpoint.config().clone();
+    let vb = checkpoint.var_builder(DType::F32, &Device::Cpu).unwrap();
     let codec =
         EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel()).unwrap();
     Fixture { config, codec }
 }
 
-/// The tensors transformers recorded for a fixture (tiny-mono's serve its other namings too).
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir(name).join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-}
-
 fn assert_close(name: &str, actual: &Tensor, expected: &Tensor) {
-    let diff = max_abs_diff(actual, expected);
+    let diff = tensor_diff(actual, expected);
     println!("{name}: max abs diff {diff:e}");
     assert!(diff <= 1e-4, "{name}: max abs diff {diff} > 1e-4");
 }
 
 /// `encodec_codes -> encodec_audio` (random codes through the codec alone) and
 /// `codes -> audio` (the codes transformers generated), stereo split even/odd per channel.
-fn check_fixture(name: &str, reference_name: &str) {
+fn check_fixture(name: &str) {
     let f = load_fixture(name);
-    let r = reference(reference_name);
+    let (r, _) = reference(name);
     let channels = f.config.decoder.audio_channels;
     let audio = f.codec.decode_interleaved(&r["encodec_codes"], channels).unwrap();
     assert_close(&format!("{name} encodec_codes"), &audio, &r["encodec_audio"]);
@@ -75,17 +45,12 @@ fn check_fixture(name: &str, reference_name: &str) {
 
 #[test]
 fn encodec_decodes_like_transformers_mono() {
-    check_fixture("tiny-mono", "tiny-mono");
+    check_fixture("tiny-mono");
 }
 
 #[test]
 fn encodec_decodes_like_transformers_stereo() {
-    check_fixture("tiny-stereo", "tiny-stereo");
-}
-
-#[test]
-fn encodec_legacy_weight_g_weight_v_sharded_checkpoint_decodes_the_same() {
-    check_fixture("tiny-mono-legacy", "tiny-mono");
+    check_fixture("tiny-stereo");
 }
 
 // ---- Random-weight codecs -------------------------------------------------------------------
@@ -226,8 +191,8 @@ fn encodec_every_weight_norm_naming_decodes_the_same() {
     let reference = random.load(&cfg, Naming::Parametrizations, 2).decode(&codes).unwrap();
     let legacy = random.load(&cfg, Naming::Legacy, 2).decode(&codes).unwrap();
     let plain = random.load(&cfg, Naming::Plain, 2).decode(&codes).unwrap();
-    assert_eq!(max_abs_diff(&reference, &legacy), 0.0);
-    assert!(max_abs_diff(&reference, &plain) < 1e-5);
+    assert_eq!(tensor_diff(&reference, &legacy), 0.0);
+    assert!(tensor_diff(&reference, &plain) < 1e-5);
 }
 
 #[test]
@@ -238,11 +203,11 @@ fn encodec_a_batch_decodes_as_its_items_alone() {
     let batch = codec.decode(&codes).unwrap();
     for i in 0..3 {
         let alone = codec.decode(&codes.narrow(0, i, 1).unwrap()).unwrap();
-        assert!(max_abs_diff(&batch.narrow(0, i, 1).unwrap(), &alone) < 1e-6, "item {i}");
+        assert!(tensor_diff(&batch.narrow(0, i, 1).unwrap(), &alone) < 1e-6, "item {i}");
     }
     // i64 codes, as transformers and the fixtures store them, decode identically.
     let wide = codec.decode(&codes.to_dtype(DType::I64).unwrap()).unwrap();
-    assert_eq!(max_abs_diff(&batch, &wide), 0.0);
+    assert_eq!(tensor_diff(&batch, &wide), 0.0);
 }
 
 #[test]
@@ -256,8 +221,8 @@ fn encodec_interleaved_codebooks_decode_per_channel() {
     let odd = Tensor::new(&[1u32, 3, 5, 7], &Device::Cpu).unwrap();
     let left = codec.decode(&codes.index_select(&even, 1).unwrap()).unwrap();
     let right = codec.decode(&codes.index_select(&odd, 1).unwrap()).unwrap();
-    assert!(max_abs_diff(&stereo.narrow(1, 0, 1).unwrap(), &left) < 1e-6);
-    assert!(max_abs_diff(&stereo.narrow(1, 1, 1).unwrap(), &right) < 1e-6);
+    assert!(tensor_diff(&stereo.narrow(1, 0, 1).unwrap(), &left) < 1e-6);
+    assert!(tensor_diff(&stereo.narrow(1, 1, 1).unwrap(), &right) < 1e-6);
     assert!(codec.decode_interleaved(&codes, 3).is_err());
 }
 
@@ -268,7 +233,7 @@ fn encodec_fewer_codebooks_than_loaded_decode_with_the_first_ones() {
     let codes = random_codes(1, 2, 6, cfg.codebook_size);
     let from_four = random.load(&cfg, Naming::Plain, 4).decode(&codes).unwrap();
     let from_two = random.load(&cfg, Naming::Plain, 2).decode(&codes).unwrap();
-    assert_eq!(max_abs_diff(&from_four, &from_two), 0.0);
+    assert_eq!(tensor_diff(&from_four, &from_two), 0.0);
 }
 
 #[test]
