@@ -80,7 +80,7 @@ fn download(id: &str) -> anyhow::Result<ExitCode> {
     let settings = hub::HubSettings::from_env();
     let dir = hub::download(&hub_id, &settings, Some(&crate::progress::download_bars()))?;
     // Check what arrived, so a broken download is reported now rather than at the first generate.
-    musicgen::weights::Checkpoint::open(&dir)
+    musicgen::Checkpoint::open(&dir)
         .with_context(|| format!("{hub_id} was downloaded to {} but cannot be loaded", dir.display()))?;
     println!("{hub_id} is ready: {}", dir.display());
     Ok(ExitCode::SUCCESS)

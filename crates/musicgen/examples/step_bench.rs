@@ -48,7 +48,7 @@ fn main() -> musicgen::Result<()> {
     drop((src, dst));
 
     // The decoder's projection shapes (musicgen-small), 2 rows as batch 1 with guidance:
-    // candle's Linear (gemm) against musicgen::linear::Linear, alternating, same inputs.
+    // candle's Linear (gemm) against musicgen::internals::Linear, alternating, same inputs.
     let time = |f: &dyn Fn() -> Tensor| {
         median(
             (0..15)
@@ -65,7 +65,7 @@ fn main() -> musicgen::Result<()> {
             let weight = Tensor::randn(0f32, 0.02, (out_dim, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
             let xs = Tensor::randn(0f32, 1.0, (2, 1, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
             let candle = candle_nn::Linear::new(weight.clone(), None);
-            let ours = musicgen::linear::Linear::new(weight);
+            let ours = musicgen::internals::Linear::new(weight);
             let (a, b) = (time(&|| candle.forward(&xs).unwrap()), time(&|| ours.forward(&xs).unwrap()));
             let gb = (out_dim * in_dim * dtype.size_in_bytes()) as f64 / 1e9;
             println!(
@@ -82,7 +82,9 @@ fn main() -> musicgen::Result<()> {
         let xs = Tensor::randn(0f32, 1.0, (2, 1, 1024), &Device::Cpu)?.to_dtype(dtype)?;
         let layers = (0..86)
             .map(|_| {
-                Ok(musicgen::linear::Linear::new(Tensor::full(0.01f32, (4096, 1024), &Device::Cpu)?.to_dtype(dtype)?))
+                Ok(musicgen::internals::Linear::new(
+                    Tensor::full(0.01f32, (4096, 1024), &Device::Cpu)?.to_dtype(dtype)?,
+                ))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let pass = median(

@@ -15,23 +15,40 @@
 //! ```
 
 pub mod audio;
-pub mod config;
-pub mod decoder;
-pub mod delay;
-pub mod device;
-pub mod encodec;
+mod config;
+mod decoder;
+mod delay;
+mod device;
+mod encodec;
 mod error;
 pub mod hub;
-pub mod linear;
+mod linear;
 mod model;
 pub mod request;
-pub mod sampling;
-pub mod t5;
-pub mod tokenizer;
-pub mod weights;
+mod sampling;
+mod t5;
+mod tokenizer;
+mod weights;
 
 pub use audio::{Audio, Normalize, SampleFormat};
+pub use config::MusicgenConfig;
 pub use device::{DType, DeviceSpec};
 pub use error::{Error, Result};
 pub use model::{Generation, LoadOptions, ModelInfo, MusicGen, Step};
 pub use request::{CancelToken, GenerationItem, GenerationRequest, Progress, SamplingParams};
+pub use weights::Checkpoint;
+
+/// The engine's building blocks, for its own tests and examples and for the binary's `validate`
+/// and `bench`: not a supported API, and free to change with any commit.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::config::{DecoderConfig, EncodecConfig};
+    pub use crate::decoder::{Decoder, StepMode};
+    pub use crate::delay::DelayPattern;
+    pub use crate::encodec::EncodecDecoder;
+    pub use crate::linear::Linear;
+    pub use crate::sampling::{argmax, guide};
+    pub use crate::t5::T5Encoder;
+    pub use crate::tokenizer::Tokenizer;
+    pub use crate::weights::WeightFormat;
+}

@@ -57,7 +57,8 @@ pub struct ModelInfo {
 
 /// Where prompt token ids come from.
 enum Prompts {
-    Tokenizer(Tokenizer),
+    /// Boxed: a tokenizer is a kilobyte, the other variant nothing.
+    Tokenizer(Box<Tokenizer>),
     /// Random-weight models have no vocabulary: every prompt becomes the same token sequence
     /// of a typical prompt's length, so the encoder does the same work as for real text.
     Synthetic,
@@ -95,7 +96,7 @@ impl MusicGen {
         Self::build(
             model,
             checkpoint.config().clone(),
-            Prompts::Tokenizer(tokenizer),
+            Prompts::Tokenizer(Box::new(tokenizer)),
             vb,
             options,
             device,

@@ -19,9 +19,9 @@
 mod util;
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::decoder::{Decoder, StepMode};
-use musicgen::delay::DelayPattern;
-use musicgen::weights::Checkpoint;
+use musicgen::internals::DelayPattern;
+use musicgen::internals::{Decoder, StepMode};
+use musicgen::Checkpoint;
 use musicgen::{
     DType as ModelDType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
 };

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use musicgen::hub::{self, HubSettings};
-use musicgen::t5::T5Encoder;
-use musicgen::tokenizer::Tokenizer;
-use musicgen::weights::{Checkpoint, WeightFormat};
+use musicgen::internals::T5Encoder;
+use musicgen::internals::Tokenizer;
 use musicgen::Error;
+use musicgen::{internals::WeightFormat, Checkpoint};
 
 use crate::util::{checkpoint, copy_checkpoint, prompts, reference, tensor_diff};
 

@@ -3,10 +3,10 @@
 //! must rebuild the reference's token grid and codes exactly.
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::decoder::Decoder;
-use musicgen::delay::DelayPattern;
-use musicgen::sampling::{argmax, guide};
-use musicgen::weights::Checkpoint;
+use musicgen::internals::Decoder;
+use musicgen::internals::DelayPattern;
+use musicgen::internals::{argmax, guide};
+use musicgen::Checkpoint;
 
 use crate::util::{checkpoint, ints, reference, relative_error};
 

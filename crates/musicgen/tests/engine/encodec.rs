@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use musicgen::config::{EncodecConfig, MusicgenConfig};
-use musicgen::encodec::EncodecDecoder;
-use musicgen::weights::Checkpoint;
+use musicgen::internals::EncodecDecoder;
+use musicgen::Checkpoint;
+use musicgen::{internals::EncodecConfig, MusicgenConfig};
 
 use crate::util::{checkpoint, reference, tensor_diff};
 
@@ -271,7 +271,8 @@ fn encodec_a_missing_weight_is_named() {
 fn encodec_unsupported_settings_are_refused_by_name() {
     let dev = Device::Cpu;
     let vb = VarBuilder::zeros(DType::F32, &dev);
-    let cases: [(&str, fn(&mut EncodecConfig)); 5] = [
+    type Edit = fn(&mut EncodecConfig);
+    let cases: [(&str, Edit); 5] = [
         ("time_group_norm", |c| c.norm_type = "time_group_norm".into()),
         ("replicate", |c| c.pad_mode = "replicate".into()),
         ("codebook_dim 4", |c| c.codebook_dim = Some(4)),

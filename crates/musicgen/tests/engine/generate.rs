@@ -1,7 +1,7 @@
 //! The whole engine against transformers' `generate` on the tiny fixtures, plus the behaviour the
 //! server relies on: batches, seeds, progress, cancellation and exact sample counts.
 
-use musicgen::config::MusicgenConfig;
+use musicgen::MusicgenConfig;
 use musicgen::{CancelToken, Error, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
 
 use crate::util::{checkpoint, floats, ints, max_abs_diff, prompts, reference, relative_error};

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::t5::T5Encoder;
-use musicgen::weights::Checkpoint;
+use musicgen::internals::T5Encoder;
+use musicgen::Checkpoint;
 
 use crate::util::{checkpoint, copy_checkpoint, reference, tensor_relative_error};
 
