@@ -108,10 +108,6 @@ impl<'m> Generation<'m> {
         &self.memory
     }
 
-    pub fn delay_pattern(&self) -> &DelayPattern {
-        &self.pattern
-    }
-
     /// The token grid `(items, K, total_steps + 1)` row-major, BOS and pattern pads included.
     pub fn sequences(&self) -> &[u32] {
         &self.grid
