@@ -15,9 +15,14 @@
 #   transformers  tools/bench_transformers.py on the same cases (TF_CASES)
 #   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
 #   smoke         one short bench and one short transformers case: proves the scripts run
+#   compare       this build against an earlier one (BASE_BIN_DIR holds its dgx-music[.xz]) on the same
+#                 card: the BENCH_CASES benches alternated base, new, base, new (COMPARE_ROUNDS, default 2),
+#                 and the same seeded generation on the fixture checkpoint (f32, bf16), whose WAVs
+#                 must be byte-identical (same codes, same samples)
 # Everything goes to OUT_DIR: results.jsonl (one JSON object per measurement), log.txt, validate.txt.
 set -uo pipefail
 
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$(cd "${1:?usage: gpu-run.sh BIN_DIR OUT_DIR STAGE...}" && pwd)"
 OUT_DIR="${2:?usage: gpu-run.sh BIN_DIR OUT_DIR STAGE...}"
 shift 2
@@ -37,14 +42,11 @@ done
 export PYTHONUNBUFFERED=1
 
 WORK="$(mktemp -d)"
-for name in dgx-music gpu-tests; do
-  if [ -f "$BIN_DIR/$name.xz" ]; then
-    xz -dc "$BIN_DIR/$name.xz" > "$WORK/$name"
-  elif [ -f "$BIN_DIR/$name" ]; then
-    cp "$BIN_DIR/$name" "$WORK/$name"
-  fi
-  [ -f "$WORK/$name" ] && chmod +x "$WORK/$name"
-done
+unpack() { # DIR NAME DEST: DIR/NAME.xz or DIR/NAME, executable at DEST
+  if [ -f "$1/$2.xz" ]; then xz -dc "$1/$2.xz" > "$3"; elif [ -f "$1/$2" ]; then cp "$1/$2" "$3"; fi
+  if [ -f "$3" ]; then chmod +x "$3"; fi
+}
+for name in dgx-music gpu-tests; do unpack "$BIN_DIR" "$name" "$WORK/$name"; done
 DGX="$WORK/dgx-music"
 
 say() { echo "== $*" | tee -a "$LOG"; }
@@ -77,11 +79,11 @@ stage_tests() {
 bench_case() { # DTYPExBATCH[-eager] [extra args]; -eager: kernel by kernel, no CUDA graph
   local spec="$1" mode=""; shift
   case "$spec" in *-eager) spec="${spec%-eager}"; mode=" eager"; set -- --eager "$@" ;; esac
-  local dtype="${spec%x*}" batch="${spec#*x}"
-  say "bench $MODEL $dtype batch $batch ${DURATION}s$mode"
-  if timeout "${BENCH_TIMEOUT:-600}" "$DGX" bench --random-weights --model "$MODEL" --duration "$DURATION" --batch "$batch" --dtype "$dtype" \
+  local dtype="${spec%x*}" batch="${spec#*x}" bin="${BENCH_BIN:-$DGX}" tag="${BENCH_TAG:-dgx-music}"
+  say "bench $tag $MODEL $dtype batch $batch ${DURATION}s$mode"
+  if timeout "${BENCH_TIMEOUT:-600}" "$bin" bench --random-weights --model "$MODEL" --duration "$DURATION" --batch "$batch" --dtype "$dtype" \
       --device cuda --runs "$RUNS" --json "$@" > "$WORK/bench.json" 2>>"$LOG"; then
-    record "dgx-music $dtype x$batch$mode" < "$WORK/bench.json"
+    record "$tag $dtype x$batch$mode" < "$WORK/bench.json"
   else
     echo "bench $dtype x$batch$mode failed" | tee -a "$LOG"
   fi
@@ -106,6 +108,33 @@ stage_profile() {
     --runs 1 --warmup-duration 0 --json > /dev/null 2>>"$LOG" || echo "ncu failed" | tee -a "$LOG"
 }
 
+stage_compare() {
+  local base="$WORK/dgx-music-base"
+  unpack "${BASE_BIN_DIR:?compare needs BASE_BIN_DIR}" dgx-music "$base"
+  if [ ! -x "$base" ]; then echo "no dgx-music in $BASE_BIN_DIR" | tee -a "$LOG"; return; fi
+  for round in $(seq "${COMPARE_ROUNDS:-2}"); do
+    for c in $BENCH_CASES; do
+      BENCH_BIN="$base" BENCH_TAG="base" bench_case "$c"
+      BENCH_BIN="$DGX" BENCH_TAG="new" bench_case "$c"
+    done
+  done
+  local fixture="$REPO_ROOT/crates/musicgen/tests/fixtures/tiny-mono/checkpoint"
+  for dtype in f32 bf16; do
+    for tag in base new; do
+      local bin="$DGX"; [ "$tag" = base ] && bin="$base"
+      "$bin" generate "lofi beat" "calm piano" --model "$fixture" --device cuda --dtype "$dtype" --duration 2 \
+        --seed 7 --quiet -o "$WORK/$tag-$dtype.wav" >> "$LOG" 2>&1 || echo "generate $tag $dtype failed" | tee -a "$LOG"
+    done
+    for n in 1 2; do
+      if cmp -s "$WORK/base-$dtype-$n.wav" "$WORK/new-$dtype-$n.wav"; then
+        say "same audio: $dtype prompt $n, base and new byte-identical ($(md5sum < "$WORK/new-$dtype-$n.wav" | cut -c1-12))"
+      else
+        say "DIFFERENT audio: $dtype prompt $n, base and new differ"
+      fi
+    done
+  done
+}
+
 stage_smoke() {
   DURATION=1 RUNS=1 bench_case bf16x1
   say "transformers smoke"
@@ -116,7 +145,7 @@ stage_smoke() {
 
 for stage in "$@"; do
   case "$stage" in
-    env|validate|tests|bench|transformers|profile|smoke) "stage_$stage" ;;
+    env|validate|tests|bench|transformers|profile|smoke|compare) "stage_$stage" ;;
     *) echo "unknown stage $stage" | tee -a "$LOG" ;;
   esac
 done
@@ -128,7 +157,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exist
 for r in rows:
     if r["label"] == "validate":
         print(f"validate: {r['verdict']}  " + "; ".join(f"{c['status']} {c['name']}" for c in r["checks"]))
-    elif r["label"].startswith("dgx-music"):
+    elif r["label"].startswith(("dgx-music", "base", "new")):
         print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['ms_per_step']:6.2f} ms/step  RTF {r['real_time_factor']:6.2f}x  "
               f"aggregate {r['aggregate_real_time_factor']:6.1f}x  text {r['text_encoder_s']:.3f} s  encodec {r['encodec_s']:.3f} s  "
               f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB  {r['verdict']}")
