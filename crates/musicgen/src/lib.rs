@@ -16,6 +16,7 @@
 
 pub mod audio;
 pub mod config;
+mod cpu;
 pub mod decoder;
 pub mod delay;
 pub mod device;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::decoder::Decoder;
+use musicgen::decoder::{Conditioning, Decoder};
 use musicgen::delay::DelayPattern;
 use musicgen::sampling::{argmax, guide};
 use musicgen::weights::Checkpoint;
@@ -58,7 +58,7 @@ fn check_decoder_against_reference(name: &str) {
 
     let len = pattern.grid_len();
     let mut grid = vec![start; batch * k * len];
-    let mut state = decoder.start(&memory, &mask, steps).unwrap();
+    let mut state = decoder.start(Conditioning::CrossAttention { memory: &memory, mask: &mask }, steps).unwrap();
     let (mut worst_logits, mut worst_scores) = (0f32, 0f32);
     for step in 0..steps {
         let mut tokens = Vec::with_capacity(2 * batch * k);
