@@ -13,8 +13,8 @@
 //! ```no_run
 //! # fn main() -> musicgen::Result<()> {
 //! use candle_core::{DType, Device, Tensor};
-//! use musicgen::config::MusicgenConfig;
-//! use musicgen::encodec::EncodecDecoder;
+//! use musicgen::MusicgenConfig;
+//! use musicgen::internals::EncodecDecoder;
 //! let config = MusicgenConfig::from_file("musicgen-small/config.json".as_ref())?;
 //! let files = ["musicgen-small/model.safetensors"];
 //! let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu)? };

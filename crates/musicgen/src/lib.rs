@@ -16,6 +16,7 @@
 
 pub mod audio;
 mod config;
+mod cpu;
 mod decoder;
 mod delay;
 mod device;
@@ -43,7 +44,7 @@ pub use weights::Checkpoint;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::config::{DecoderConfig, EncodecConfig};
-    pub use crate::decoder::{Decoder, StepMode};
+    pub use crate::decoder::{Conditioning, Decoder, StepMode};
     pub use crate::delay::DelayPattern;
     pub use crate::encodec::EncodecDecoder;
     pub use crate::linear::Linear;

@@ -19,8 +19,7 @@
 mod util;
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::internals::DelayPattern;
-use musicgen::internals::{Decoder, StepMode};
+use musicgen::internals::{Conditioning, Decoder, DelayPattern, StepMode};
 use musicgen::Checkpoint;
 use musicgen::{
     DType as ModelDType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
@@ -97,7 +96,7 @@ fn f32_on_the_gpu_reproduces_transformers_codes_and_audio() {
 /// relative error of any step's logits against transformers' f32 logits.
 fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {
     let (tensors, _) = reference(name);
-    let logits = teacher_forced_logits(name, device, dtype, StepMode::Graph, None);
+    let logits = teacher_forced_logits(name, device, dtype, StepMode::Graph, None, 0);
     logits
         .iter()
         .enumerate()
@@ -109,13 +108,15 @@ fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {
 }
 
 /// Every step's logits of the teacher-forced decoder, run in `mode`, for all of the reference's
-/// prompts or only the one at `item`.
+/// prompts or only the one at `item`. With `prefill` > 0 the first `prefill` positions go in one
+/// `Decoder::prefill`, which gives one entry (the logits after its last position).
 fn teacher_forced_logits(
     name: &str,
     device: &Device,
     dtype: DType,
     mode: StepMode,
     item: Option<usize>,
+    prefill: usize,
 ) -> Vec<Vec<f32>> {
     let (tensors, json) = reference(name);
     let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
@@ -143,18 +144,27 @@ fn teacher_forced_logits(
     let len = pattern.grid_len();
     let grid = ints(&tensors["sequences"]);
 
-    let mut state = decoder.start(&memory, &mask, steps).unwrap();
+    let mut state = decoder.start(Conditioning::CrossAttention { memory: &memory, mask: &mask }, steps).unwrap();
+    // Row-major (rows, positions, K) tokens of positions `from..from + n`.
+    let tokens_at = |from: usize, n: usize| -> Vec<u32> {
+        (0..2 * batch)
+            .flat_map(|row| (from..from + n).flat_map(move |p| (0..k).map(move |c| (row % batch, p, c))))
+            .map(|(i, p, c)| grid[(items[i] * k + c) * len + p])
+            .collect()
+    };
     let mut all = Vec::with_capacity(steps);
-    for step in 0..steps {
-        let tokens: Vec<u32> = (0..2 * batch)
-            .flat_map(|row| (0..k).map(move |c| (row % batch, c)))
-            .map(|(i, c)| grid[(items[i] * k + c) * len + step])
-            .collect();
-        let tokens = Tensor::from_vec(tokens, (2 * batch, k), device).unwrap();
+    if prefill > 0 {
+        let tokens = Tensor::from_vec(tokens_at(0, prefill), (2 * batch, prefill, k), device).unwrap();
+        let logits = decoder.prefill(&tokens, &mut state).unwrap();
+        all.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    for step in prefill..steps {
+        let tokens = Tensor::from_vec(tokens_at(step, 1), (2 * batch, k), device).unwrap();
         let logits = decoder.step(&tokens, &mut state).unwrap();
         all.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
-    assert_eq!(state.replays_graph(), mode == StepMode::Graph && steps > 1, "{name}: {mode:?} graph replay");
+    let replays = mode == StepMode::Graph && steps > prefill.max(1);
+    assert_eq!(state.replays_graph(), replays, "{name}: {mode:?} graph replay");
     all
 }
 
@@ -168,12 +178,40 @@ fn graph_replay_computes_what_kernel_by_kernel_steps_compute() {
         let lengths = tensors["attention_mask"].to_dtype(DType::F32).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
         let longest = (0..lengths.len()).max_by(|&a, &b| lengths[a].total_cmp(&lengths[b])).unwrap();
         for item in [None, Some(longest)] {
-            let growing = teacher_forced_logits(name, &device, DType::F32, StepMode::Growing, item);
+            let growing = teacher_forced_logits(name, &device, DType::F32, StepMode::Growing, item, 0);
             for mode in [StepMode::Fixed, StepMode::Graph] {
-                let got = teacher_forced_logits(name, &device, DType::F32, mode, item);
+                let got = teacher_forced_logits(name, &device, DType::F32, mode, item, 0);
                 let err = got.iter().zip(&growing).map(|(a, b)| relative_error(a, b)).fold(0f32, f32::max);
                 eprintln!("{name} {item:?}: GPU f32 {mode:?} steps (fused attention) vs growing cache: max relative error {err:e}");
                 assert!(err <= 1e-5, "{name} {item:?}: {mode:?} steps differ from the growing cache by {err}");
+            }
+        }
+    }
+}
+
+/// Prefill of half the steps then single steps, against single steps all along, in the modes
+/// a GPU runs. f32: the same arithmetic up to summation order (cuBLAS over several positions,
+/// candle's attention in the prefill against the fused kernels in the steps), so 1e-5 as the
+/// graph test. bf16: the prefill's probabilities are rounded to bf16 before the product with
+/// the values where the fused kernel keeps them in f32, and cuBLAS rounds its outputs per call;
+/// both are bf16 roundings (~4e-3 each) compounded over the layers, which is what the
+/// teacher-forced bound against transformers allows too, so 5e-2.
+#[test]
+fn prefill_then_steps_compute_what_steps_alone_compute() {
+    let Some(device) = gpu() else { return };
+    for name in FIXTURES {
+        let (_, json) = reference(name);
+        let steps = json["steps"].as_u64().unwrap() as usize;
+        let prefill = steps / 2;
+        for (dtype, tolerance) in [(DType::F32, 1e-5f32), (DType::BF16, 5e-2)] {
+            for mode in [StepMode::Fixed, StepMode::Graph] {
+                let alone = teacher_forced_logits(name, &device, dtype, mode, None, 0);
+                let got = teacher_forced_logits(name, &device, dtype, mode, None, prefill);
+                let err = got.iter().zip(&alone[prefill - 1..]).map(|(a, b)| relative_error(a, b)).fold(0f32, f32::max);
+                eprintln!(
+                    "{name}: GPU {dtype:?} {mode:?}, prefill {prefill} then steps vs steps: max relative error {err:e}"
+                );
+                assert!(err <= tolerance, "{name}: {dtype:?} {mode:?} prefill differs from steps by {err}");
             }
         }
     }

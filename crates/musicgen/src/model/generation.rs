@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::MusicGen;
 use crate::audio::Audio;
-use crate::decoder::DecoderState;
+use crate::decoder::{Conditioning, DecoderState};
 use crate::delay::DelayPattern;
 use crate::error::Result;
 use crate::request::GenerationRequest;
@@ -74,7 +74,8 @@ impl<'m> Generation<'m> {
             (Tensor::cat(&[&memory, &zeros], 0)?, Tensor::cat(&[&mask, &no_text], 0)?)
         };
         let row_items = (0..batch).chain(uncond_items).collect();
-        let state = decoder.start(&rows_memory, &rows_mask, pattern.steps())?;
+        let conditioning = Conditioning::CrossAttention { memory: &rows_memory, mask: &rows_mask };
+        let state = decoder.start(conditioning, pattern.steps())?;
         let grid = vec![model.decoder_start_token; batch * k * pattern.grid_len()];
         Ok(Self {
             model,

@@ -3,9 +3,7 @@
 //! must rebuild the reference's token grid and codes exactly.
 
 use candle_core::{DType, Device, Tensor};
-use musicgen::internals::Decoder;
-use musicgen::internals::DelayPattern;
-use musicgen::internals::{argmax, guide};
+use musicgen::internals::{argmax, guide, Conditioning, Decoder, DelayPattern};
 use musicgen::Checkpoint;
 
 use crate::util::{checkpoint, ints, reference, relative_error};
@@ -35,7 +33,7 @@ fn check_decoder_against_reference(name: &str) {
 
     let len = pattern.grid_len();
     let mut grid = vec![start; batch * k * len];
-    let mut state = decoder.start(&memory, &mask, steps).unwrap();
+    let mut state = decoder.start(Conditioning::CrossAttention { memory: &memory, mask: &mask }, steps).unwrap();
     let (mut worst_logits, mut worst_scores) = (0f32, 0f32);
     for step in 0..steps {
         let mut tokens = Vec::with_capacity(2 * batch * k);

@@ -1,6 +1,6 @@
 //! The fused single-position attention kernels of `kernels/attention.cu`, as candle ops.
 //!
-//! Used by fixed-mode steps on a GPU: one kernel per attention instead of ~9, which matters
+//! Used by fixed-mode steps on a GPU (`super::Backend::Fused`): one kernel per attention instead of ~9, which matters
 //! because a step of small kernels costs what its kernels' count costs (see the kernel file).
 //! The self-attention op also appends the position's key and value to the cache it is given:
 //! an in-place write candle does not know about, which is why the cache is only ever touched
@@ -9,7 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
@@ -18,9 +18,13 @@ mod ptx {
 /// Threads per block, as `THREADS` in the kernel.
 const THREADS: usize = 256;
 
-/// Whether the kernels handle this head size in this dtype: a head's row must split into
-/// 16-byte loads over a power of two of at most 32 threads.
-pub(super) fn supports(head_dim: usize, dtype: DType) -> bool {
+/// Whether the kernels can run attentions of this head size and dtype on `device`: a GPU, and a
+/// head's row must split into 16-byte loads over a power of two of at most 32 threads.
+pub(super) fn supports(device: &Device, head_dim: usize, dtype: DType) -> bool {
+    device.is_cuda() && fits(head_dim, dtype)
+}
+
+fn fits(head_dim: usize, dtype: DType) -> bool {
     let per_load = 16 / dtype.size_in_bytes();
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
         && head_dim % per_load == 0
@@ -108,7 +112,7 @@ impl SelfAttentionStep {
         if two != 2
             || heads != self.heads
             || qkv.1.shape().elem_count() != rows * 3 * hidden
-            || !supports(head_dim, T::DTYPE)
+            || !fits(head_dim, T::DTYPE)
         {
             candle_core::bail!(
                 "fused self-attention: qkv {:?} does not fit cache {:?}",
@@ -191,8 +195,7 @@ impl CrossAttentionStep {
         let device = q.0.device().clone();
         let (two, rows, heads, len, head_dim) = kv.1.shape().dims5()?;
         let hidden = heads * head_dim;
-        if two != 2 || heads != self.heads || q.1.shape().elem_count() != rows * hidden || !supports(head_dim, T::DTYPE)
-        {
+        if two != 2 || heads != self.heads || q.1.shape().elem_count() != rows * hidden || !fits(head_dim, T::DTYPE) {
             candle_core::bail!("fused cross-attention: q {:?} does not fit memory {:?}", q.1.shape(), kv.1.shape());
         }
         if let Some((_, layout)) = mask {

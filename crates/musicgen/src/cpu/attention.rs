@@ -1,76 +1,27 @@
-//! Single-query attention for CPU steps of a half-precision decoder.
+//! Attention in f32 for the CPU steps and prefills of a half-precision decoder.
 //!
 //! On the CPU a bf16 or f16 decoder keeps its projection weights and its self-attention cache in
 //! half precision (half the bytes a step reads) and everything else in f32: candle's CPU kernels
 //! convert every half-precision element on its own, so a bf16 step spent more time in residual
 //! adds, GELU and the two attention products (gemm on tiny bf16 matrices) than in reading its
-//! weights. Here each (row, head) attends on one core: keys and values widened to f32 into a
-//! scratch buffer, scores, softmax and the weighted sum in f32, rows × heads split over rayon.
+//! weights. Here each (row, query, head) attends on one core: scores, softmax and the weighted
+//! sum in f32 over keys and values widened as read, the tasks split over rayon.
 
-use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::linear::{widen_bf16, widen_f16};
+use super::elem::Element;
+use super::gemv::dot;
 
 /// Below this many multiply-adds (query · keys and probabilities · values of every head) an
 /// attention runs on the calling thread: cheaper than waking the pool (the cross-attention over
 /// a short prompt, the first self-attention steps).
 const PARALLEL_WORK: usize = 1 << 16;
 
-/// The element formats, for code that loads several at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Format {
-    F32,
-    Bf16,
-    F16,
-}
-
-/// What caches and memories hold: f32 (cross-attention keys and values) or a half format
-/// (self-attention caches).
-pub(super) trait Element: Copy + Default + Send + Sync + 'static {
-    const FORMAT: Format;
-    fn to_f32(self) -> f32;
-    fn from_f32(value: f32) -> Self;
-}
-
-impl Element for f32 {
-    const FORMAT: Format = Format::F32;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn from_f32(value: f32) -> Self {
-        value
-    }
-}
-
-impl Element for bf16 {
-    const FORMAT: Format = Format::Bf16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        widen_bf16(self.to_bits())
-    }
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
-}
-
-impl Element for f16 {
-    const FORMAT: Format = Format::F16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        widen_f16(self.to_bits())
-    }
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
-}
-
 /// One layer's self-attention keys and values, `[row][head][position][head_dim]` each, rounded
 /// to `E` as they are appended (as a cache in the decoder dtype would be). Capacity doubles when
-/// a request runs past the steps it was started with.
+/// a request runs past the positions it was started with.
 #[derive(Debug, Clone)]
-pub(super) struct Cache<E> {
+pub(crate) struct Cache<E> {
     keys: Vec<E>,
     values: Vec<E>,
     rows: usize,
@@ -81,7 +32,7 @@ pub(super) struct Cache<E> {
 }
 
 impl<E: Element> Cache<E> {
-    pub(super) fn new(rows: usize, heads: usize, head_dim: usize, capacity: usize) -> Self {
+    pub(crate) fn new(rows: usize, heads: usize, head_dim: usize, capacity: usize) -> Self {
         let capacity = capacity.max(1);
         let size = rows * heads * capacity * head_dim;
         Self {
@@ -95,20 +46,27 @@ impl<E: Element> Cache<E> {
         }
     }
 
-    /// Appends one position from the stacked projection `qkv` `(rows, 3·hidden)` (q, k, v)
-    /// and returns the attention of its queries over every position so far, `(rows, hidden)`.
-    pub(super) fn step(&mut self, qkv: &[f32]) -> Vec<f32> {
+    /// Positions held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `n` positions from the stacked projection `qkv` `(rows, n, 3·hidden)` (q, k, v)
+    /// and returns the attention of each new query over the positions up to its own (causal),
+    /// `(rows, n, hidden)`.
+    pub(crate) fn append_and_attend(&mut self, qkv: &[f32], n: usize) -> Vec<f32> {
         let (rows, hidden) = (self.rows, self.heads * self.head_dim);
-        assert_eq!(qkv.len(), rows * 3 * hidden, "one position of stacked q, k, v per row");
-        if self.len == self.capacity {
+        assert_eq!(qkv.len(), rows * n * 3 * hidden, "n positions of stacked q, k, v per row");
+        while self.len + n > self.capacity {
             self.grow();
         }
         let (capacity, head_dim, len) = (self.capacity, self.head_dim, self.len);
-        for (r, row) in qkv.chunks_exact(3 * hidden).enumerate() {
+        for (index, position) in qkv.chunks_exact(3 * hidden).enumerate() {
+            let (r, i) = (index / n, index % n);
             for h in 0..self.heads {
-                let at = ((r * self.heads + h) * capacity + len) * head_dim;
-                let k = &row[hidden + h * head_dim..hidden + (h + 1) * head_dim];
-                let v = &row[2 * hidden + h * head_dim..2 * hidden + (h + 1) * head_dim];
+                let at = ((r * self.heads + h) * capacity + len + i) * head_dim;
+                let k = &position[hidden + h * head_dim..hidden + (h + 1) * head_dim];
+                let v = &position[2 * hidden + h * head_dim..2 * hidden + (h + 1) * head_dim];
                 for (dst, &src) in self.keys[at..at + head_dim].iter_mut().zip(k) {
                     *dst = E::from_f32(src);
                 }
@@ -117,12 +75,14 @@ impl<E: Element> Cache<E> {
                 }
             }
         }
-        self.len += 1;
+        self.len += n;
         Heads {
             rows,
             heads: self.heads,
             head_dim,
+            queries_per_row: n,
             len: self.len,
+            causal: true,
             queries: qkv,
             query_stride: 3 * hidden,
             keys: &self.keys,
@@ -151,24 +111,28 @@ impl<E: Element> Cache<E> {
     }
 }
 
-/// Cross-attention of the queries `q` `(rows, heads·head_dim)` over a memory's keys and values
-/// `kv` `(2, rows, heads, len, head_dim)`, with an additive `mask` `(rows, len)` where given.
-pub(super) fn cross_attention(
+/// Cross-attention of the queries `q` `(rows, queries_per_row, heads·head_dim)` over a memory's
+/// keys and values `kv` `(2, rows, heads, len, head_dim)`, with an additive `mask` `(rows, len)`
+/// where given; `(rows, queries_per_row, heads·head_dim)`.
+pub(crate) fn cross_attention(
     q: &[f32],
     kv: &[f32],
     mask: Option<&[f32]>,
     rows: usize,
+    queries_per_row: usize,
     heads: usize,
     len: usize,
 ) -> Vec<f32> {
-    let hidden = q.len() / rows;
+    let hidden = q.len() / (rows * queries_per_row);
     let head_dim = hidden / heads;
     let (keys, values) = kv.split_at(rows * heads * len * head_dim);
     Heads {
         rows,
         heads,
         head_dim,
+        queries_per_row,
         len,
+        causal: false,
         queries: q,
         query_stride: hidden,
         keys,
@@ -179,14 +143,17 @@ pub(super) fn cross_attention(
     .attend()
 }
 
-/// Where one attention's operands are: the query of row `r`, head `h` at
-/// `r·query_stride + h·head_dim`; its `len` keys and values at `(r·heads + h)·block_stride`;
-/// row `r`'s additive mask, if any, at `r·len`.
+/// Where one attention's operands are: the query `i` of row `r`, head `h` at
+/// `(r·queries_per_row + i)·query_stride + h·head_dim`; the keys and values of row `r`, head `h`
+/// at `(r·heads + h)·block_stride`, `len` of them, of which a causal query `i` sees the first
+/// `len − queries_per_row + 1 + i`; row `r`'s additive mask, if any, at `r·len`.
 struct Heads<'a, E> {
     rows: usize,
     heads: usize,
     head_dim: usize,
+    queries_per_row: usize,
     len: usize,
+    causal: bool,
     queries: &'a [f32],
     query_stride: usize,
     keys: &'a [E],
@@ -196,21 +163,23 @@ struct Heads<'a, E> {
 }
 
 impl<E: Element> Heads<'_, E> {
-    /// `(rows, heads·head_dim)`: each head's output in its slice of the row, as transformers'
-    /// transpose and reshape back lay it out.
+    /// `(rows, queries_per_row, heads·head_dim)`: each head's output in its slice of the
+    /// position, as transformers' transpose and reshape back lay it out.
     fn attend(&self) -> Vec<f32> {
-        let (heads, head_dim, len) = (self.heads, self.head_dim, self.len);
-        let mut out = vec![0f32; self.rows * heads * head_dim];
+        let (heads, head_dim, len, queries) = (self.heads, self.head_dim, self.len, self.queries_per_row);
+        let mut out = vec![0f32; self.rows * queries * heads * head_dim];
         let run = |(index, out): (usize, &mut [f32]), scratch: &mut Scratch| {
-            let (r, h) = (index / heads, index % heads);
-            let query = &self.queries[r * self.query_stride + h * head_dim..][..head_dim];
-            let block = index * self.block_stride;
-            let keys = &self.keys[block..block + len * head_dim];
-            let values = &self.values[block..block + len * head_dim];
-            let mask = self.mask.map(|m| &m[r * len..(r + 1) * len]);
+            let (position, h) = (index / heads, index % heads);
+            let (r, i) = (position / queries, position % queries);
+            let seen = if self.causal { len + 1 + i - queries } else { len };
+            let query = &self.queries[position * self.query_stride + h * head_dim..][..head_dim];
+            let block = (r * heads + h) * self.block_stride;
+            let keys = &self.keys[block..block + seen * head_dim];
+            let values = &self.values[block..block + seen * head_dim];
+            let mask = self.mask.map(|m| &m[r * len..r * len + seen]);
             scratch.attend(query, keys, values, mask, out);
         };
-        let work = 2 * self.rows * heads * len * head_dim;
+        let work = 2 * self.rows * queries * heads * len * head_dim;
         if work < PARALLEL_WORK {
             let mut scratch = Scratch::default();
             out.chunks_exact_mut(head_dim).enumerate().for_each(|task| run(task, &mut scratch));
@@ -231,12 +200,13 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// softmax(q·Kᵀ + mask)·V for one query, `out` `(head_dim)`.
+    /// softmax(q·Kᵀ + mask)·V for one query, `out` `(head_dim)`: AVX2 for 64-wide heads where
+    /// the CPU has it, else the portable loops.
     fn attend<E: Element>(&mut self, q: &[f32], keys: &[E], values: &[E], mask: Option<&[f32]>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if q.len() == avx2::HEAD_DIM && avx2::available() {
+        if q.len() == super::avx2::HEAD_DIM && super::has_avx2() {
             // SAFETY: the CPU has the features the kernel is compiled for.
-            unsafe { avx2::attend(q, keys, values, mask, &mut self.scores, out) };
+            unsafe { super::avx2::attend(q, keys, values, mask, &mut self.scores, out) };
             return;
         }
         self.attend_portable(q, keys, values, mask, out);
@@ -274,7 +244,7 @@ impl Scratch {
 }
 
 /// In place, in f32.
-fn softmax(scores: &mut [f32]) {
+pub(super) fn softmax(scores: &mut [f32]) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut sum = 0f32;
     for s in scores.iter_mut() {
@@ -286,118 +256,13 @@ fn softmax(scores: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{softmax, Element, Format};
-
-    /// The head size the kernel is written for: every published MusicGen's (1024/16, 1536/24,
-    /// 2048/32); the query and the output each fit in 8 registers.
-    pub(super) const HEAD_DIM: usize = 64;
-
-    /// Bytes ahead of the loads to prefetch: as for the projections (`crate::linear`), asking
-    /// for the next page early keeps a long cache streaming at the memory's speed.
-    const PREFETCH_AHEAD: usize = 4096;
-
-    pub(super) fn available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-    }
-
-    /// 8 elements from `at` as f32.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load8<E: Element>(at: *const E) -> __m256 {
-        match E::FORMAT {
-            Format::F32 => _mm256_loadu_ps(at as *const f32),
-            Format::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
-                at as *const __m128i,
-            )))),
-            Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i)),
-        }
-    }
-
-    /// Prefetches the cache lines of the position `PREFETCH_AHEAD` bytes after `at` (a hint:
-    /// addresses past the data are never dereferenced).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn prefetch_ahead<E: Element>(at: *const E) {
-        let at = (at as *const i8).wrapping_add(PREFETCH_AHEAD);
-        for line in (0..HEAD_DIM * std::mem::size_of::<E>()).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line));
-        }
-    }
-
-    /// [`super::Scratch::attend_portable`] for a 64-wide head: keys and values widened 8 at a
-    /// time and fused into the products, nothing staged in memory but the scores.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C ([`available`]).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend<E: Element>(
-        q: &[f32],
-        keys: &[E],
-        values: &[E],
-        mask: Option<&[f32]>,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        assert!(
-            q.len() == HEAD_DIM && out.len() == HEAD_DIM && keys.len() == values.len() && keys.len() % HEAD_DIM == 0
-        );
-        let len = keys.len() / HEAD_DIM;
-        assert!(mask.is_none_or(|m| m.len() == len));
-        let query: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(q.as_ptr().add(8 * i)));
-        scores.clear();
-        for j in 0..len {
-            // In bounds: position j's HEAD_DIM elements end at (j + 1)·HEAD_DIM <= keys.len().
-            let key = keys.as_ptr().add(j * HEAD_DIM);
-            prefetch_ahead(key);
-            let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            for i in (0..8).step_by(2) {
-                a = _mm256_fmadd_ps(query[i], load8(key.add(8 * i)), a);
-                b = _mm256_fmadd_ps(query[i + 1], load8(key.add(8 * i + 8)), b);
-            }
-            let sum = _mm256_add_ps(a, b);
-            let sum = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
-            let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-            let sum = _mm_add_ss(sum, _mm_shuffle_ps::<1>(sum, sum));
-            scores.push(_mm_cvtss_f32(sum) + mask.map_or(0.0, |m| m[j]));
-        }
-        softmax(scores);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (j, &p) in scores.iter().enumerate() {
-            let value = values.as_ptr().add(j * HEAD_DIM);
-            prefetch_ahead(value);
-            let p = _mm256_set1_ps(p);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(p, load8(value.add(8 * i)), *acc);
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *acc);
-        }
-    }
-}
-
-/// Independent partial sums, so the adds vectorise and pipeline.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Tensor};
+    use half::{bf16, f16};
+
+    use crate::cpu::elem::Element;
 
     fn random(shape: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
@@ -439,10 +304,10 @@ mod tests {
                 .collect();
             let mask_t = Tensor::from_vec(mask.clone(), (rows, 1, 1, len), &Device::Cpu).unwrap();
             let (k, v) = (kv.get(0).unwrap(), kv.get(1).unwrap());
-            let got = cross_attention(&values(&q), &values(&kv), Some(&mask), rows, heads, len);
+            let got = cross_attention(&values(&q), &values(&kv), Some(&mask), rows, 1, heads, len);
             let gap = max_gap(&got, &reference(&q, &k, &v, Some(&mask_t)));
             assert!(gap < 1e-5, "{rows}x{heads}x{len}x{d} masked: {gap}");
-            let got = cross_attention(&values(&q), &values(&kv), None, rows, heads, len);
+            let got = cross_attention(&values(&q), &values(&kv), None, rows, 1, heads, len);
             let gap = max_gap(&got, &reference(&q, &k, &v, None));
             assert!(gap < 1e-5, "{rows}x{heads}x{len}x{d}: {gap}");
         }
@@ -456,7 +321,7 @@ mod tests {
         let (mut keys, mut values_so_far) = (Vec::new(), Vec::new());
         for step in 0..steps {
             let qkv = random(&[rows, 1, 3 * hidden]);
-            let got = cache.step(&values(&qkv));
+            let got = cache.append_and_attend(&values(&qkv), 1);
             let split = |at: usize| {
                 qkv.narrow(2, at * hidden, hidden)
                     .unwrap()
@@ -507,5 +372,63 @@ mod tests {
         check::<f32>();
         check::<bf16>();
         check::<f16>();
+    }
+
+    #[test]
+    fn several_positions_at_once_attend_causally() {
+        // Appending 1, then 4, then 3 positions gives what appending them one by one gives:
+        // each query sees the positions up to its own.
+        fn check<E: Element>(heads: usize, d: usize) {
+            let (rows, hidden) = (2, heads * d);
+            let blocks = [1, 4, 3];
+            let total: usize = blocks.iter().sum();
+            let qkv = random(&[rows, total, 3 * hidden]);
+            let mut one_by_one = Cache::<E>::new(rows, heads, d, 2);
+            let mut expected = vec![Vec::new(); rows];
+            for p in 0..total {
+                let position = values(&qkv.narrow(1, p, 1).unwrap());
+                let out = one_by_one.append_and_attend(&position, 1);
+                for (r, out) in out.chunks_exact(hidden).enumerate() {
+                    expected[r].extend_from_slice(out);
+                }
+            }
+            let mut at_once = Cache::<E>::new(rows, heads, d, 2);
+            let mut got = vec![Vec::new(); rows];
+            let mut start = 0;
+            for n in blocks {
+                let block = values(&qkv.narrow(1, start, n).unwrap());
+                let out = at_once.append_and_attend(&block, n);
+                for (r, out) in out.chunks_exact(n * hidden).enumerate() {
+                    got[r].extend_from_slice(out);
+                }
+                start += n;
+            }
+            assert_eq!(at_once.len(), total);
+            let gap = max_gap(&got.concat(), &expected.concat());
+            assert!(gap < 1e-6, "{:?} {heads}x{d}: {gap}", E::FORMAT);
+        }
+        check::<f32>(2, 4);
+        check::<bf16>(2, 64);
+        check::<f16>(3, 8);
+    }
+
+    #[test]
+    fn cross_attention_takes_several_queries_per_row() {
+        let (rows, queries, heads, len, d) = (2, 3, 2, 5, 4);
+        let q = random(&[rows, queries, heads * d]);
+        let kv = random(&[2, rows, heads, len, d]);
+        let mask: Vec<f32> = (0..rows * len).map(|i| if i % len < 2 { 0.0 } else { f32::MIN }).collect();
+        let got = cross_attention(&values(&q), &values(&kv), Some(&mask), rows, queries, heads, len);
+        for i in 0..queries {
+            let one = values(&q.narrow(1, i, 1).unwrap());
+            let expected = cross_attention(&one, &values(&kv), Some(&mask), rows, 1, heads, len);
+            let got: Vec<f32> = got
+                .chunks_exact(heads * d)
+                .enumerate()
+                .filter(|(p, _)| p % queries == i)
+                .flat_map(|(_, v)| v.to_vec())
+                .collect();
+            assert_eq!(got, expected, "query {i}");
+        }
     }
 }
