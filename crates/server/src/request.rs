@@ -102,7 +102,11 @@ fn accepted(field: &str, vocab_size: usize) -> Option<String> {
 pub fn parse_body(bytes: &[u8], vocab_size: usize) -> Result<GenerateBody, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(bytes);
     let body: GenerateBody = serde_path_to_error::deserialize(&mut json).map_err(|err| {
-        let field = err.path().iter().next().is_some().then(|| err.path().to_string());
+        // Only an object's keys are fields: a path into an array means the body is not an object.
+        let field = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
         let err = err.into_inner();
         if err.is_syntax() || err.is_eof() {
             return ApiError::invalid(None, format!("malformed JSON: {err}"));
@@ -244,8 +248,11 @@ mod tests {
         let (field, msg) = message(json!({"prompt": "p", "duration": 5, "temprature": 1}));
         assert_eq!(field, None);
         assert!(msg.contains("temprature") && msg.contains("temperature"), "{msg}");
-        let (_, msg) = message(json!(["p", 5]));
-        assert!(msg.contains("JSON object"), "{msg}");
+        for body in [json!(["p", 5]), json!([1, 2]), json!("p"), json!(null)] {
+            let (field, msg) = message(body.clone());
+            assert_eq!(field, None, "{body}");
+            assert!(msg.contains("JSON object"), "{body}: {msg}");
+        }
         for bytes in [&b"{\"prompt\": \"p\", \"duration\": "[..], b"{\"prompt\": \"p\", \"duration\": 5} x", b""] {
             match parse_body(bytes, 2048).unwrap_err() {
                 ApiError::InvalidRequest { field: None, message } => assert!(message.contains("malformed JSON")),
