@@ -69,7 +69,7 @@ fn canonical_id(model: &str, dir: &std::path::Path) -> String {
 
 /// Where prompt token ids come from.
 enum Prompts {
-    Tokenizer(Tokenizer),
+    Tokenizer(Box<Tokenizer>),
     /// Random-weight models have no vocabulary: every prompt becomes the same token sequence
     /// of a typical prompt's length, so the encoder does the same work as for real text.
     Synthetic,
@@ -109,7 +109,7 @@ impl MusicGen {
             model,
             id,
             checkpoint.config().clone(),
-            Prompts::Tokenizer(tokenizer),
+            Prompts::Tokenizer(Box::new(tokenizer)),
             vb,
             options,
             device,
@@ -138,8 +138,17 @@ impl MusicGen {
         let weights = random::RandomWeights::new(0);
         let vb = weights.var_builder(TensorDType::F32, &device);
         let start = config.decoder.bos_token_id;
-        let mut model =
-            Self::build("random weights", "random weights".into(), config, Prompts::Synthetic, vb, options, device, start, 0)?;
+        let mut model = Self::build(
+            "random weights",
+            "random weights".into(),
+            config,
+            Prompts::Synthetic,
+            vb,
+            options,
+            device,
+            start,
+            0,
+        )?;
         model.info.parameters = weights.values_drawn();
         Ok(model)
     }

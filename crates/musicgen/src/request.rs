@@ -127,7 +127,10 @@ pub fn frames_for(duration_secs: f64, frame_rate: f64) -> usize {
 
 pub fn validate_prompt(prompt: &str) -> Result<()> {
     if prompt.trim().is_empty() {
-        return Err(Error::invalid("prompt", format!("{prompt:?} is empty; describe the music, e.g. \"ambient piano\"")));
+        return Err(Error::invalid(
+            "prompt",
+            format!("{prompt:?} is empty; describe the music, e.g. \"ambient piano\""),
+        ));
     }
     let chars = prompt.chars().count();
     if chars > MAX_PROMPT_CHARS {

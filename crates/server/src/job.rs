@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(queued.real_time_factor, None);
         assert_eq!(queued.waiting_reason, None);
         let elsewhere = job.view("facebook/musicgen-small").waiting_reason.unwrap();
-        assert!(elsewhere.contains("--model tiny") && elsewhere.contains("runs facebook/musicgen-small"), "{elsewhere}");
+        assert!(
+            elsewhere.contains("--model tiny") && elsewhere.contains("runs facebook/musicgen-small"),
+            "{elsewhere}"
+        );
         job.status = JobStatus::Completed;
         job.audio_duration = Some(8.0);
         job.generation_time = Some(2.0);

@@ -60,9 +60,9 @@ impl GenerateBody {
         let prompt = self.prompt.ok_or_else(|| {
             ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")
         })?;
-        let duration_secs = self
-            .duration
-            .ok_or_else(|| ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300"))?;
+        let duration_secs = self.duration.ok_or_else(|| {
+            ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300")
+        })?;
         let defaults = SamplingParams::default();
         let seed = self.seed.unwrap_or(random_seed & MAX_SEED);
         let item = GenerationItem {
@@ -119,7 +119,9 @@ pub fn parse_body(bytes: &[u8], vocab_size: usize) -> Result<GenerateBody, ApiEr
             Some((_, None)) => ApiError::invalid(None, err.to_string()),
             None => ApiError::invalid(
                 None,
-                format!("the body must be a JSON object like {{\"prompt\": \"ambient piano\", \"duration\": 16}} ({err})"),
+                format!(
+                    "the body must be a JSON object like {{\"prompt\": \"ambient piano\", \"duration\": 16}} ({err})"
+                ),
             ),
         }
     })?;

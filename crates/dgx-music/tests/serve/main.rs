@@ -495,7 +495,8 @@ fn v0_1_data_dir() -> (std::path::PathBuf, Vec<Value>) {
 #[tokio::test]
 async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
     let (data_dir, rows) = v0_1_data_dir();
-    let fixture_audio = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/v0.1-data/audio");
+    let fixture_audio =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/v0.1-data/audio");
     let statuses: Vec<&str> = rows.iter().map(|row| row["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["completed", "completed", "failed", "cancelled", "queued", "queued"], "the fixture's jobs");
     let server = Server::start(&data_dir, &[]).await;
@@ -511,19 +512,28 @@ async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
         let id = row["id"].as_str().unwrap();
         let job: Value =
             client.get(server.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
-        for field in ["status", "prompt", "top_k", "seed", "model", "created_at", "started_at", "finished_at", "error"] {
+        for field in ["status", "prompt", "top_k", "seed", "model", "created_at", "started_at", "finished_at", "error"]
+        {
             assert_eq!(job[field], row[field], "{field} of {job}");
         }
         for field in ["duration", "top_p", "temperature", "cfg_coef", "progress", "audio_duration", "generation_time"] {
             match (job[field].as_f64(), row[field].as_f64()) {
-                (Some(now), Some(then)) => assert!((now - then).abs() <= 1e-9 * then.abs().max(1.0), "{field} of {job}"),
+                (Some(now), Some(then)) => {
+                    assert!((now - then).abs() <= 1e-9 * then.abs().max(1.0), "{field} of {job}")
+                }
                 (now, then) => assert_eq!(now, then, "{field} of {job}"),
             }
         }
         match job["status"].as_str().unwrap() {
             "completed" => {
-                let served =
-                    client.get(server.url(&format!("/api/v1/jobs/{id}/audio"))).send().await.unwrap().bytes().await.unwrap();
+                let served = client
+                    .get(server.url(&format!("/api/v1/jobs/{id}/audio")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 let stored = std::fs::read(fixture_audio.join(format!("{id}.wav"))).unwrap();
                 assert!(served == stored, "the audio of {id} is served as it was stored");
             }
@@ -533,7 +543,10 @@ async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
                 queued_position += 1;
                 let reason = job["waiting_reason"].as_str().unwrap_or_else(|| panic!("no waiting_reason in {job}"));
                 let model = row["model"].as_str().unwrap();
-                assert!(reason.contains(&format!("--model {model}")) && reason.contains(&harness::fixture()), "{reason}");
+                assert!(
+                    reason.contains(&format!("--model {model}")) && reason.contains(&harness::fixture()),
+                    "{reason}"
+                );
             }
             _ => assert_eq!(job["waiting_reason"], Value::Null, "{job}"),
         }

@@ -161,7 +161,12 @@ pub async fn list_jobs(
     let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
     let page = state.jobs.list(status, limit, offset).await?;
-    Ok(Json(JobList { jobs: page.jobs.iter().map(|job| job.view(&state.model.id)).collect(), total: page.total, limit, offset }))
+    Ok(Json(JobList {
+        jobs: page.jobs.iter().map(|job| job.view(&state.model.id)).collect(),
+        total: page.total,
+        limit,
+        offset,
+    }))
 }
 
 /// One job.
@@ -242,7 +247,7 @@ pub async fn get_audio(
 }
 
 enum EventsState {
-    Start(Job),
+    Start(Box<Job>),
     Watching { last: String, status: JobStatus },
     Done,
 }
@@ -265,11 +270,11 @@ pub async fn job_events(
     let receiver = state.events.subscribe();
     let job = load(&state, id).await?;
     let stream = futures_util::stream::unfold(
-        (EventsState::Start(job), receiver, state.shutdown.clone(), state),
+        (EventsState::Start(Box::new(job)), receiver, state.shutdown.clone(), state),
         move |(phase, mut receiver, mut shutdown, state)| async move {
             let job = match phase {
                 EventsState::Done => return None,
-                EventsState::Start(job) => job,
+                EventsState::Start(job) => *job,
                 EventsState::Watching { last, status } => loop {
                     let reread = tokio::select! {
                         received = receiver.recv() => match received {
@@ -284,7 +289,11 @@ pub async fn job_events(
                         continue;
                     }
                     match state.jobs.get(id).await {
-                        Ok(Some(job)) if serde_json::to_string(&job.view(&state.model.id)).ok().as_ref() != Some(&last) => break job,
+                        Ok(Some(job))
+                            if serde_json::to_string(&job.view(&state.model.id)).ok().as_ref() != Some(&last) =>
+                        {
+                            break job
+                        }
                         Ok(Some(_)) => continue,
                         Ok(None) => return None,
                         Err(err) => {

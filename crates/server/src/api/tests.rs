@@ -156,7 +156,10 @@ async fn a_job_for_another_model_says_what_it_waits_for() {
     assert_eq!((ours["queue_position"].as_u64(), &ours["waiting_reason"]), (Some(0), &Value::Null), "{ours}");
     let waiting: Value =
         reqwest::get(format!("{}/api/v1/jobs/{}", server.base, other.id)).await.unwrap().json().await.unwrap();
-    assert_eq!((waiting["status"].as_str(), waiting["model"].as_str()), (Some("queued"), Some("facebook/musicgen-small")));
+    assert_eq!(
+        (waiting["status"].as_str(), waiting["model"].as_str()),
+        (Some("queued"), Some("facebook/musicgen-small"))
+    );
     let reason = waiting["waiting_reason"].as_str().unwrap();
     assert!(reason.contains("--model facebook/musicgen-small") && reason.contains("runs tiny"), "{reason}");
 }

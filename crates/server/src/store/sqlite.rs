@@ -378,7 +378,11 @@ mod tests {
         let a = add(&store, "a", 5.0).await;
         let b = add(&store, "b", 5.0).await;
         assert_eq!(store.get(other.id).await.unwrap().unwrap().queue_position, Some(0));
-        assert_eq!(store.get(a.id).await.unwrap().unwrap().queue_position, Some(0), "positions count jobs of one model");
+        assert_eq!(
+            store.get(a.id).await.unwrap().unwrap().queue_position,
+            Some(0),
+            "positions count jobs of one model"
+        );
         assert_eq!(store.get(b.id).await.unwrap().unwrap().queue_position, Some(1));
         let batch = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
         assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, b.id]);
