@@ -40,8 +40,14 @@ pub struct LoadOptions {
 /// What a loaded model is, for logs, `/api/v1/models` and `bench`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
-    /// The `--model` value it was loaded from (hub id or directory).
+    /// The `--model` value it was loaded from (hub id, short name or directory), as given.
     pub source: String,
+    /// What the checkpoint is called wherever it is stored or compared (job records, the
+    /// server's claims): the hub id for hub ids and short names (`small` is
+    /// `facebook/musicgen-small`), the canonical absolute path for a local directory. A path
+    /// rather than `config.json`'s `_name_or_path`, which is often absent and is shared by
+    /// every fine-tune of one base model: two different checkpoints never get the same id.
+    pub id: String,
     pub device: String,
     pub dtype: String,
     pub sample_rate: u32,
@@ -53,6 +59,14 @@ pub struct ModelInfo {
     pub parameters: usize,
     /// How decoder steps run: `graph` (CUDA graph replay), `growing` (kernel by kernel).
     pub step_mode: String,
+}
+
+/// [`ModelInfo::id`] of `model`, which resolved to the checkpoint directory `dir`.
+fn canonical_id(model: &str, dir: &std::path::Path) -> String {
+    match crate::hub::hub_id(model) {
+        Some(id) if !std::path::Path::new(model).is_dir() => id,
+        _ => dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string(),
+    }
 }
 
 /// Where prompt token ids come from.
@@ -90,11 +104,13 @@ impl MusicGen {
         let device = options.device.open()?;
         let dir = crate::hub::resolve(model, &crate::hub::HubSettings::from_env(), options.on_download.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
+        let id = canonical_id(model, &dir);
         let tokenizer = Tokenizer::from_file(checkpoint.tokenizer_path())?;
         let vb = checkpoint.var_builder(TensorDType::F32, &device)?;
         let generation = checkpoint.generation();
         Self::build(
             model,
+            id,
             checkpoint.config().clone(),
             Prompts::Tokenizer(Box::new(tokenizer)),
             vb,
@@ -115,6 +131,7 @@ impl MusicGen {
     pub fn random(architecture: &str, options: &LoadOptions) -> Result<Self> {
         let mut model = Self::random_with_config(architecture::config(architecture)?, options)?;
         model.info.source = format!("random weights: {}", architecture.trim());
+        model.info.id = model.info.source.clone();
         Ok(model)
     }
 
@@ -124,7 +141,17 @@ impl MusicGen {
         let weights = random::RandomWeights::new(0);
         let vb = weights.var_builder(TensorDType::F32, &device);
         let start = config.decoder.bos_token_id;
-        let mut model = Self::build("random weights", config, Prompts::Synthetic, vb, options, device, start, 0)?;
+        let mut model = Self::build(
+            "random weights",
+            "random weights".into(),
+            config,
+            Prompts::Synthetic,
+            vb,
+            options,
+            device,
+            start,
+            0,
+        )?;
         model.info.parameters = weights.values_drawn();
         Ok(model)
     }
@@ -132,6 +159,7 @@ impl MusicGen {
     #[allow(clippy::too_many_arguments)]
     fn build(
         source: &str,
+        id: String,
         config: MusicgenConfig,
         prompts: Prompts,
         vb: VarBuilder<'static>,
@@ -156,6 +184,7 @@ impl MusicGen {
             EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
         let info = ModelInfo {
             source: source.to_string(),
+            id,
             device: options.device.to_string(),
             dtype: options.dtype.to_string(),
             sample_rate: codec.sample_rate(),

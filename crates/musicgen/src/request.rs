@@ -1,5 +1,6 @@
 //! What a caller asks of the engine, and what it hears back while it works.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,11 @@ pub const FRAME_RATE: f64 = 50.0;
 pub const MAX_PROMPT_CHARS: usize = 2000;
 
 /// How tokens are drawn from the decoder's logits. Defaults follow audiocraft.
+///
+/// A missing field deserializes to its default, so stored requests stay readable when a
+/// parameter is added.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
     /// Keep only the k most likely tokens; 1 means greedy decoding.
     pub top_k: usize,
@@ -67,6 +72,14 @@ pub struct GenerationItem {
     pub seed: u64,
 }
 
+impl GenerationItem {
+    /// Checks the prompt and the sampling parameters; `vocab_size` bounds `top_k`.
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        validate_prompt(&self.prompt)?;
+        self.sampling.validate(vocab_size)
+    }
+}
+
 /// A batch of prompts that share one duration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerationRequest {
@@ -87,7 +100,7 @@ impl GenerationRequest {
     /// Frames of codes to generate: round(D·50), or one more where that would not cover
     /// D·32000 samples (durations that are not a multiple of 20 ms).
     pub fn frames(&self) -> usize {
-        frames_for(self.duration_secs)
+        frames_for(self.duration_secs, FRAME_RATE)
     }
 
     /// Validates everything that does not need the model; the model adds vocabulary limits.
@@ -97,23 +110,27 @@ impl GenerationRequest {
         }
         validate_duration(self.duration_secs)?;
         for item in &self.items {
-            validate_prompt(&item.prompt)?;
-            item.sampling.validate(vocab_size)?;
+            item.validate(vocab_size)?;
         }
         Ok(())
     }
 }
 
-/// Frames needed for `duration_secs` of audio (see [`GenerationRequest::frames`]).
-pub fn frames_for(duration_secs: f64) -> usize {
-    let rounded = (duration_secs * FRAME_RATE).round() as usize;
-    let covering = (duration_secs * FRAME_RATE - 1e-9).ceil() as usize;
+/// Frames covering `duration_secs` at `frame_rate` frames per second: the rounded count, or one
+/// more where that would fall short of the requested samples (see [`GenerationRequest::frames`]).
+pub fn frames_for(duration_secs: f64, frame_rate: f64) -> usize {
+    let exact = duration_secs * frame_rate;
+    let rounded = exact.round() as usize;
+    let covering = (exact - 1e-9).ceil() as usize;
     rounded.max(covering).max(1)
 }
 
 pub fn validate_prompt(prompt: &str) -> Result<()> {
     if prompt.trim().is_empty() {
-        return Err(Error::invalid("prompt", "the prompt is empty; describe the music, e.g. \"ambient piano\""));
+        return Err(Error::invalid(
+            "prompt",
+            format!("{prompt:?} is empty; describe the music, e.g. \"ambient piano\""),
+        ));
     }
     let chars = prompt.chars().count();
     if chars > MAX_PROMPT_CHARS {
@@ -127,6 +144,15 @@ pub fn validate_duration(duration_secs: f64) -> Result<()> {
         return Err(Error::invalid("duration", format!("{duration_secs} seconds must be a positive number")));
     }
     Ok(())
+}
+
+/// A front end's own duration limits (the server's 1..=300 s), on top of [`validate_duration`].
+pub fn validate_duration_within(duration_secs: f64, limits: RangeInclusive<f64>) -> Result<()> {
+    if !limits.contains(&duration_secs) {
+        let (min, max) = limits.into_inner();
+        return Err(Error::invalid("duration", format!("{duration_secs} is outside {min}..={max} seconds")));
+    }
+    validate_duration(duration_secs)
 }
 
 /// Reported once per decoder step (and once per phase change) while a request runs.
@@ -170,11 +196,31 @@ mod tests {
 
     #[test]
     fn frames_follow_audiocraft_for_whole_frames() {
-        assert_eq!(frames_for(16.0), 800);
-        assert_eq!(frames_for(1.0), 50);
-        assert_eq!(frames_for(0.5), 25);
+        assert_eq!(frames_for(16.0, FRAME_RATE), 800);
+        assert_eq!(frames_for(1.0, FRAME_RATE), 50);
+        assert_eq!(frames_for(0.5, FRAME_RATE), 25);
         // 1.01 s needs 50.5 frames: one more frame covers the 32320 samples asked for.
-        assert_eq!(frames_for(1.01), 51);
+        assert_eq!(frames_for(1.01, FRAME_RATE), 51);
+        assert_eq!(frames_for(0.001, FRAME_RATE), 1, "never zero frames");
+    }
+
+    #[test]
+    fn front_end_duration_limits_name_the_range() {
+        assert!(validate_duration_within(1.0, 1.0..=300.0).is_ok());
+        assert!(validate_duration_within(300.0, 1.0..=300.0).is_ok());
+        for bad in [0.5, 301.0, -1.0, f64::NAN] {
+            let err = validate_duration_within(bad, 1.0..=300.0).unwrap_err().to_string();
+            assert!(err.contains("duration"), "{err}");
+        }
+        let err = validate_duration_within(301.0, 1.0..=300.0).unwrap_err().to_string();
+        assert!(err.contains("301 is outside 1..=300 seconds"), "{err}");
+    }
+
+    #[test]
+    fn missing_sampling_fields_take_their_defaults() {
+        let item: GenerationItem =
+            serde_json::from_str(r#"{"prompt": "piano", "sampling": {"top_k": 5}, "seed": 3}"#).unwrap();
+        assert_eq!(item.sampling, SamplingParams { top_k: 5, ..SamplingParams::default() });
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest { field: Option<&'static str>, message: String },
+    InvalidRequest { field: Option<String>, message: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -34,8 +34,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(field: Option<&'static str>, message: impl Into<String>) -> Self {
-        ApiError::InvalidRequest { field, message: message.into() }
+    pub fn invalid(field: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest { field: field.map(str::to_string), message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -63,6 +63,19 @@ impl ApiError {
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The engine's validators are the request rules: their messages start with the value, so the
+/// field's name in front of them reads as a sentence ("top_p 1.5 is outside [0, 1] ...").
+impl From<musicgen::Error> for ApiError {
+    fn from(err: musicgen::Error) -> Self {
+        match err {
+            musicgen::Error::InvalidRequest { field, message } => {
+                ApiError::InvalidRequest { field: Some(field.to_string()), message: format!("{field} {message}") }
+            }
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -100,7 +113,7 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let field = match &self {
-            ApiError::InvalidRequest { field, .. } => field.map(str::to_string),
+            ApiError::InvalidRequest { field, .. } => field.clone(),
             _ => None,
         };
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_string(), message, field } };

@@ -55,31 +55,12 @@ impl FromStr for JobStatus {
     }
 }
 
-/// The validated parameters of one generation; everything the engine needs besides the model.
+/// The validated parameters of one generation: the engine's item (prompt, sampling, seed) and
+/// the duration a batch shares. The store keeps `item` as its JSON form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobParams {
-    pub prompt: String,
-    pub duration: f64,
-    pub top_k: usize,
-    pub top_p: f64,
-    pub temperature: f64,
-    pub cfg_coef: f64,
-    pub seed: u64,
-}
-
-impl JobParams {
-    pub fn to_item(&self) -> musicgen::GenerationItem {
-        musicgen::GenerationItem {
-            prompt: self.prompt.clone(),
-            sampling: musicgen::SamplingParams {
-                top_k: self.top_k,
-                top_p: self.top_p,
-                temperature: self.temperature,
-                cfg_coef: self.cfg_coef,
-            },
-            seed: self.seed,
-        }
-    }
+    pub item: musicgen::GenerationItem,
+    pub duration_secs: f64,
 }
 
 /// A job as the store keeps it.
@@ -89,6 +70,7 @@ pub struct Job {
     pub status: JobStatus,
     pub progress: f64,
     pub params: JobParams,
+    /// The canonical id of the model it runs on ([`musicgen::ModelInfo::id`]).
     pub model: String,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -118,20 +100,30 @@ impl Job {
         }
     }
 
-    pub fn view(&self) -> JobView {
-        let p = &self.params;
+    /// The job JSON, as told by a server whose worker runs the model `served` (a canonical id).
+    pub fn view(&self, served: &str) -> JobView {
+        let item = &self.params.item;
+        let sampling = &item.sampling;
+        let waiting_reason = (self.status == JobStatus::Queued && self.model != served).then(|| {
+            format!(
+                "queued for model {}, but this server runs {served}; it waits for a server started with \
+                 --model {} on this data directory (or cancel it)",
+                self.model, self.model
+            )
+        });
         JobView {
             id: self.id.to_string(),
             status: self.status,
             progress: self.progress,
-            prompt: p.prompt.clone(),
-            duration: p.duration,
-            top_k: p.top_k as u64,
-            top_p: p.top_p,
-            temperature: p.temperature,
-            cfg_coef: p.cfg_coef,
-            seed: p.seed,
+            prompt: item.prompt.clone(),
+            duration: self.params.duration_secs,
+            top_k: sampling.top_k as u64,
+            top_p: sampling.top_p,
+            temperature: sampling.temperature,
+            cfg_coef: sampling.cfg_coef,
+            seed: item.seed,
             model: self.model.clone(),
+            waiting_reason,
             created_at: timestamp(self.created_at),
             started_at: self.started_at.map(timestamp),
             finished_at: self.finished_at.map(timestamp),
@@ -175,8 +167,11 @@ pub struct JobView {
     pub temperature: f64,
     pub cfg_coef: f64,
     pub seed: u64,
-    /// The model the job runs on (hub id or directory given to `--model`).
+    /// The model the job runs on: its hub id (`facebook/musicgen-small`), or the canonical path
+    /// of a local checkpoint directory. A server only runs jobs of the model it loaded.
     pub model: String,
+    /// Why a queued job does not move: it is for a model this server does not run. Null otherwise.
+    pub waiting_reason: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -201,15 +196,12 @@ mod tests {
     use super::*;
 
     fn params() -> JobParams {
-        JobParams {
+        let item = musicgen::GenerationItem {
             prompt: "ambient piano".into(),
-            duration: 8.0,
-            top_k: 250,
-            top_p: 0.0,
-            temperature: 1.0,
-            cfg_coef: 3.0,
+            sampling: musicgen::SamplingParams::default(),
             seed: 7,
-        }
+        };
+        JobParams { item, duration_secs: 8.0 }
     }
 
     #[test]
@@ -224,13 +216,20 @@ mod tests {
     #[test]
     fn view_derives_url_and_real_time_factor_from_state() {
         let mut job = Job::new(params(), "tiny".into(), Utc::now());
-        let queued = job.view();
+        let queued = job.view("tiny");
         assert_eq!(queued.audio_url, None);
         assert_eq!(queued.real_time_factor, None);
+        assert_eq!(queued.waiting_reason, None);
+        let elsewhere = job.view("facebook/musicgen-small").waiting_reason.unwrap();
+        assert!(
+            elsewhere.contains("--model tiny") && elsewhere.contains("runs facebook/musicgen-small"),
+            "{elsewhere}"
+        );
         job.status = JobStatus::Completed;
         job.audio_duration = Some(8.0);
         job.generation_time = Some(2.0);
-        let done = job.view();
+        let done = job.view("other");
+        assert_eq!(done.waiting_reason, None, "only queued jobs wait");
         assert_eq!(done.audio_url, Some(format!("/api/v1/jobs/{}/audio", job.id)));
         assert_eq!(done.real_time_factor, Some(4.0));
         let json = serde_json::to_value(&done).unwrap();

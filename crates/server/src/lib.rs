@@ -92,7 +92,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         .map_err(|source| ServerError::Model { model: config.model.clone(), source })?;
     tracing::info!(
         "model {} loaded on {} ({}): {} Hz, {} channel(s), {} codebooks",
-        model.source,
+        model.id,
         model.device,
         model.dtype,
         model.sample_rate,

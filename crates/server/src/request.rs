@@ -1,30 +1,41 @@
-//! Turning a `POST /generate` body into validated [`JobParams`], with messages that name the
-//! field and its accepted range. Parsing is done by hand from a JSON value (rather than a serde
-//! derive) so that a wrong type gets the same precise message as a wrong value.
+//! Turning a `POST /generate` body into validated [`JobParams`]. The body is read by an extractor
+//! ([`Generate`]) that names the field at fault when it does not deserialize (through
+//! `serde_path_to_error`); value ranges are the engine's rules (`GenerationItem::validate`,
+//! `validate_duration_within`), so the server and `dgx-music generate` accept the same requests.
 
+use std::ops::RangeInclusive;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use musicgen::request::validate_duration_within;
+use musicgen::{GenerationItem, SamplingParams};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::job::JobParams;
+use crate::state::AppState;
 
-pub const MIN_DURATION: f64 = 1.0;
-pub const MAX_DURATION: f64 = 300.0;
-pub const MAX_PROMPT_CHARS: usize = musicgen::request::MAX_PROMPT_CHARS;
+/// Seconds of audio a job may ask for.
+pub const DURATION_LIMITS: RangeInclusive<f64> = 1.0..=300.0;
 /// Seeds stay within JavaScript's exact integers so that the web page shows the seed it got.
 pub const MAX_SEED: u64 = (1 << 53) - 1;
+/// Largest accepted request body; a maximal prompt is 2000 characters (at most 8000 bytes).
+pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// The body of `POST /api/v1/generate`. Documentation only: parsing is [`parse_generate`].
+/// The body of `POST /api/v1/generate`. Every field is optional to serde so that a missing
+/// `prompt` or `duration` gets its own message; the schema marks them required.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
     /// What the music should sound like.
-    #[schema(min_length = 1, max_length = 2000, pattern = r"\S", example = "ambient piano")]
-    pub prompt: String,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 2000, pattern = r"\S", example = "ambient piano")]
+    pub prompt: Option<String>,
     /// Seconds of audio, 1..=300.
-    #[schema(minimum = 1.0, maximum = 300.0, example = 16.0)]
-    pub duration: f64,
+    #[schema(value_type = f64, required = true, minimum = 1.0, maximum = 300.0, example = 16.0)]
+    pub duration: Option<f64>,
     /// Sample from the k most likely tokens; 1 is greedy. 1..=the model's vocabulary size. Default 250.
     #[schema(minimum = 1)]
     pub top_k: Option<u64>,
@@ -42,139 +53,131 @@ pub struct GenerateBody {
     pub seed: Option<u64>,
 }
 
-const FIELDS: [&str; 7] = ["prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed"];
-
-/// Validates a parsed JSON body. `vocab_size` bounds `top_k`; `random_seed` is used when the
-/// body has none.
-pub fn parse_generate(body: &Value, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
-    let object = body.as_object().ok_or_else(|| {
-        ApiError::invalid(None, "the body must be a JSON object like {\"prompt\": \"ambient piano\", \"duration\": 16}")
-    })?;
-    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            None,
-            format!("unknown field {unknown:?}; accepted fields are {}", FIELDS.join(", ")),
-        ));
-    }
-    let defaults = musicgen::SamplingParams::default();
-
-    let prompt = match object.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                "prompt is required: describe the music, e.g. \"ambient piano\"",
-            ))
+impl GenerateBody {
+    /// Applies the defaults and the engine's rules. `vocab_size` bounds `top_k` (and caps its
+    /// default); `random_seed` is used when the body has no seed.
+    pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
+        let prompt = self.prompt.ok_or_else(|| {
+            ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")
+        })?;
+        let duration_secs = self.duration.ok_or_else(|| {
+            ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300")
+        })?;
+        let defaults = SamplingParams::default();
+        let seed = self.seed.unwrap_or(random_seed & MAX_SEED);
+        let item = GenerationItem {
+            prompt,
+            sampling: SamplingParams {
+                top_k: self.top_k.map_or(defaults.top_k.min(vocab_size), |k| usize::try_from(k).unwrap_or(usize::MAX)),
+                top_p: self.top_p.unwrap_or(defaults.top_p),
+                temperature: self.temperature.unwrap_or(defaults.temperature),
+                cfg_coef: self.cfg_coef.unwrap_or(defaults.cfg_coef),
+            },
+            seed,
+        };
+        item.validate(vocab_size)?;
+        validate_duration_within(duration_secs, DURATION_LIMITS)?;
+        if seed > MAX_SEED {
+            return Err(ApiError::invalid(Some("seed"), format!("seed {seed} is outside 0..={MAX_SEED}")));
         }
-        Some(other) => {
-            return Err(ApiError::invalid(Some("prompt"), format!("prompt must be a string, got {}", kind(other))))
-        }
-    };
-    if prompt.trim().is_empty() {
-        return Err(ApiError::invalid(Some("prompt"), "prompt is empty; describe the music, e.g. \"ambient piano\""));
+        Ok(JobParams { item, duration_secs })
     }
-    let chars = prompt.chars().count();
-    if chars > MAX_PROMPT_CHARS {
-        return Err(ApiError::invalid(
-            Some("prompt"),
-            format!("prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}"),
-        ));
-    }
+}
 
-    let duration = match number(object, "duration", "a number of seconds within 1..=300")? {
-        Some(d) => d,
-        None => {
-            return Err(ApiError::invalid(Some("duration"), "duration is required: seconds of audio within 1..=300"))
-        }
-    };
-    if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
-        return Err(ApiError::invalid(Some("duration"), format!("duration {duration} is outside 1..=300 seconds")));
-    }
+/// What a field accepts, for messages about a value of the wrong type.
+fn accepted(field: &str, vocab_size: usize) -> Option<String> {
+    Some(match field {
+        "prompt" => "a string describing the music, e.g. \"ambient piano\"".into(),
+        "duration" => "a number of seconds within 1..=300".into(),
+        "top_k" => format!("an integer within 1..={vocab_size}"),
+        "top_p" => "a number within [0, 1]".into(),
+        "temperature" => "a number > 0".into(),
+        "cfg_coef" => "a number >= 0".into(),
+        "seed" => format!("an integer within 0..={MAX_SEED}"),
+        _ => return None,
+    })
+}
 
-    let top_k_range = format!("an integer within 1..={vocab_size}");
-    let top_k = match object.get("top_k") {
-        None | Some(Value::Null) => defaults.top_k.min(vocab_size),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(k) if (1..=vocab_size as u64).contains(&k) => k as usize,
-            _ => {
-                return Err(ApiError::invalid(
-                    Some("top_k"),
-                    format!("top_k {n} is outside 1..={vocab_size} (the model's vocabulary; 1 is greedy)"),
-                ))
+/// Deserializes a body; a value of the wrong type is reported with its field and what it accepts.
+pub fn parse_body(bytes: &[u8], vocab_size: usize) -> Result<GenerateBody, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let body: GenerateBody = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        // Only an object's keys are fields: a path into an array means the body is not an object.
+        let field = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let err = err.into_inner();
+        if err.is_syntax() || err.is_eof() {
+            return ApiError::invalid(None, format!("malformed JSON: {err}"));
+        }
+        match field.as_deref().map(|field| (field, accepted(field, vocab_size))) {
+            Some((field, Some(accepted))) => {
+                ApiError::invalid(Some(field), format!("{field} must be {accepted} ({err})"))
             }
-        },
-        Some(other) => {
-            return Err(ApiError::invalid(Some("top_k"), format!("top_k must be {top_k_range}, got {}", kind(other))))
+            // An unknown field: serde's message lists the accepted ones.
+            Some((_, None)) => ApiError::invalid(None, err.to_string()),
+            None => ApiError::invalid(
+                None,
+                format!(
+                    "the body must be a JSON object like {{\"prompt\": \"ambient piano\", \"duration\": 16}} ({err})"
+                ),
+            ),
         }
-    };
-
-    let top_p = number(object, "top_p", "a number within [0, 1]")?.unwrap_or(defaults.top_p);
-    if !(0.0..=1.0).contains(&top_p) {
-        return Err(ApiError::invalid(Some("top_p"), format!("top_p {top_p} is outside [0, 1] (0 turns it off)")));
-    }
-    let temperature = number(object, "temperature", "a number > 0")?.unwrap_or(defaults.temperature);
-    if temperature <= 0.0 {
-        return Err(ApiError::invalid(
-            Some("temperature"),
-            format!("temperature {temperature} must be > 0 (1 is neutral)"),
-        ));
-    }
-    let cfg_coef = number(object, "cfg_coef", "a number >= 0")?.unwrap_or(defaults.cfg_coef);
-    if cfg_coef < 0.0 {
-        return Err(ApiError::invalid(
-            Some("cfg_coef"),
-            format!("cfg_coef {cfg_coef} must be >= 0 (3 is the default, 1 disables guidance)"),
-        ));
-    }
-    let seed = match object.get("seed") {
-        None | Some(Value::Null) => random_seed & MAX_SEED,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(s) if s <= MAX_SEED => s,
-            _ => return Err(ApiError::invalid(Some("seed"), format!("seed {n} is outside 0..={MAX_SEED}"))),
-        },
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("seed"),
-                format!("seed must be an integer within 0..={MAX_SEED}, got {}", kind(other)),
-            ))
-        }
-    };
-
-    Ok(JobParams { prompt, duration, top_k, top_p, temperature, cfg_coef, seed })
+    })?;
+    json.end().map_err(|err| ApiError::invalid(None, format!("malformed JSON: {err}")))?;
+    Ok(body)
 }
 
-/// An optional finite number field; a present value of another type names the expected one.
-fn number(object: &Map<String, Value>, field: &'static str, expected: &str) -> Result<Option<f64>, ApiError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() => Ok(Some(v)),
-            _ => Err(ApiError::invalid(Some(field), format!("{field} {n} is not a finite number; use {expected}"))),
-        },
-        Some(other) => Err(ApiError::invalid(Some(field), format!("{field} must be {expected}, got {}", kind(other)))),
-    }
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-fn kind(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) if s.chars().count() <= 40 => format!("the string {s:?}"),
-        Value::String(_) => "a string".into(),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "an object".into(),
+/// The validated parameters of a `POST /generate` request.
+pub struct Generate(pub JobParams);
+
+impl FromRequest<AppState> for Generate {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with the header Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!(
+                    "the body is over {} KiB; a request needs only a prompt (at most 2000 characters) and parameters",
+                    BODY_LIMIT / 1024
+                ))
+            } else {
+                ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
+            }
+        })?;
+        let vocab_size = state.model.vocab_size;
+        // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
+        let random_seed = Uuid::new_v4().as_u64_pair().0;
+        parse_body(&bytes, vocab_size)?.into_params(vocab_size, random_seed).map(Generate)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
-    fn message(body: Value) -> (Option<&'static str>, String) {
-        match parse_generate(&body, 2048, 5).unwrap_err() {
+    fn parse(body: &Value, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
+        parse_body(body.to_string().as_bytes(), vocab_size)?.into_params(vocab_size, random_seed)
+    }
+
+    fn message(body: Value) -> (Option<String>, String) {
+        match parse(&body, 2048, 5).unwrap_err() {
             ApiError::InvalidRequest { field, message } => (field, message),
             other => panic!("expected invalid_request, got {other:?}"),
         }
@@ -182,19 +185,23 @@ mod tests {
 
     #[test]
     fn defaults_fill_missing_parameters() {
-        let p = parse_generate(&json!({"prompt": "ambient piano", "duration": 16}), 2048, 99).unwrap();
-        assert_eq!(p.prompt, "ambient piano");
-        assert_eq!(p.duration, 16.0);
-        assert_eq!((p.top_k, p.top_p, p.temperature, p.cfg_coef, p.seed), (250, 0.0, 1.0, 3.0, 99));
-        let small_vocab = parse_generate(&json!({"prompt": "x", "duration": 1}), 64, 1).unwrap();
-        assert_eq!(small_vocab.top_k, 64);
+        let p = parse(&json!({"prompt": "ambient piano", "duration": 16}), 2048, 99).unwrap();
+        assert_eq!(p.item.prompt, "ambient piano");
+        assert_eq!(p.duration_secs, 16.0);
+        assert_eq!(p.item.sampling, SamplingParams::default());
+        assert_eq!(p.item.seed, 99);
+        let small_vocab = parse(&json!({"prompt": "x", "duration": 1}), 64, 1).unwrap();
+        assert_eq!(small_vocab.item.sampling.top_k, 64);
+        let big_seed = parse(&json!({"prompt": "x", "duration": 1}), 64, u64::MAX).unwrap();
+        assert_eq!(big_seed.item.seed, MAX_SEED, "random seeds stay within MAX_SEED");
     }
 
     #[test]
     fn explicit_parameters_are_kept() {
         let body = json!({"prompt": "p", "duration": 1.5, "top_k": 1, "top_p": 1.0, "temperature": 0.5, "cfg_coef": 0, "seed": 42});
-        let p = parse_generate(&body, 2048, 0).unwrap();
-        assert_eq!((p.duration, p.top_k, p.top_p, p.temperature, p.cfg_coef, p.seed), (1.5, 1, 1.0, 0.5, 0.0, 42));
+        let p = parse(&body, 2048, 0).unwrap();
+        let expected = SamplingParams { top_k: 1, top_p: 1.0, temperature: 0.5, cfg_coef: 0.0 };
+        assert_eq!((p.duration_secs, p.item.sampling, p.item.seed), (1.5, expected, 42));
     }
 
     #[test]
@@ -205,39 +212,54 @@ mod tests {
             (json!({"prompt": "a".repeat(2001), "duration": 5}), "prompt", "2000"),
             (json!({"prompt": 3, "duration": 5}), "prompt", "string"),
             (json!({"duration": 5}), "prompt", "required"),
+            (json!({"prompt": null, "duration": 5}), "prompt", "required"),
             (json!({"prompt": "p"}), "duration", "required"),
             (json!({"prompt": "p", "duration": 0}), "duration", "1..=300"),
             (json!({"prompt": "p", "duration": 301}), "duration", "1..=300"),
             (json!({"prompt": "p", "duration": "x"}), "duration", "\"x\""),
+            (json!({"prompt": "p", "duration": "x"}), "duration", "1..=300"),
             (json!({"prompt": "p", "duration": 5, "top_k": 0}), "top_k", "1..=2048"),
             (json!({"prompt": "p", "duration": 5, "top_k": 2049}), "top_k", "1..=2048"),
             (json!({"prompt": "p", "duration": 5, "top_k": 2.5}), "top_k", "1..=2048"),
+            (json!({"prompt": "p", "duration": 5, "top_k": "x"}), "top_k", "string \"x\""),
             (json!({"prompt": "p", "duration": 5, "top_p": -0.1}), "top_p", "[0, 1]"),
             (json!({"prompt": "p", "duration": 5, "top_p": 1.1}), "top_p", "[0, 1]"),
             (json!({"prompt": "p", "duration": 5, "temperature": 0}), "temperature", "> 0"),
+            (json!({"prompt": "p", "duration": 5, "temperature": true}), "temperature", "> 0"),
             (json!({"prompt": "p", "duration": 5, "cfg_coef": -1}), "cfg_coef", ">= 0"),
             (json!({"prompt": "p", "duration": 5, "seed": -1}), "seed", "0..="),
+            (json!({"prompt": "p", "duration": 5, "seed": MAX_SEED + 1}), "seed", "0..="),
             (json!({"prompt": "p", "duration": 5, "seed": "7"}), "seed", "integer"),
         ];
         for (body, field, needle) in cases {
             let (got_field, msg) = message(body.clone());
-            assert_eq!(got_field, Some(field), "{body}: {msg}");
-            assert!(msg.contains(field) && msg.contains(needle), "{body}: {msg}");
+            assert_eq!(got_field.as_deref(), Some(field), "{body}: {msg}");
+            assert!(msg.starts_with(&format!("{field} ")), "{body}: the message starts with the field: {msg}");
+            assert!(msg.contains(needle), "{body}: {needle:?} not in {msg}");
         }
     }
 
     #[test]
     fn a_prompt_of_exactly_the_limit_is_accepted() {
         let body = json!({"prompt": "é".repeat(2000), "duration": 300});
-        assert!(parse_generate(&body, 2048, 0).is_ok());
+        assert!(parse(&body, 2048, 0).is_ok());
     }
 
     #[test]
-    fn unknown_fields_and_non_objects_are_refused() {
+    fn unknown_fields_malformed_json_and_non_objects_are_refused() {
         let (field, msg) = message(json!({"prompt": "p", "duration": 5, "temprature": 1}));
         assert_eq!(field, None);
         assert!(msg.contains("temprature") && msg.contains("temperature"), "{msg}");
-        let (_, msg) = message(json!(["p", 5]));
-        assert!(msg.contains("JSON object"), "{msg}");
+        for body in [json!(["p", 5]), json!([1, 2]), json!("p"), json!(null)] {
+            let (field, msg) = message(body.clone());
+            assert_eq!(field, None, "{body}");
+            assert!(msg.contains("JSON object"), "{body}: {msg}");
+        }
+        for bytes in [&b"{\"prompt\": \"p\", \"duration\": "[..], b"{\"prompt\": \"p\", \"duration\": 5} x", b""] {
+            match parse_body(bytes, 2048).unwrap_err() {
+                ApiError::InvalidRequest { field: None, message } => assert!(message.contains("malformed JSON")),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -14,6 +14,8 @@ use axum::{
 };
 use rust_embed::RustEmbed;
 
+use crate::error::ApiError;
+
 #[derive(RustEmbed)]
 #[folder = "web/"]
 struct Assets;
@@ -39,11 +41,8 @@ async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
 
 fn serve(name: &str, request_headers: &HeaderMap) -> Response {
     let Some(file) = Assets::get(name) else {
-        return (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("no asset named `{name}` in this build; the page starts at `/`"),
-        )
+        let shown: String = name.chars().take(80).collect();
+        return ApiError::NotFound(format!("no asset named {shown:?} in this build; the page starts at /"))
             .into_response();
     };
     let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()));
@@ -156,11 +155,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_and_escaping_paths_are_not_found() {
+    async fn unknown_and_escaping_paths_are_not_found_as_the_api_error_json() {
         for uri in ["/assets/nope.js", "/assets/../index.html", "/assets/%2e%2e/Cargo.toml", "/assets/../../src/web.rs"]
         {
             let response = get(uri, None).await;
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json", "{uri}");
+            let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+            assert_eq!(body["error"]["code"], "not_found", "{uri}: {body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("no asset"), "{uri}: {body}");
+            assert!(body["error"]["field"].is_null(), "{uri}: {body}");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The one thread that owns the model. It claims batches of compatible jobs from the store,
+//! The one thread that owns the model. It claims batches of compatible jobs of its own model
+//! (by canonical id: jobs for another model stay queued for a server that runs it) from the store,
 //! runs the (blocking) engine on them and records the outcome; the async runtime only talks to
 //! it through the store, a wake-up [`Notify`] and the registry of the running batch.
 //!
@@ -136,8 +137,9 @@ impl Worker {
     }
 
     fn run(&self, engine: &MusicGen) {
+        let model = &engine.info().id;
         while !self.handle.is_stopping() {
-            match self.block_on(self.context.jobs.claim_batch(self.context.max_batch, Utc::now())) {
+            match self.block_on(self.context.jobs.claim_batch(model, self.context.max_batch, Utc::now())) {
                 Ok(batch) if batch.is_empty() => {
                     let wake = self.handle.wake.clone();
                     self.block_on(async move {
@@ -172,15 +174,15 @@ impl Worker {
         }
         tracing::info!(
             jobs = ids.len(),
-            duration = batch[0].params.duration,
+            duration = batch[0].params.duration_secs,
             "generating a batch of {} job(s): {}",
             ids.len(),
             ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
         );
 
         let request = GenerationRequest {
-            items: batch.iter().map(|job| job.params.to_item()).collect(),
-            duration_secs: batch[0].params.duration,
+            items: batch.iter().map(|job| job.params.item.clone()).collect(),
+            duration_secs: batch[0].params.duration_secs,
         };
         let started = Instant::now();
         let mut last_report: Option<Instant> = None;

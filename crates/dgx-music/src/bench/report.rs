@@ -33,7 +33,7 @@ pub fn summarise(
         dtype: dtype.to_string(),
         batch: args.batch,
         duration_s: args.duration,
-        frames: musicgen::request::frames_for(args.duration),
+        frames: musicgen::request::frames_for(args.duration, musicgen::request::FRAME_RATE),
         steps,
         runs: runs.len(),
         build: BuildTarget::current(),

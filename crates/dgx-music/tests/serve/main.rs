@@ -477,3 +477,95 @@ async fn a_batch_produces_the_same_audio_as_each_job_alone() {
     }
     server.stop().await;
 }
+
+/// Copies the data directory release 0.1 left (see crates/server/tests/fixtures/v0.1-data/README.md).
+fn v0_1_data_dir() -> (std::path::PathBuf, Vec<Value>) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/v0.1-data");
+    let data_dir = tempfile::tempdir().unwrap().keep();
+    std::fs::copy(fixture.join("dgx-music.db"), data_dir.join("dgx-music.db")).unwrap();
+    std::fs::create_dir(data_dir.join("audio")).unwrap();
+    for file in std::fs::read_dir(fixture.join("audio")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), data_dir.join("audio").join(file.file_name())).unwrap();
+    }
+    let rows = std::fs::read_to_string(fixture.join("jobs-v0.1.json")).unwrap();
+    (data_dir, serde_json::from_str(&rows).unwrap())
+}
+
+#[tokio::test]
+async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
+    let (data_dir, rows) = v0_1_data_dir();
+    let fixture_audio =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/v0.1-data/audio");
+    let statuses: Vec<&str> = rows.iter().map(|row| row["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["completed", "completed", "failed", "cancelled", "queued", "queued"], "the fixture's jobs");
+    let server = Server::start(&data_dir, &[]).await;
+    let client = reqwest::Client::new();
+
+    let list: Value = client.get(server.url("/api/v1/jobs?limit=100")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = list["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let old_ids: Vec<&str> = rows.iter().rev().map(|row| row["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, old_ids, "every job, newest first");
+
+    let mut queued_position = 0;
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let job: Value =
+            client.get(server.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
+        for field in ["status", "prompt", "top_k", "seed", "model", "created_at", "started_at", "finished_at", "error"]
+        {
+            assert_eq!(job[field], row[field], "{field} of {job}");
+        }
+        for field in ["duration", "top_p", "temperature", "cfg_coef", "progress", "audio_duration", "generation_time"] {
+            match (job[field].as_f64(), row[field].as_f64()) {
+                (Some(now), Some(then)) => {
+                    assert!((now - then).abs() <= 1e-9 * then.abs().max(1.0), "{field} of {job}")
+                }
+                (now, then) => assert_eq!(now, then, "{field} of {job}"),
+            }
+        }
+        match job["status"].as_str().unwrap() {
+            "completed" => {
+                let served = client
+                    .get(server.url(&format!("/api/v1/jobs/{id}/audio")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                let stored = std::fs::read(fixture_audio.join(format!("{id}.wav"))).unwrap();
+                assert!(served == stored, "the audio of {id} is served as it was stored");
+            }
+            "queued" => {
+                // The directory it was queued for is gone; this server runs another model.
+                assert_eq!(job["queue_position"], queued_position, "{job}");
+                queued_position += 1;
+                let reason = job["waiting_reason"].as_str().unwrap_or_else(|| panic!("no waiting_reason in {job}"));
+                let model = row["model"].as_str().unwrap();
+                assert!(
+                    reason.contains(&format!("--model {model}")) && reason.contains(&harness::fixture()),
+                    "{reason}"
+                );
+            }
+            _ => assert_eq!(job["waiting_reason"], Value::Null, "{job}"),
+        }
+    }
+
+    // Jobs of this server's model run meanwhile; the old ones keep waiting, untouched.
+    let fresh = server.submit(json!({"prompt": "after the upgrade", "duration": 1, "seed": 7})).await;
+    let done = server.wait_for(&fresh, |j| j["status"] == "completed").await;
+    assert_eq!((done["model"].as_str(), &done["waiting_reason"]), (Some(harness::fixture().as_str()), &Value::Null));
+    let queued: Value =
+        client.get(server.url("/api/v1/jobs?status=queued")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(queued["total"], 2, "{queued}");
+    let health: Value = client.get(server.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((health["queue_depth"].as_u64(), health["running"].as_u64()), (Some(2), Some(0)));
+    server.stop().await;
+
+    // The upgraded database opens again as it is (the migration ran once).
+    let server = Server::start(&data_dir, &[]).await;
+    let list: Value = client.get(server.url("/api/v1/jobs?limit=100")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["total"].as_u64(), Some(rows.len() as u64 + 1));
+    server.stop().await;
+}

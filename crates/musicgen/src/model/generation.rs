@@ -51,7 +51,7 @@ impl<'m> Generation<'m> {
         let frame_rate = sample_rate / model.codec.hop_length() as f64;
         // transformers builds the pattern with the decoder start token as its pad
         // (`build_delay_pattern_mask(pad_token_id=decoder_start_token_id)`): that is what the decoder sees.
-        let frames = frames_at(request.duration_secs, frame_rate);
+        let frames = crate::request::frames_for(request.duration_secs, frame_rate);
         let pattern = DelayPattern::new(k, model.config.decoder.audio_channels, frames, model.decoder_start_token);
 
         let mut uncond_rows = Vec::with_capacity(batch);
@@ -202,26 +202,5 @@ impl<'m> Generation<'m> {
             }
         }
         Ok(tracks)
-    }
-}
-
-/// Frames covering `duration_secs` at `frame_rate`: the rounded count, or one more where that
-/// would fall short of the requested samples (as [`crate::request::frames_for`] at 50 Hz).
-fn frames_at(duration_secs: f64, frame_rate: f64) -> usize {
-    let exact = duration_secs * frame_rate;
-    let rounded = exact.round() as usize;
-    let covering = (exact - 1e-9).ceil() as usize;
-    rounded.max(covering).max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_at_50_hz_agree_with_the_request() {
-        for d in [0.02, 0.2, 0.21, 1.0, 1.005, 1.01, 7.77, 16.0, 30.0] {
-            assert_eq!(frames_at(d, 50.0), crate::request::frames_for(d), "duration {d}");
-        }
     }
 }

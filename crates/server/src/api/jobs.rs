@@ -2,11 +2,11 @@
 
 use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,11 +19,9 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::job::{job_path, Job, JobStatus, JobView};
-use crate::request::{parse_generate, GenerateBody};
+use crate::request::{Generate, GenerateBody};
 use crate::state::AppState;
 
-/// Largest accepted request body; a maximal prompt is 2000 characters (at most 8000 bytes).
-pub const BODY_LIMIT: usize = 64 * 1024;
 const DEFAULT_LIMIT: u64 = 20;
 const MAX_LIMIT: u64 = 100;
 
@@ -55,14 +53,6 @@ async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
     state.jobs.get(id).await?.ok_or_else(|| not_found(id))
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
 /// Queue a generation.
 #[utoipa::path(
     post, path = "/api/v1/generate", tag = "jobs",
@@ -80,33 +70,13 @@ fn is_json(headers: &HeaderMap) -> bool {
 )]
 pub async fn generate(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Result<Generate, ApiError>,
 ) -> Result<Response, ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType(
-            "send the body as JSON with the header Content-Type: application/json".into(),
-        ));
-    }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "the body is over {} KiB; a request needs only a prompt (at most 2000 characters) and parameters",
-                BODY_LIMIT / 1024
-            ))
-        } else {
-            ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
-        }
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(None, format!("malformed JSON: {e}")))?;
-    // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
-    let random_seed = Uuid::new_v4().as_u64_pair().0;
-    let params = parse_generate(&value, state.model.vocab_size, random_seed)?;
-    let job = Job::new(params, state.model.source.clone(), Utc::now());
+    let Generate(params) = request?;
+    let job = Job::new(params, state.model.id.clone(), Utc::now());
     if !state.jobs.enqueue(&job, state.max_queue).await? {
         return Err(ApiError::QueueFull {
             max_queue: state.max_queue,
@@ -123,7 +93,7 @@ pub async fn generate(
     state.worker.wake();
     state.events.changed(job.id);
     let location = job_path(job.id, "");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view())).into_response())
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view(&state.model.id))).into_response())
 }
 
 /// Query of `GET /jobs`.
@@ -191,7 +161,12 @@ pub async fn list_jobs(
     let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
     let page = state.jobs.list(status, limit, offset).await?;
-    Ok(Json(JobList { jobs: page.jobs.iter().map(Job::view).collect(), total: page.total, limit, offset }))
+    Ok(Json(JobList {
+        jobs: page.jobs.iter().map(|job| job.view(&state.model.id)).collect(),
+        total: page.total,
+        limit,
+        offset,
+    }))
 }
 
 /// One job.
@@ -204,7 +179,7 @@ pub async fn list_jobs(
     )
 )]
 pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(load(&state, id).await?.view()))
+    Ok(Json(load(&state, id).await?.view(&state.model.id)))
 }
 
 /// Cancel a queued or running job, or delete a finished one and its audio.
@@ -226,7 +201,7 @@ pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Resu
             tracing::info!("job {id} cancelled");
         }
         state.events.changed(id);
-        return Ok(Json(job.view()).into_response());
+        return Ok(Json(job.view(&state.model.id)).into_response());
     }
     if !state.jobs.delete_finished(id).await? {
         return Err(not_found(id));
@@ -272,7 +247,7 @@ pub async fn get_audio(
 }
 
 enum EventsState {
-    Start(Job),
+    Start(Box<Job>),
     Watching { last: String, status: JobStatus },
     Done,
 }
@@ -295,11 +270,11 @@ pub async fn job_events(
     let receiver = state.events.subscribe();
     let job = load(&state, id).await?;
     let stream = futures_util::stream::unfold(
-        (EventsState::Start(job), receiver, state.shutdown.clone(), state),
+        (EventsState::Start(Box::new(job)), receiver, state.shutdown.clone(), state),
         move |(phase, mut receiver, mut shutdown, state)| async move {
             let job = match phase {
                 EventsState::Done => return None,
-                EventsState::Start(job) => job,
+                EventsState::Start(job) => *job,
                 EventsState::Watching { last, status } => loop {
                     let reread = tokio::select! {
                         received = receiver.recv() => match received {
@@ -314,7 +289,11 @@ pub async fn job_events(
                         continue;
                     }
                     match state.jobs.get(id).await {
-                        Ok(Some(job)) if serde_json::to_string(&job.view()).ok().as_ref() != Some(&last) => break job,
+                        Ok(Some(job))
+                            if serde_json::to_string(&job.view(&state.model.id)).ok().as_ref() != Some(&last) =>
+                        {
+                            break job
+                        }
                         Ok(Some(_)) => continue,
                         Ok(None) => return None,
                         Err(err) => {
@@ -324,7 +303,7 @@ pub async fn job_events(
                     }
                 },
             };
-            let json = serde_json::to_string(&job.view()).unwrap_or_default();
+            let json = serde_json::to_string(&job.view(&state.model.id)).unwrap_or_default();
             let event = Event::default().event("job").data(json.clone());
             let next = if job.status.is_terminal() {
                 EventsState::Done

@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub use jobs::BODY_LIMIT;
+use crate::request::BODY_LIMIT;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -17,6 +17,7 @@ pub struct Health {
     /// Always "ok" when the server answers.
     pub status: String,
     pub version: String,
+    /// The canonical id of the model this server runs (jobs for other models stay queued).
     pub model: String,
     /// e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
     pub device: String,
@@ -37,7 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        model: state.model.source.clone(),
+        model: state.model.id.clone(),
         device: state.model.device.clone(),
         dtype: state.model.dtype.clone(),
         queue_depth: counts.get(&JobStatus::Queued).copied().unwrap_or(0),
@@ -47,7 +48,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelEntry {
-    /// The hub id or directory it was loaded from.
+    /// The canonical id: the hub id, or the canonical path of a local checkpoint directory; jobs name it.
     pub id: String,
     pub loaded: bool,
     pub sample_rate: u32,
@@ -71,7 +72,7 @@ pub async fn models(State(state): State<AppState>) -> Json<Models> {
     let m = &state.model;
     Json(Models {
         models: vec![ModelEntry {
-            id: m.source.clone(),
+            id: m.id.clone(),
             loaded: true,
             sample_rate: m.sample_rate,
             audio_channels: m.audio_channels as u64,

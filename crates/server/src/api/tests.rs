@@ -29,6 +29,7 @@ async fn start(max_queue: usize) -> TestServer {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let model = ModelInfo {
         source: "tiny".into(),
+        id: "tiny".into(),
         device: "cpu".into(),
         dtype: "f32".into(),
         sample_rate: 32000,
@@ -98,6 +99,7 @@ async fn generate_queues_and_reports_the_job() {
         "cfg_coef",
         "seed",
         "model",
+        "waiting_reason",
         "created_at",
         "started_at",
         "finished_at",
@@ -112,6 +114,7 @@ async fn generate_queues_and_reports_the_job() {
     }
     let fetched: Value = client.get(format!("{}{location}", server.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(fetched, job);
+    assert_eq!(job["waiting_reason"], Value::Null, "a job for this server's model does not wait for another");
 
     let (status, error) = error_of(
         client.get(format!("{location}/audio").replace("/api", &format!("{}/api", server.base))).send().await.unwrap(),
@@ -127,6 +130,53 @@ async fn generate_queues_and_reports_the_job() {
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let (status, _) = error_of(client.get(format!("{}{location}", server.base)).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_job_for_another_model_says_what_it_waits_for() {
+    let server = start(10).await;
+    let item = musicgen::GenerationItem {
+        prompt: "from an earlier run".into(),
+        sampling: musicgen::SamplingParams::default(),
+        seed: 1,
+    };
+    let params = crate::job::JobParams { item, duration_secs: 4.0 };
+    let other = crate::job::Job::new(params, "facebook/musicgen-small".into(), chrono::Utc::now());
+    assert!(server.jobs.enqueue(&other, 10).await.unwrap());
+    let client = reqwest::Client::new();
+    let ours: Value = client
+        .post(format!("{}/api/v1/generate", server.base))
+        .json(&json!({"prompt": "p", "duration": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((ours["queue_position"].as_u64(), &ours["waiting_reason"]), (Some(0), &Value::Null), "{ours}");
+    let waiting: Value =
+        reqwest::get(format!("{}/api/v1/jobs/{}", server.base, other.id)).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (waiting["status"].as_str(), waiting["model"].as_str()),
+        (Some("queued"), Some("facebook/musicgen-small"))
+    );
+    let reason = waiting["waiting_reason"].as_str().unwrap();
+    assert!(reason.contains("--model facebook/musicgen-small") && reason.contains("runs tiny"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_names_its_field_and_range() {
+    let server = start(10).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/generate", server.base))
+        .json(&json!({"prompt": "p", "duration": 4, "top_k": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("top_k")), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("1..=99") && message.contains("string \"x\""), "{message}");
 }
 
 #[tokio::test]
@@ -225,6 +275,10 @@ async fn the_openapi_document_describes_every_endpoint() {
     let body = &doc["components"]["schemas"]["GenerateBody"];
     assert_eq!(body["properties"]["duration"]["maximum"], 300.0);
     assert_eq!(body["properties"]["prompt"]["maxLength"], 2000);
+    let required: Vec<&str> = body["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(required, ["prompt", "duration"], "{body}");
+    assert_eq!(body["properties"]["prompt"]["type"], "string", "{body}");
     let job = &doc["components"]["schemas"]["JobView"];
     assert!(job["properties"]["real_time_factor"].is_object(), "{job}");
+    assert!(job["properties"]["waiting_reason"].is_object(), "{job}");
 }

@@ -59,15 +59,21 @@ pub trait JobStore: Send + Sync + 'static {
     /// Inserts a queued job unless `max_queue` jobs are already queued; `false` means full.
     fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<bool>>;
 
-    /// The job with its queue position, if it exists.
+    /// The job with its queue position (among queued jobs of its model), if it exists.
     fn get(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Job>>>;
 
     /// Newest first, optionally of one status.
     fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>>;
 
-    /// Marks the oldest queued job and up to `max_batch - 1` later queued jobs with the same
-    /// model and duration as running, oldest first.
-    fn claim_batch(&self, max_batch: usize, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Vec<Job>>>;
+    /// Marks the oldest queued job of `model` (a canonical id) and up to `max_batch - 1` later
+    /// queued jobs of that model with the same duration as running, oldest first. Jobs of other
+    /// models are never claimed: they wait for a worker that runs theirs.
+    fn claim_batch<'a>(
+        &'a self,
+        model: &'a str,
+        max_batch: usize,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<Job>>>;
 
     /// Updates the progress of a job that is still running.
     fn set_progress(&self, id: Uuid, progress: f64) -> BoxFuture<'_, StoreResult<()>>;

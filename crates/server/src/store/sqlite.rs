@@ -21,10 +21,11 @@ use crate::job::{timestamp, Job, JobParams, JobStatus};
 macro_rules! select_jobs {
     ($tail:literal) => {
         concat!(
-            "SELECT seq, id, status, progress, prompt, duration, top_k, top_p, temperature, cfg_coef, seed, model, ",
+            "SELECT seq, id, status, model, duration, params, progress, ",
             "created_at, started_at, finished_at, audio_duration, generation_time, error, ",
             "CASE WHEN status = 'queued' THEN ",
-            "(SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status = 'queued' AND ahead.seq < jobs.seq) ",
+            "(SELECT COUNT(*) FROM jobs AS ahead ",
+            "WHERE ahead.status = 'queued' AND ahead.model = jobs.model AND ahead.seq < jobs.seq) ",
             "END AS queue_position FROM jobs ",
             $tail
         )
@@ -75,23 +76,13 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
             })
             .transpose()
     };
-    let non_negative = |column: &str| -> StoreResult<u64> {
-        let value: i64 = row.try_get(column).map_err(db)?;
-        u64::try_from(value).map_err(|_| corrupt(format!("{column} is negative ({value})")))
-    };
+    let params: String = row.try_get("params").map_err(db)?;
+    let item = serde_json::from_str(&params).map_err(|e| corrupt(format!("params {params:?}: {e}")))?;
     Ok(Job {
         id,
         status,
         progress: row.try_get("progress").map_err(db)?,
-        params: JobParams {
-            prompt: row.try_get("prompt").map_err(db)?,
-            duration: row.try_get("duration").map_err(db)?,
-            top_k: non_negative("top_k")? as usize,
-            top_p: row.try_get("top_p").map_err(db)?,
-            temperature: row.try_get("temperature").map_err(db)?,
-            cfg_coef: row.try_get("cfg_coef").map_err(db)?,
-            seed: non_negative("seed")?,
-        },
+        params: JobParams { item, duration_secs: row.try_get("duration").map_err(db)? },
         model: row.try_get("model").map_err(db)?,
         created_at: time("created_at")?.ok_or_else(|| corrupt("created_at is missing".into()))?,
         started_at: time("started_at")?,
@@ -107,22 +98,18 @@ impl JobStore for SqliteJobStore {
     fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<bool>> {
         let job = job.clone();
         async move {
-            let p = &job.params;
+            let params = serde_json::to_string(&job.params.item)
+                .map_err(|e| StoreError::Corrupt { id: job.id.to_string(), message: e.to_string() })?;
             // One statement, so the capacity check and the insert cannot interleave with another request's.
             let result = sqlx::query(
-                "INSERT INTO jobs (id, status, progress, prompt, duration, top_k, top_p, temperature, cfg_coef, seed, model, created_at) \
-                 SELECT ?1, 'queued', 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
-                 WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?11",
+                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at) \
+                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5 \
+                 WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?6",
             )
             .bind(job.id.to_string())
-            .bind(p.prompt.clone())
-            .bind(p.duration)
-            .bind(p.top_k as i64)
-            .bind(p.top_p)
-            .bind(p.temperature)
-            .bind(p.cfg_coef)
-            .bind(p.seed as i64)
             .bind(job.model.clone())
+            .bind(job.params.duration_secs)
+            .bind(params)
             .bind(timestamp(job.created_at))
             .bind(max_queue as i64)
             .execute(&self.pool)
@@ -167,21 +154,27 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
-    fn claim_batch(&self, max_batch: usize, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+    fn claim_batch<'a>(
+        &'a self,
+        model: &'a str,
+        max_batch: usize,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
         async move {
             let rows = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_at = ?1, progress = 0 \
                  WHERE seq IN ( \
                    SELECT j.seq FROM jobs AS j, \
-                     (SELECT duration, model FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) AS head \
-                   WHERE j.status = 'queued' AND j.duration = head.duration AND j.model = head.model \
+                     (SELECT duration FROM jobs WHERE status = 'queued' AND model = ?3 ORDER BY seq LIMIT 1) AS head \
+                   WHERE j.status = 'queued' AND j.model = ?3 AND j.duration = head.duration \
                    ORDER BY j.seq LIMIT ?2) \
-                 RETURNING seq, id, status, progress, prompt, duration, top_k, top_p, temperature, cfg_coef, seed, \
-                   model, created_at, started_at, finished_at, audio_duration, generation_time, error, \
+                 RETURNING seq, id, status, model, duration, params, progress, \
+                   created_at, started_at, finished_at, audio_duration, generation_time, error, \
                    NULL AS queue_position",
             )
             .bind(timestamp(now))
             .bind(max_batch.max(1) as i64)
+            .bind(model)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -314,15 +307,9 @@ mod tests {
     use super::*;
 
     fn params(prompt: &str, duration: f64) -> JobParams {
-        JobParams {
-            prompt: prompt.into(),
-            duration,
-            top_k: 250,
-            top_p: 0.0,
-            temperature: 1.0,
-            cfg_coef: 3.0,
-            seed: (1 << 53) - 1,
-        }
+        let sampling = musicgen::SamplingParams { top_k: 250, top_p: 0.25, temperature: 0.7, cfg_coef: 3.5 };
+        let item = musicgen::GenerationItem { prompt: prompt.into(), sampling, seed: (1 << 53) - 1 };
+        JobParams { item, duration_secs: duration }
     }
 
     async fn store(dir: &tempfile::TempDir) -> SqliteJobStore {
@@ -372,14 +359,38 @@ mod tests {
         let b = add(&store, "b", 10.0).await;
         let c = add(&store, "c", 5.0).await;
         let d = add(&store, "d", 5.0).await;
-        let batch = store.claim_batch(2, Utc::now()).await.unwrap();
+        let batch = store.claim_batch("tiny", 2, Utc::now()).await.unwrap();
         assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, c.id]);
         assert!(batch.iter().all(|j| j.status == JobStatus::Running && j.started_at.is_some()));
-        let next = store.claim_batch(4, Utc::now()).await.unwrap();
+        let next = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
         assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
-        let last = store.claim_batch(4, Utc::now()).await.unwrap();
+        let last = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
         assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id]);
-        assert!(store.claim_batch(4, Utc::now()).await.unwrap().is_empty());
+        assert!(store.claim_batch("tiny", 4, Utc::now()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_worker_claims_only_jobs_of_its_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let other = Job::new(params("other", 5.0), "facebook/musicgen-small".into(), Utc::now());
+        assert!(store.enqueue(&other, 100).await.unwrap());
+        let a = add(&store, "a", 5.0).await;
+        let b = add(&store, "b", 5.0).await;
+        assert_eq!(store.get(other.id).await.unwrap().unwrap().queue_position, Some(0));
+        assert_eq!(
+            store.get(a.id).await.unwrap().unwrap().queue_position,
+            Some(0),
+            "positions count jobs of one model"
+        );
+        assert_eq!(store.get(b.id).await.unwrap().unwrap().queue_position, Some(1));
+        let batch = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
+        assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, b.id]);
+        assert!(store.claim_batch("tiny", 4, Utc::now()).await.unwrap().is_empty());
+        assert_eq!(store.get(other.id).await.unwrap().unwrap().status, JobStatus::Queued);
+        let theirs = store.claim_batch("facebook/musicgen-small", 4, Utc::now()).await.unwrap();
+        assert_eq!(theirs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![other.id]);
+        assert_eq!(theirs[0].params, other.params);
     }
 
     #[tokio::test]
@@ -387,7 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let job = add(&store, "a", 5.0).await;
-        store.claim_batch(1, Utc::now()).await.unwrap();
+        store.claim_batch("tiny", 1, Utc::now()).await.unwrap();
         let cancelled = store.cancel(job.id, Utc::now()).await.unwrap().unwrap();
         assert_eq!(cancelled.status, JobStatus::Cancelled);
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 1.0 };
@@ -406,7 +417,7 @@ mod tests {
         let job = {
             let store = store(&dir).await;
             let job = add(&store, "a", 5.0).await;
-            store.claim_batch(1, Utc::now()).await.unwrap();
+            store.claim_batch("tiny", 1, Utc::now()).await.unwrap();
             store.set_progress(job.id, 0.4).await.unwrap();
             store.close().await;
             job
@@ -426,7 +437,7 @@ mod tests {
         for i in 0..5 {
             ids.push(add(&store, &i.to_string(), 5.0).await.id);
         }
-        let done = store.claim_batch(1, Utc::now()).await.unwrap()[0].id;
+        let done = store.claim_batch("tiny", 1, Utc::now()).await.unwrap()[0].id;
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 2.5 };
         assert!(store.finish(done, outcome, Utc::now()).await.unwrap());
 

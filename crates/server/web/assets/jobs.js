@@ -2,7 +2,7 @@
 // Server-Sent Events stream per active job.
 
 import { api, plainWords } from './api.js';
-import { formatAgo, formatLength, formatSpeed, formatTook, slug } from './format.js';
+import { formatAgo, formatLength, formatModel, formatSpeed, formatTook, slug } from './format.js';
 import { attachWaveform } from './waveform.js';
 
 const PAGE = 20;
@@ -40,6 +40,8 @@ function describeState(job) {
   const ago = formatAgo(job.finished_at ?? job.created_at);
   switch (job.status) {
     case 'queued':
+      // Queued for a model this server does not run (e.g. from before a restart with another --model).
+      if (job.waiting_reason) return `Waiting for a server running ${formatModel(job.model)}`;
       return Number.isInteger(job.queue_position)
         ? `Waiting in line: ${job.queue_position === 0 ? 'next up' : `${job.queue_position} ahead`}`
         : 'Waiting in line';
