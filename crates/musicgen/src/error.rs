@@ -34,6 +34,10 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// An input audio file cannot be used (missing, empty, not audio, corrupt, too long).
+    #[error("{}: {message}", path.display())]
+    BadAudio { path: PathBuf, message: String },
+
     #[error("audio output: {0}")]
     Audio(String),
 

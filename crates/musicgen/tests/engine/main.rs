@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod audio_files;
 mod checkpoints;
 mod decoder;
 mod encodec;

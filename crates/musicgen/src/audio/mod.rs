@@ -1,4 +1,5 @@
-//! Generated audio, its loudness normalisation and its encoding as WAV.
+//! Generated audio, its loudness normalisation and its encoding as WAV; reading input audio
+//! files (`read`).
 //!
 //! Normalisation follows audiocraft's `audio_write`: `peak` scales the loudest sample to
 //! −1 dBFS; `loudness` brings integrated loudness (EBU R128 / ITU-R BS.1770, as torchaudio's
@@ -10,6 +11,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+
+mod read;
+
+pub use read::read_audio;
 
 /// Planar audio: one vector of samples, nominally in [-1, 1], per channel.
 #[derive(Debug, Clone, PartialEq)]
