@@ -11,7 +11,7 @@ use musicgen::internals::Tokenizer;
 use musicgen::Error;
 use musicgen::{internals::WeightFormat, Checkpoint};
 
-use crate::util::{checkpoint, copy_checkpoint, prompts, reference, tensor_diff};
+use crate::util::{checkpoint, copy_checkpoint, copy_checkpoint_with, prompts, reference, tensor_diff};
 
 fn as_u32(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_dtype(DType::U32).unwrap().to_vec2().unwrap()
@@ -19,6 +19,16 @@ fn as_u32(t: &Tensor) -> Vec<Vec<u32>> {
 
 fn open_err(dir: &Path) -> Error {
     Checkpoint::open(dir).expect_err("the checkpoint should be refused")
+}
+
+/// The error of loading the T5 encoder of a checkpoint that opens but holds a bad tensor.
+fn load_t5_err(dir: &Path) -> Error {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
+    T5Encoder::load(vb.pp("text_encoder"), &ckpt.config().text_encoder)
+        .map(|_| ())
+        .map_err(|e| ckpt.load_error(e))
+        .expect_err("the tensor should be refused")
 }
 
 #[test]
@@ -168,19 +178,12 @@ fn corrupt_safetensors_are_refused_with_the_file_name() {
 
 #[test]
 fn a_wrong_tensor_shape_names_tensor_and_shapes() {
-    let tmp = copy_checkpoint("tiny-mono");
-    let file = tmp.path().join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
     let name = "text_encoder.encoder.block.1.layer.1.DenseReluDense.wi.weight";
-    tensors.insert(name.to_string(), Tensor::zeros((48, 32), DType::F32, &Device::Cpu).unwrap());
-    candle_core::safetensors::save(&tensors, &file).unwrap();
-
-    let ckpt = Checkpoint::open(tmp.path()).unwrap();
-    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
-    let err = T5Encoder::load(vb.pp("text_encoder"), &ckpt.config().text_encoder)
-        .map(|_| ())
-        .map_err(|e| ckpt.load_error(e))
-        .expect_err("a [48, 32] FFN weight must be refused");
+    let tmp = copy_checkpoint_with("tiny-mono", |tensors| {
+        tensors.insert(name.to_string(), Tensor::zeros((48, 32), DType::F32, &Device::Cpu).unwrap());
+    });
+    let file = tmp.path().join("model.safetensors");
+    let err = load_t5_err(tmp.path());
     let message = err.to_string();
     assert!(matches!(&err, Error::BadCheckpoint { path, .. } if *path == file), "{message}");
     assert!(message.contains(name) && message.contains("[48, 32]") && message.contains("[64, 32]"), "{message}");
@@ -188,17 +191,10 @@ fn a_wrong_tensor_shape_names_tensor_and_shapes() {
 
 #[test]
 fn a_missing_tensor_is_a_bad_checkpoint() {
-    let tmp = copy_checkpoint("tiny-mono");
-    let file = tmp.path().join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
-    tensors.remove("text_encoder.encoder.final_layer_norm.weight").unwrap();
-    candle_core::safetensors::save(&tensors, &file).unwrap();
-    let ckpt = Checkpoint::open(tmp.path()).unwrap();
-    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
-    let err = T5Encoder::load(vb.pp("text_encoder"), &ckpt.config().text_encoder)
-        .map(|_| ())
-        .map_err(|e| ckpt.load_error(e))
-        .unwrap_err();
+    let tmp = copy_checkpoint_with("tiny-mono", |tensors| {
+        tensors.remove("text_encoder.encoder.final_layer_norm.weight").unwrap();
+    });
+    let err = load_t5_err(tmp.path());
     assert!(matches!(err, Error::BadCheckpoint { .. }), "{err}");
     assert!(err.to_string().contains("text_encoder.encoder.final_layer_norm.weight"), "{err}");
 }

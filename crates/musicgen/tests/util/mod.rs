@@ -47,6 +47,16 @@ pub fn copy_checkpoint(name: &str) -> tempfile::TempDir {
     tmp
 }
 
+/// [`copy_checkpoint`] of a single-file fixture whose `model.safetensors` tensors `edit` changed.
+pub fn copy_checkpoint_with(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+    let tmp = copy_checkpoint(name);
+    let file = tmp.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    tmp
+}
+
 pub fn floats(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
