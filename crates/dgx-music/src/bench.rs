@@ -162,15 +162,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("cannot load model {:?}", args.model))?;
     let load_s = load_started.elapsed().as_secs_f64();
 
-    let request = |duration_secs: f64| GenerationRequest {
-        items: (0..args.batch)
+    let request = |duration_secs: f64| {
+        let items = (0..args.batch)
             .map(|i| GenerationItem {
                 prompt: args.prompt.clone(),
                 sampling: SamplingParams::default(),
                 seed: i as u64,
             })
-            .collect(),
-        duration_secs,
+            .collect();
+        GenerationRequest::new(items, duration_secs)
     };
     let cancel = CancelToken::default();
     if args.warmup_duration > 0.0 {

@@ -162,7 +162,7 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
     sampling.validate(usize::MAX)?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let items = args.prompts.iter().map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed }).collect();
-    Ok(GenerationRequest { items, duration_secs: args.duration })
+    Ok(GenerationRequest::new(items, args.duration))
 }
 
 /// audiocraft's default.

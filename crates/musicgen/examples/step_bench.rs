@@ -109,10 +109,10 @@ fn main() -> musicgen::Result<()> {
     for dtype in dtypes {
         let options = LoadOptions { dtype, ..LoadOptions::default() };
         let model = MusicGen::random(&architecture, &options)?;
-        let request = GenerationRequest {
-            items: vec![GenerationItem { prompt: "bench".into(), sampling: SamplingParams::default(), seed: 1 }],
-            duration_secs: (skip + steps + 10) as f64 / 50.0,
-        };
+        let request = GenerationRequest::new(
+            vec![GenerationItem { prompt: "bench".into(), sampling: SamplingParams::default(), seed: 1 }],
+            (skip + steps + 10) as f64 / 50.0,
+        );
         let mut generation = model.start(&request)?;
         for _ in 0..skip {
             generation.step()?;

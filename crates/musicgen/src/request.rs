@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audio::Audio;
 use crate::error::{Error, Result};
 
 /// Frames of EnCodec codes per second of audio at 32 kHz (hop length 640).
@@ -12,6 +13,14 @@ pub const FRAME_RATE: f64 = 50.0;
 
 /// Longest prompt accepted, in characters; T5 would truncate far before this anyway.
 pub const MAX_PROMPT_CHARS: usize = 2000;
+
+/// The longest stretch MusicGen was trained on (audiocraft's `max_duration`): one decoder pass
+/// never covers more. Longer tracks are generated in windows of at most this length.
+pub const WINDOW_SECS: f64 = 30.0;
+
+/// How far each window moves on from the last (audiocraft's `extend_stride`): every window after
+/// the first starts from the last `WINDOW_SECS - stride` seconds of the one before.
+pub const DEFAULT_EXTEND_STRIDE_SECS: f64 = 18.0;
 
 /// How tokens are drawn from the decoder's logits. Defaults follow audiocraft.
 ///
@@ -80,21 +89,38 @@ impl GenerationItem {
     }
 }
 
-/// A batch of prompts that share one duration.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A batch of prompts that share one duration, and the audio they continue, if any.
+///
+/// A track longer than [`WINDOW_SECS`] is generated as audiocraft does it: windows of at most
+/// 30 s, each after the first starting from the last `30 - extend_stride_secs` seconds of codes
+/// of the one before, with the same text; all kept codes are decoded once.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
     pub items: Vec<GenerationItem>,
-    /// Seconds of audio per item.
+    /// Seconds of audio per item, the continued audio included.
     pub duration_secs: f64,
+    /// Audio every item continues, at the model's sample rate and channel count (what
+    /// [`crate::audio::read_audio`] returns for them): each track starts with it, re-synthesised
+    /// through EnCodec, as audiocraft's `generate_continuation` and transformers'
+    /// `generate(input_values=...)` return it. At most [`WINDOW_SECS`] and shorter than the track.
+    pub continuation: Option<Audio>,
+    /// Seconds each window moves on from the last; in `(0, WINDOW_SECS)`. Only tracks longer
+    /// than one window use it.
+    pub extend_stride_secs: f64,
 }
 
 impl GenerationRequest {
+    /// Generates `items`, `duration_secs` each, from nothing, with the default stride.
+    pub fn new(items: Vec<GenerationItem>, duration_secs: f64) -> Self {
+        Self { items, duration_secs, continuation: None, extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS }
+    }
+
     /// One prompt with audiocraft's default sampling and seed 0.
     pub fn single(prompt: impl Into<String>, duration_secs: f64) -> Self {
-        Self {
-            items: vec![GenerationItem { prompt: prompt.into(), sampling: SamplingParams::default(), seed: 0 }],
+        Self::new(
+            vec![GenerationItem { prompt: prompt.into(), sampling: SamplingParams::default(), seed: 0 }],
             duration_secs,
-        }
+        )
     }
 
     /// Frames of codes to generate: round(D·50), or one more where that would not cover
@@ -109,11 +135,54 @@ impl GenerationRequest {
             return Err(Error::invalid("prompts", "the request has no prompt"));
         }
         validate_duration(self.duration_secs)?;
+        validate_extend_stride(self.extend_stride_secs)?;
+        if let Some(audio) = &self.continuation {
+            validate_continuation(audio.len(), audio.sample_rate, self.duration_secs)?;
+        }
         for item in &self.items {
             item.validate(vocab_size)?;
         }
         Ok(())
     }
+}
+
+/// The stride must leave each window a prompt from the one before and move it on.
+pub fn validate_extend_stride(stride_secs: f64) -> Result<()> {
+    if !(stride_secs > 0.0 && stride_secs < WINDOW_SECS) {
+        return Err(Error::invalid(
+            "extend_stride",
+            format!(
+                "{stride_secs} seconds must be above 0 and below the {WINDOW_SECS} s window \
+                 (default {DEFAULT_EXTEND_STRIDE_SECS})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Audio of `samples` samples at `sample_rate` Hz can start a track of `duration_secs`: it fits
+/// one window and leaves at least one frame to generate.
+pub fn validate_continuation(samples: usize, sample_rate: u32, duration_secs: f64) -> Result<()> {
+    if samples == 0 || sample_rate == 0 {
+        return Err(Error::invalid("continue", "the audio to continue has no samples"));
+    }
+    let secs = samples as f64 / sample_rate as f64;
+    if frames_for(secs, FRAME_RATE) > frames_for(WINDOW_SECS, FRAME_RATE) {
+        return Err(Error::invalid(
+            "continue",
+            format!("the audio to continue is {secs:.2} s; at most {WINDOW_SECS} s fits the model's window: trim it"),
+        ));
+    }
+    if frames_for(secs, FRAME_RATE) >= frames_for(duration_secs, FRAME_RATE) {
+        return Err(Error::invalid(
+            "duration",
+            format!(
+                "{duration_secs} s is the whole track, and the audio to continue is already {secs:.2} s: \
+                 ask for more than {secs:.2} s"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Frames covering `duration_secs` at `frame_rate` frames per second: the rounded count, or one
@@ -214,6 +283,36 @@ mod tests {
         }
         let err = validate_duration_within(301.0, 1.0..=300.0).unwrap_err().to_string();
         assert!(err.contains("301 is outside 1..=300 seconds"), "{err}");
+    }
+
+    #[test]
+    fn extend_stride_must_fall_inside_the_window() {
+        assert!(validate_extend_stride(DEFAULT_EXTEND_STRIDE_SECS).is_ok());
+        assert!(validate_extend_stride(29.9).is_ok());
+        for bad in [0.0, -1.0, 30.0, 45.0, f64::NAN, f64::INFINITY] {
+            let err = validate_extend_stride(bad).unwrap_err().to_string();
+            assert!(err.contains("extend_stride") && err.contains("30 s window"), "{err}");
+        }
+        let mut r = GenerationRequest::single("piano", 60.0);
+        r.extend_stride_secs = 30.0;
+        assert!(r.validate(2048).is_err());
+    }
+
+    #[test]
+    fn continued_audio_must_fit_the_window_and_leave_music_to_make() {
+        let rate = 32000;
+        assert!(validate_continuation(12 * rate as usize, rate, 120.0).is_ok());
+        assert!(validate_continuation(30 * rate as usize, rate, 31.0).is_ok());
+        let err = validate_continuation(31 * rate as usize, rate, 60.0).unwrap_err().to_string();
+        assert!(err.contains("31.00 s") && err.contains("at most 30 s"), "{err}");
+        let err = validate_continuation(12 * rate as usize, rate, 10.0).unwrap_err().to_string();
+        assert!(err.contains("10 s is the whole track") && err.contains("12.00 s"), "{err}");
+        assert!(validate_continuation(10 * rate as usize, rate, 10.0).is_err(), "nothing left to generate");
+        assert!(validate_continuation(0, rate, 10.0).is_err());
+        let mut r = GenerationRequest::single("piano", 4.0);
+        r.continuation = Some(Audio { sample_rate: rate, channels: vec![vec![0.0; 5 * rate as usize]] });
+        let err = r.validate(2048).unwrap_err().to_string();
+        assert!(err.contains("invalid duration"), "{err}");
     }
 
     #[test]

@@ -55,19 +55,13 @@ fn generate(name: &str, dtype: ModelDType) -> (Vec<u32>, Vec<f32>) {
     .unwrap();
     let coef = json["guidance_scale"].as_f64().unwrap();
     let frames = json["frames"].as_u64().unwrap() as f64;
-    let request = GenerationRequest {
-        items: json["prompts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| GenerationItem {
-                prompt: p.as_str().unwrap().into(),
-                sampling: SamplingParams::greedy(coef),
-                seed: 0,
-            })
-            .collect(),
-        duration_secs: frames / 50.0,
-    };
+    let items = json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| GenerationItem { prompt: p.as_str().unwrap().into(), sampling: SamplingParams::greedy(coef), seed: 0 })
+        .collect();
+    let request = GenerationRequest::new(items, frames / 50.0);
     assert_eq!(model.info().step_mode, "graph");
     let mut generation = model.start(&request).unwrap();
     while generation.step().unwrap().is_some() {}

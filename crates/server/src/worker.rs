@@ -180,10 +180,10 @@ impl Worker {
             ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
         );
 
-        let request = GenerationRequest {
-            items: batch.iter().map(|job| job.params.item.clone()).collect(),
-            duration_secs: batch[0].params.duration_secs,
-        };
+        let request = GenerationRequest::new(
+            batch.iter().map(|job| job.params.item.clone()).collect(),
+            batch[0].params.duration_secs,
+        );
         let started = Instant::now();
         let mut last_report: Option<Instant> = None;
         let mut on_progress = |progress: &Progress| {

@@ -11,10 +11,10 @@ fn load(name: &str) -> MusicGen {
 }
 
 fn request(prompts: &[&str], sampling: SamplingParams, duration_secs: f64) -> GenerationRequest {
-    GenerationRequest {
-        items: prompts.iter().map(|p| GenerationItem { prompt: p.to_string(), sampling, seed: 0 }).collect(),
+    GenerationRequest::new(
+        prompts.iter().map(|p| GenerationItem { prompt: p.to_string(), sampling, seed: 0 }).collect(),
         duration_secs,
-    }
+    )
 }
 
 /// Greedy guided generation of the reference's prompts, checked at every stage.
@@ -99,7 +99,7 @@ fn batch_items_equal_the_items_generated_alone() {
     batch.items[1].sampling.cfg_coef = 1.0;
     let together = model.generate(&batch, none, &cancel).unwrap();
     for (i, item) in batch.items.iter().enumerate() {
-        let alone = GenerationRequest { items: vec![item.clone()], duration_secs: batch.duration_secs };
+        let alone = GenerationRequest::new(vec![item.clone()], batch.duration_secs);
         let alone = model.generate(&alone, none, &cancel).unwrap();
         assert_eq!(alone[0], together[i], "item {i}");
     }
@@ -114,7 +114,7 @@ fn same_seed_same_audio_other_seed_other_audio() {
     let sampling = SamplingParams { top_k: 50, top_p: 0.0, temperature: 1.0, cfg_coef: 3.0 };
     let run = |seeds: &[u64]| {
         let items = seeds.iter().map(|&seed| GenerationItem { prompt: "lofi beat".into(), sampling, seed }).collect();
-        let request = GenerationRequest { items, duration_secs: 0.3 };
+        let request = GenerationRequest::new(items, 0.3);
         model.generate(&request, &mut |_| {}, &CancelToken::default()).unwrap()
     };
     let first = run(&[7]);
@@ -180,7 +180,7 @@ fn bad_requests_are_refused_before_any_work() {
     assert!(err.contains("top_k") && err.contains("65"), "{err}");
     let empty = request(&[""], SamplingParams::greedy(3.0), 1.0);
     assert!(matches!(model.start(&empty), Err(Error::InvalidRequest { field: "prompt", .. })));
-    let none = GenerationRequest { items: vec![], duration_secs: 1.0 };
+    let none = GenerationRequest::new(vec![], 1.0);
     assert!(model.generate(&none, &mut |_| {}, &CancelToken::default()).is_err());
 }
 
