@@ -110,6 +110,27 @@ MIN_RELATIVE_MARGIN = 1e-3
 SEED_CANDIDATES = 200
 MIN_DIVERSITY = 0.4
 
+# EnCodec's codebooks are fitted to the tiny encoder's own outputs (see fit_codebooks); the encoder's
+# last convolution is scaled by this gain first, so its embeddings (and the codebook vectors fitted to
+# them) sit at the scale random codebooks had: the decoded audio then depends clearly on every codebook.
+ENCODER_OUTPUT_GAIN = 6.0
+CODEBOOK_FIT_CLIPS = 32
+CODEBOOK_FIT_ITERATIONS = 20
+# A nearest-code search is decisive when its best and second-best squared distances differ by this
+# fraction of the largest distance or more (float error is ~1e-7 of it).
+MIN_RELATIVE_CODE_GAP = 1e-4
+# The continuation prompt: 0.31 s at 32 kHz, 15.5 frames, so the encoder also pads a partial frame.
+PROMPT_SAMPLES = 9920
+PROMPT_CANDIDATES = 50
+CONTINUATION_FRAMES = 33
+# audiocraft's window loop (BaseGenModel._generate_tokens) run over transformers' continuation.
+WINDOW_SECS = 30
+LONG_TRACKS = {
+    "long": dict(duration=35, stride=18, continue_prompt=False),
+    "long_continued": dict(duration=33, stride=25, continue_prompt=True),
+}
+LONG_SLICE_SAMPLES = 16000
+
 WORDS = """
 a an the and or with without of in on at for to from by as into over under very more less
 music song track beat beats tune melody melodies harmony rhythm groove loop loops sample samples
@@ -296,6 +317,103 @@ def randomize(model, seed):
             cb.inited.fill_(1.0)
 
 
+def synthetic_clips(gen, count, samples):
+    """Seeded test signals of `samples` samples each, shape (count, 1, samples): sines, square waves,
+    clipped noise and chirps at random pitches and levels under a slow random envelope."""
+    t = torch.arange(samples, dtype=torch.float32) / 32000
+    clips = []
+    for i in range(count):
+        pitch = 60 * 2 ** (6 * torch.rand(1, generator=gen).item())
+        level = 0.1 + 0.8 * torch.rand(1, generator=gen).item()
+        kind = i % 4
+        if kind == 0:
+            x = torch.sin(2 * torch.pi * pitch * t)
+        elif kind == 1:
+            x = torch.sign(torch.sin(2 * torch.pi * pitch * t))
+        elif kind == 2:
+            x = torch.randn(t.shape, generator=gen).clamp(-3, 3) / 3
+        else:
+            x = torch.sin(2 * torch.pi * (pitch * t + 200 * t * t))
+        envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * torch.rand(1, generator=gen).item() * t)
+        clips.append((level * x * envelope)[None])
+    return torch.stack(clips)
+
+
+def fit_codebooks(model, seed):
+    """Fit EnCodec's residual codebooks to the tiny encoder's outputs on synthetic audio (k-means on
+    each residual in turn). transformers' codebook buffers are zeros and random ones give an encoder
+    whose outputs all map to one code; fitted ones make encoding meaningful and keep the decoder's
+    audio sensitive to every codebook."""
+    gen = torch.Generator().manual_seed(seed + 2000)
+    codec = model.audio_encoder
+    with torch.no_grad():
+        last = codec.encoder.layers[-1].conv
+        last.parametrizations.weight.original0.mul_(ENCODER_OUTPUT_GAIN)
+        last.bias.mul_(ENCODER_OUTPUT_GAIN)
+        data = codec.encoder(synthetic_clips(gen, CODEBOOK_FIT_CLIPS, 32000))
+        residual = data.transpose(1, 2).reshape(-1, data.shape[1])
+        for layer in codec.quantizer.layers:
+            cb = layer.codebook
+            size = cb.embed.shape[0]
+            centroids = residual[torch.randperm(residual.shape[0], generator=gen)[:size]].clone()
+            for _ in range(CODEBOOK_FIT_ITERATIONS):
+                nearest = torch.cdist(residual, centroids).argmin(dim=1)
+                for j in range(size):
+                    members = residual[nearest == j]
+                    if len(members):
+                        centroids[j] = members.mean(dim=0)
+            cb.embed.copy_(centroids)
+            cb.embed_avg.copy_(centroids)
+            residual = residual - centroids[torch.cdist(residual, centroids).argmin(dim=1)]
+
+
+def nearest_code_gaps(model, audio):
+    """Smallest gap between the best and second-best squared distance of every nearest-code search
+    `model.audio_encoder.encode(audio)` makes, absolute and relative to the largest distance."""
+    codec = model.audio_encoder
+    with torch.no_grad():
+        emb = codec.encoder(audio.to(model.device)).cpu()
+    residual = emb.transpose(1, 2).reshape(-1, emb.shape[1])
+    gap, scale = float("inf"), 0.0
+    for layer in codec.quantizer.layers[: codec.quantizer.get_num_quantizers_for_bandwidth(None)]:
+        embed = layer.codebook.embed.cpu()
+        d = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ embed.t() + embed.pow(2).sum(1)[None]
+        top = d.topk(2, dim=1, largest=False).values
+        gap = min(gap, (top[:, 1] - top[:, 0]).min().item())
+        scale = max(scale, d.abs().max().item())
+        residual = residual - embed[d.argmin(dim=1)]
+    return gap, gap / scale
+
+
+def prompt_audio(seed, channels):
+    """A continuation prompt (1, channels, PROMPT_SAMPLES): a chord under a decay plus a little noise,
+    each channel its own, quantised to 16-bit so that the WAV written next to the fixture holds
+    exactly these samples."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(PROMPT_SAMPLES, dtype=torch.float32) / 32000
+    out = []
+    for _ in range(channels):
+        x = torch.zeros_like(t)
+        for _ in range(3):
+            f = 110 * 2 ** (4 * torch.rand(1, generator=gen).item())
+            x += torch.sin(2 * torch.pi * f * t + 6.28 * torch.rand(1, generator=gen).item())
+        x = 0.25 * x * torch.exp(-3 * t) + 0.02 * torch.randn(t.shape, generator=gen)
+        out.append(x)
+    audio = torch.stack(out)[None].clamp(-1, 32767 / 32768)
+    return torch.round(audio * 32768) / 32768
+
+
+def write_wav(path, audio):
+    """audio (1, C, S) of 16-bit values -> a PCM16 WAV file."""
+    import wave
+    pcm = torch.round(audio[0].T * 32768).to(torch.int16).contiguous()
+    with wave.open(path, "wb") as f:
+        f.setnchannels(audio.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(32000)
+        f.writeframes(pcm.numpy().tobytes())
+
+
 def build_model(name, seed, text_vocab_size):
     torch.manual_seed(seed)
     config = build_config(VARIANTS[name], text_vocab_size)
@@ -360,6 +478,105 @@ def run_generate(model, tok, prompts, steps):
     )
 
 
+def generate_codes(model, inputs, steps, prompt_codes=None, **extra):
+    """Greedy guided generate (as run_generate) of `steps` new tokens after the start token and the
+    `prompt_codes` (b, K, n) the decoder is given (through `extra`: input_values or decoder_input_ids).
+    Returns the undelayed codes (b, K, frames), prompt included, the waveform generate returned, and
+    the smallest top-1 margin over the positions whose token was kept (absolute, relative)."""
+    captured = {}
+    original_sample = model._sample
+
+    def sample_and_capture(*args, **kwargs):
+        out = original_sample(*args, **kwargs)
+        captured["sequences"] = out.sequences.cpu()
+        return out
+
+    model._sample = sample_and_capture
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=inputs.input_ids.to(model.device),
+                attention_mask=inputs.attention_mask.to(model.device),
+                do_sample=False,
+                guidance_scale=GUIDANCE_SCALE,
+                max_new_tokens=steps,
+                return_dict_in_generate=True,
+                output_scores=True,
+                **{k: v.to(model.device) for k, v in extra.items()},
+            )
+    finally:
+        del model._sample
+    b = inputs.input_ids.shape[0]
+    k = model.decoder.num_codebooks
+    raw = captured["sequences"]
+    n = 0 if prompt_codes is None else prompt_codes.shape[-1]
+    assert raw.shape == (b * k, n + 1 + steps), (raw.shape, n, steps)
+    start = torch.full((b * k, 1), DECODER_VOCAB, dtype=torch.long)
+    given = start if prompt_codes is None else torch.cat([start, prompt_codes.reshape(b * k, n)], dim=1)
+    _, pattern = model.decoder.build_delay_pattern_mask(given, pad_token_id=DECODER_VOCAB, max_length=n + 1 + steps)
+    grid = model.decoder.apply_delay_pattern_mask(raw, pattern)
+    codes = grid[grid != DECODER_VOCAB].reshape(b, k, -1)
+    scores = torch.stack(out.scores).cpu()
+    kept = pattern[:, n + 1:].T.reshape(-1) == -1
+    margin, rel = top1_margin(scores.flatten(0, 1)[kept])
+    if n:
+        assert torch.equal(codes[..., :n], prompt_codes), "generate changed the prompt's codes"
+    return codes, out.sequences.cpu(), margin, rel
+
+
+def encode_audio(model, audio):
+    """transformers' encoding of a continuation prompt (1, C, S): each channel alone through
+    EncodecModel.encode, codebooks interleaved L, R for stereo (_prepare_audio_encoder_kwargs_for_generation)."""
+    codec = model.audio_encoder
+    with torch.no_grad():
+        per_channel = [codec.encode(audio[:, c : c + 1].to(model.device)).audio_codes[0].cpu()
+                       for c in range(audio.shape[1])]
+        embeddings = torch.cat([codec.encoder(audio[:, c : c + 1].to(model.device)).cpu()
+                                for c in range(audio.shape[1])])
+    codes = torch.stack(per_channel, dim=2).flatten(1, 2)  # (1, Kc, C, T) -> (1, Kc*C, T): L, R, L, R...
+    return codes, embeddings
+
+
+def pick_prompt(model, channels):
+    """The first prompt seed whose every nearest-code search is decisive and whose codes vary."""
+    for seed in range(PROMPT_CANDIDATES):
+        audio = prompt_audio(seed, channels)
+        gaps = [nearest_code_gaps(model, audio[:, c : c + 1]) for c in range(channels)]
+        codes, _ = encode_audio(model, audio)
+        if min(g[1] for g in gaps) >= MIN_RELATIVE_CODE_GAP and diversity(codes) >= MIN_DIVERSITY:
+            return seed, audio, min(g[0] for g in gaps), min(g[1] for g in gaps)
+    raise SystemExit(f"no prompt seed in 0..{PROMPT_CANDIDATES} gives nearest-code gaps above {MIN_RELATIVE_CODE_GAP}")
+
+
+def run_long(model, tok, text, duration, stride, prompt_codes=None):
+    """audiocraft's BaseGenModel._generate_tokens window loop, each window transformers' greedy
+    continuation (decoder_input_ids = the previous window's codes from `stride` on)."""
+    frame_rate = 50
+    total = int(duration * frame_rate)
+    stride_frames = int(stride * frame_rate)
+    inputs = tok([text], return_tensors="pt")
+    k_per_channel = model.decoder.num_codebooks // model.decoder.config.audio_channels
+    kept = [] if prompt_codes is None else [prompt_codes]
+    prompt = prompt_codes
+    prompt_length = 0 if prompt is None else prompt.shape[-1]
+    offset, windows, margins = 0, [], []
+    while offset + prompt_length < total:
+        frames = int(min(duration - offset / frame_rate, WINDOW_SECS) * frame_rate)
+        steps = frames + k_per_channel - 1 - prompt_length
+        extra = {} if prompt is None else {"decoder_input_ids": prompt.reshape(-1, prompt_length)}
+        codes, _, margin, rel = generate_codes(model, inputs, steps, prompt, **extra)
+        assert codes.shape[-1] == frames, (codes.shape, frames)
+        kept.append(codes[..., prompt_length:])
+        windows.append({"offset": offset, "prompt": prompt_length, "frames": frames})
+        margins.append((margin, rel))
+        prompt = codes[..., stride_frames:]
+        prompt_length = prompt.shape[-1]
+        offset += stride_frames
+    codes = torch.cat(kept, dim=-1)
+    assert codes.shape[-1] == total, codes.shape
+    return codes, decode_codes(model, codes), windows, min(m[0] for m in margins), min(m[1] for m in margins)
+
+
 def decode_codes(model, codes):
     """Decode (B, K, F) codes as MusicgenForConditionalGeneration.generate does."""
     codes = codes.to(model.device)
@@ -411,7 +628,58 @@ def make_references(name, model, tok, seed):
             dim=0,
         ).cpu()
 
+    # Encoding and continuation: a synthetic prompt, its codes as transformers makes them, and greedy
+    # guided continuations of it (the first two prompts, the same audio for both).
+    prompt_seed, audio_prompt, code_gap, code_gap_rel = pick_prompt(model, channels)
+    prompt_codes, prompt_embeddings = encode_audio(model, audio_prompt)
+    n = prompt_codes.shape[-1]
+    assert n == -(-PROMPT_SAMPLES // hop)
+    cont_prompts = PROMPTS[:2]
+    cont_inputs = tok(cont_prompts, padding=True, return_tensors="pt")
+    cont_steps = CONTINUATION_FRAMES + k_per_channel - 1 - n
+    cont_codes, cont_audio, cont_margin, cont_rel = generate_codes(
+        model, cont_inputs, cont_steps, prompt_codes.repeat(len(cont_prompts), 1, 1),
+        input_values=audio_prompt.repeat(len(cont_prompts), 1, 1),
+    )
+    assert cont_codes.shape == (2, spec["num_codebooks"], CONTINUATION_FRAMES), cont_codes.shape
+    assert torch.allclose(decode_codes(model, cont_codes), cont_audio, atol=1e-5)
+    # Different codes must give clearly different audio, in every codebook.
+    base = torch.randint(0, DECODER_VOCAB, (1, spec["num_codebooks"], 25), generator=gen, dtype=torch.long)
+    base_audio = decode_codes(model, base)
+    sensitivity = []
+    for kk in range(spec["num_codebooks"]):
+        other = base.clone()
+        other[0, kk] = (other[0, kk] + 1 + torch.randint(0, DECODER_VOCAB - 1, (25,), generator=gen)) % DECODER_VOCAB
+        change = (decode_codes(model, other) - base_audio).abs().max() / base_audio.abs().max()
+        sensitivity.append(change.item())
+    assert min(sensitivity) > 0.05, f"decoded audio barely depends on some codebook: {sensitivity}"
+
+    long_tensors, long_meta = {}, {}
+    if channels == 1:
+        for case, opts in LONG_TRACKS.items():
+            print(f"  {name}: {case} ({opts['duration']} s, stride {opts['stride']})", flush=True)
+            codes, audio, windows, margin, rel = run_long(
+                model, tok, PROMPTS[0], opts["duration"], opts["stride"],
+                prompt_codes if opts["continue_prompt"] else None,
+            )
+            length = audio.shape[-1]
+            seams = [w["offset"] * hop for w in windows[1:]]
+            starts = [0] + [max(0, (w["offset"] + w["prompt"]) * hop - LONG_SLICE_SAMPLES // 2) for w in windows[1:]]
+            starts.append(length - LONG_SLICE_SAMPLES)
+            long_tensors[f"{case}_codes"] = codes
+            long_tensors[f"{case}_audio_slices"] = torch.stack([audio[0, :, s:s + LONG_SLICE_SAMPLES] for s in starts])
+            long_meta[case] = opts | {"prompt": PROMPTS[0], "frames": codes.shape[-1], "samples": length,
+                                      "windows": windows, "window_secs": WINDOW_SECS, "window_starts": seams,
+                                      "slice_starts": starts, "slice_samples": LONG_SLICE_SAMPLES,
+                                      "min_top1_margin_kept_positions": margin, "min_top1_margin_relative": rel}
+
     tensors = {
+        "prompt_audio": audio_prompt,
+        "prompt_codes": prompt_codes,
+        "prompt_embeddings": prompt_embeddings,
+        "continuation_codes": cont_codes,
+        "continuation_audio": cont_audio,
+        **long_tensors,
         "input_ids": ref["input_ids"],
         "attention_mask": ref["attention_mask"],
         "encoder_hidden_states": enc,
@@ -429,7 +697,8 @@ def make_references(name, model, tok, seed):
     for key in ("input_ids", "attention_mask", "logits", "scores", "sequences", "codes", "audio"):
         tensors[key + "_single"] = single[key]
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    for key in ("input_ids", "attention_mask", "sequences", "codes", "encodec_codes", "delay_pattern_mask"):
+    for key in ("input_ids", "attention_mask", "sequences", "codes", "encodec_codes", "delay_pattern_mask",
+                "prompt_codes", "continuation_codes"):
         assert tensors[key].dtype == torch.int64, key
 
     margin, rel = top1_margin(torch.cat([ref["scores"].flatten(0, 1), single["scores"].flatten(0, 1)]))
@@ -460,6 +729,21 @@ def make_references(name, model, tok, seed):
         "encodec_check_frames": ENCODEC_CHECK_FRAMES,
         "audio_max_abs": ref["audio"].abs().max().item(),
         "seed": seed,
+        "prompt_seed": prompt_seed,
+        "prompt_samples": PROMPT_SAMPLES,
+        "prompt_frames": n,
+        "min_nearest_code_gap": code_gap,
+        "min_nearest_code_gap_relative": code_gap_rel,
+        "codebook_sensitivity": sensitivity,
+        "continuation": {
+            "prompts": cont_prompts,
+            "frames": CONTINUATION_FRAMES,
+            "max_new_tokens": cont_steps,
+            "generate_kwargs": "input_values=prompt_audio (repeated per prompt), do_sample=False, guidance_scale=3.0",
+            "min_top1_margin_kept_positions": cont_margin,
+            "min_top1_margin_relative": cont_rel,
+        },
+        "long_tracks": long_meta,
         "generate_kwargs": {
             "do_sample": False,
             "guidance_scale": GUIDANCE_SCALE,
@@ -690,6 +974,7 @@ def main():
     for name in names:
         seed = pick_seed(name, tok, text_vocab)
         model = build_model(name, seed, text_vocab)
+        fit_codebooks(model, seed)
         root = os.path.join(args.out, name)
         ckpt = os.path.join(root, "checkpoint")
         save_checkpoint(model, tok, ckpt)
@@ -708,6 +993,7 @@ def main():
         meta["weights_naming"] = ("transformers 5.x: EnCodec convs as *.conv.parametrizations.weight.original0 (g) "
                                   "/ original1 (v); T5 embedding as text_encoder.shared.weight only")
         write_json(os.path.join(root, "reference.json"), meta)
+        write_wav(os.path.join(root, "prompt.wav"), tensors["prompt_audio"])
         with open(os.path.join(root, "tensors.txt"), "w") as f:
             f.write(tensor_listing(os.path.join(ckpt, "model.safetensors")))
         print(f"{name}: seed {seed}, min top-1 margin {margin:.4g} (relative {rel:.3g})", flush=True)

@@ -5,6 +5,9 @@
 //! transformers' `build_delay_pattern_mask`: codebook k (its index within its channel for stereo,
 //! where the codebooks interleave L, R, L, R, ...) holds the pad token at positions `0..=k` and
 //! after `k + frames`, and the codes of frame f at position `k + 1 + f`.
+//!
+//! A continuation's prompt (transformers' `decoder_input_ids`) fixes the codes of its first
+//! frames: those positions are forced to the prompt's codes, whatever the decoder proposes.
 
 /// Where the delay pattern forces pad tokens for one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +15,8 @@ pub struct DelayPattern {
     num_codebooks: usize,
     audio_channels: usize,
     frames: usize,
+    /// Leading frames whose codes are given rather than predicted.
+    prompt_frames: usize,
     pad_token: u32,
     /// transformers applies no pattern when the grid is shorter than `2 * per_channel - 1`
     /// (under `per_channel - 1` frames): every position after BOS is then a free prediction.
@@ -23,7 +28,39 @@ impl DelayPattern {
     pub fn new(num_codebooks: usize, audio_channels: usize, frames: usize, pad_token: u32) -> Self {
         let per_channel = num_codebooks / audio_channels.max(1);
         let grid_len = frames + per_channel;
-        Self { num_codebooks, audio_channels, frames, pad_token, enabled: grid_len + 1 >= 2 * per_channel }
+        let enabled = grid_len + 1 >= 2 * per_channel;
+        Self { num_codebooks, audio_channels, frames, prompt_frames: 0, pad_token, enabled }
+    }
+
+    /// The same grid with its first `prompt_frames` frames given (at most `frames`). `None` for a
+    /// grid too short to carry the pattern: transformers would then feed the prompt undelayed,
+    /// which no real continuation (a frame or two in all) needs.
+    pub fn with_prompt(self, prompt_frames: usize) -> Option<Self> {
+        (prompt_frames <= self.frames && (self.enabled || prompt_frames == 0)).then_some(Self { prompt_frames, ..self })
+    }
+
+    pub fn prompt_frames(&self) -> usize {
+        self.prompt_frames
+    }
+
+    /// The position whose decoder output predicts the first free token: every position before
+    /// it and itself hold the pad or prompt tokens, so they can be fed in one prefill.
+    pub fn first_free_position(&self) -> usize {
+        if self.enabled {
+            self.prompt_frames + 1
+        } else {
+            1
+        }
+    }
+
+    /// Writes the prompt's codes `(K, prompt_frames)` row-major into `grid` (K, grid_len).
+    pub fn write_prompt(&self, grid: &mut [u32], codes: &[u32]) {
+        let (len, n) = (self.grid_len(), self.prompt_frames);
+        debug_assert_eq!(codes.len(), self.num_codebooks * n);
+        for k in 0..self.num_codebooks {
+            let start = k * len + 1 + self.delay(k);
+            grid[start..start + n].copy_from_slice(&codes[k * n..(k + 1) * n]);
+        }
     }
 
     pub fn num_codebooks(&self) -> usize {
@@ -75,7 +112,19 @@ impl DelayPattern {
         t <= d || t > d + self.frames
     }
 
-    /// The token that ends up at position `t` of codebook `k` when the model proposed `token`.
+    /// Whether position `t` of codebook `k` holds a prompt code.
+    pub fn is_prompt(&self, k: usize, t: usize) -> bool {
+        self.enabled && !self.is_forced(k, t) && t - self.delay(k) - 1 < self.prompt_frames
+    }
+
+    /// Whether the decoder's proposal is kept at position `t` of codebook `k`: neither a pad
+    /// nor a prompt code.
+    pub fn predicts(&self, k: usize, t: usize) -> bool {
+        !self.is_forced(k, t) && !self.is_prompt(k, t)
+    }
+
+    /// The token that ends up at position `t` of codebook `k` when the model proposed `token`
+    /// (on a grid without a prompt).
     pub fn apply(&self, k: usize, t: usize, token: u32) -> u32 {
         if self.is_forced(k, t) {
             self.pad_token
@@ -168,6 +217,43 @@ mod tests {
                     assert_eq!(free, p.frames(), "K={k_total} frames={frames} k={k}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_prompt_fixes_the_first_frames_of_every_codebook() {
+        // 4 codebooks, 6 frames of which 2 are given: transformers' grid for decoder_input_ids of
+        // 2 frames and max_length 10 (start token, then the delayed prompt).
+        let p = DelayPattern::new(4, 1, 6, P).with_prompt(2).unwrap();
+        assert_eq!(p.first_free_position(), 3);
+        let mut grid = vec![P; 4 * p.grid_len()];
+        let codes: Vec<u32> = (0..4).flat_map(|k| [10 * k, 10 * k + 1]).collect();
+        p.write_prompt(&mut grid, &codes);
+        let len = p.grid_len();
+        assert_eq!(&grid[0..len], &[P, 0, 1, P, P, P, P, P, P, P]);
+        assert_eq!(&grid[3 * len..4 * len], &[P, P, P, P, 30, 31, P, P, P, P]);
+        for k in 0..4 {
+            for t in 1..len {
+                let given = grid[k * len + t] != P;
+                assert_eq!(p.is_prompt(k, t), given, "k {k} t {t}");
+                assert_eq!(p.predicts(k, t), !given && !p.is_forced(k, t));
+            }
+            // Every frame after the prompt is predicted exactly once.
+            assert_eq!((1..len).filter(|&t| p.predicts(k, t)).count(), 4);
+        }
+        // Everything the first prediction depends on is known at once.
+        assert!((0..4).all(|k| (0..p.first_free_position()).all(|t| !p.predicts(k, t))));
+        assert!(DelayPattern::new(4, 1, 6, P).with_prompt(7).is_none());
+        assert!(DelayPattern::new(4, 1, 2, P).with_prompt(1).is_none(), "no pattern on a 2-frame grid");
+    }
+
+    #[test]
+    fn stereo_prompts_follow_each_level_s_delay() {
+        let p = DelayPattern::new(8, 2, 5, P).with_prompt(3).unwrap();
+        for k in 0..8 {
+            let prompt: Vec<usize> = (0..p.grid_len()).filter(|&t| p.is_prompt(k, t)).collect();
+            let d = k / 2;
+            assert_eq!(prompt, vec![d + 1, d + 2, d + 3], "codebook {k}");
         }
     }
 

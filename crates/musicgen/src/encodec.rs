@@ -1,5 +1,10 @@
-//! EnCodec decoding: MusicGen's audio codes to a waveform, as transformers'
-//! `EncodecModel.decode` computes it for the 32 kHz codec (one chunk, no scales).
+//! EnCodec: MusicGen's audio codes to a waveform and back, as transformers'
+//! `EncodecModel.decode` and `EncodecModel.encode` compute them for the 32 kHz codec (one chunk,
+//! no scales, no normalisation).
+//!
+//! Encoding (a continuation's prompt) runs the SEANet encoder (conv, four strided-conv
+//! downsampling stages with residual blocks, LSTM, conv) to `(B, ceil(S / hop), hidden)` and
+//! the residual vector quantizer's nearest-vector search, codebook by codebook.
 //!
 //! Codes `(B, K, T)` go through the residual vector quantizer (the sum of K codebook vectors
 //! per frame) and the SEANet decoder (conv, LSTM, four transposed-conv upsampling stages with
@@ -34,7 +39,7 @@ use candle_nn::VarBuilder;
 
 use self::conv::{ConvStyle, PadMode};
 use self::quantizer::ResidualVectorQuantizer;
-use self::seanet::SeanetDecoder;
+use self::seanet::{SeanetDecoder, SeanetEncoder};
 use crate::config::EncodecConfig;
 use crate::error::{Error, Result};
 
@@ -133,6 +138,96 @@ impl EncodecDecoder {
     }
 
     /// How many codebooks were loaded: the most `decode` accepts.
+    pub fn num_codebooks(&self) -> usize {
+        self.quantizer.num_codebooks()
+    }
+}
+
+/// The encoding half of an EnCodec checkpoint: waveforms to codes.
+#[derive(Debug, Clone)]
+pub struct EncodecEncoder {
+    encoder: SeanetEncoder,
+    quantizer: ResidualVectorQuantizer,
+    audio_channels: usize,
+    hop_length: usize,
+}
+
+impl EncodecEncoder {
+    /// Loads the SEANet encoder and the first `num_codebooks` codebooks from `vb` (at
+    /// `audio_encoder`), as f32 whatever `vb`'s dtype.
+    pub fn load(vb: VarBuilder, cfg: &EncodecConfig, num_codebooks: usize) -> Result<Self> {
+        let style = check_config(cfg)?;
+        if num_codebooks == 0 {
+            return Err(Error::Unsupported("EnCodec with 0 codebooks".into()));
+        }
+        let vb = vb.set_dtype(DType::F32);
+        let quantizer =
+            ResidualVectorQuantizer::load(&vb.pp("quantizer"), num_codebooks, cfg.codebook_size, cfg.codebook_dim())?;
+        let encoder = SeanetEncoder::load(&vb.pp("encoder"), cfg, style)?;
+        Ok(Self { encoder, quantizer, audio_channels: cfg.audio_channels, hop_length: cfg.hop_length() })
+    }
+
+    /// The encoder's output for f32 audio `(B, audio_channels, S)`: `(B, hidden, ceil(S / hop))`,
+    /// laid out as transformers' `EncodecModel.encoder` returns it.
+    pub fn embed(&self, audio: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_time_major(audio)?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// Audio `(B, audio_channels, S)` to codes `(B, K, ceil(S / hop))` u32, K the loaded codebooks.
+    pub fn encode(&self, audio: &Tensor) -> Result<Tensor> {
+        self.quantizer.encode(&self.embed_time_major(audio)?)
+    }
+
+    /// Encodes each of `channels` input channels alone and interleaves their codebooks, as
+    /// stereo MusicGen reads them (codebook `k` of the result belongs to channel `k % channels`):
+    /// `(B, channels * audio_channels, S)` -> `(B, channels * K, ceil(S / hop))`.
+    pub fn encode_interleaved(&self, audio: &Tensor, channels: usize) -> Result<Tensor> {
+        let (batch, c, _) = audio.dims3()?;
+        if channels == 0 || c != channels * self.audio_channels {
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "EnCodec input: {c} channels for {channels} streams of {} channel(s)",
+                self.audio_channels
+            ))));
+        }
+        if channels == 1 {
+            return self.encode(audio);
+        }
+        // The channels become batch items of one encode; their codes are then woven together.
+        let streams = (0..channels)
+            .map(|i| audio.narrow(1, i * self.audio_channels, self.audio_channels))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let codes = self.encode(&Tensor::cat(&streams, 0)?)?;
+        let (_, k, frames) = codes.dims3()?;
+        let per_stream =
+            (0..channels).map(|i| codes.narrow(0, i * batch, batch)).collect::<candle_core::Result<Vec<_>>>()?;
+        // (channels, B, K, T) -> (B, K, channels, T) -> (B, K * channels, T): codebook j of stream i at j * channels + i.
+        let stacked = Tensor::stack(&per_stream, 0)?.permute((1, 2, 0, 3))?.contiguous()?;
+        Ok(stacked.reshape((batch, k * channels, frames))?)
+    }
+
+    fn embed_time_major(&self, audio: &Tensor) -> Result<Tensor> {
+        let (batch, c, samples) = audio.dims3()?;
+        if c != self.audio_channels || samples == 0 {
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "EnCodec input {:?}: expected (batch, {}, samples ≥ 1)",
+                audio.dims(),
+                self.audio_channels
+            ))));
+        }
+        let audio = audio.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous()?;
+        // The downsampling stack works on up to hop_length times more samples than the LSTM and
+        // runs one item at a time to bound its memory; the LSTM steps over the whole batch.
+        let items =
+            (0..batch).map(|i| self.encoder.forward_downsample(&audio.narrow(0, i, 1)?)).collect::<Result<Vec<_>>>()?;
+        self.encoder.forward_latent(&Tensor::cat(&items, 0)?)
+    }
+
+    /// Samples per frame of codes (640 for the 32 kHz codec).
+    pub fn hop_length(&self) -> usize {
+        self.hop_length
+    }
+
+    /// How many codebooks `encode` returns per stream.
     pub fn num_codebooks(&self) -> usize {
         self.quantizer.num_codebooks()
     }

@@ -46,7 +46,7 @@ pub mod internals {
     pub use crate::config::{DecoderConfig, EncodecConfig};
     pub use crate::decoder::{Conditioning, Decoder, StepMode};
     pub use crate::delay::DelayPattern;
-    pub use crate::encodec::EncodecDecoder;
+    pub use crate::encodec::{EncodecDecoder, EncodecEncoder};
     pub use crate::linear::Linear;
     pub use crate::sampling::{argmax, guide};
     pub use crate::t5::T5Encoder;

@@ -17,7 +17,7 @@ use crate::audio::Audio;
 use crate::config::MusicgenConfig;
 use crate::decoder::{Decoder, StepMode};
 use crate::device::{DType, DeviceSpec};
-use crate::encodec::EncodecDecoder;
+use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{Error, Result};
 use crate::request::{CancelToken, GenerationRequest, Progress};
 use crate::t5::T5Encoder;
@@ -93,6 +93,8 @@ pub struct MusicGen {
     enc_to_dec_proj: Option<Linear>,
     decoder: Decoder,
     codec: EncodecDecoder,
+    /// Turns a continuation's audio into the codes its windows start from.
+    audio_encoder: EncodecEncoder,
     decoder_start_token: u32,
     device: Device,
 }
@@ -182,6 +184,8 @@ impl MusicGen {
         }
         let codec =
             EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
+        let audio_encoder =
+            EncodecEncoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
         let info = ModelInfo {
             source: source.to_string(),
             id,
@@ -201,7 +205,18 @@ impl MusicGen {
             }
             .to_string(),
         };
-        Ok(Self { info, config, prompts, text_encoder, enc_to_dec_proj, decoder, codec, decoder_start_token, device })
+        Ok(Self {
+            info,
+            config,
+            prompts,
+            text_encoder,
+            enc_to_dec_proj,
+            decoder,
+            codec,
+            audio_encoder,
+            decoder_start_token,
+            device,
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -236,8 +251,33 @@ impl MusicGen {
     /// Validates `request`, encodes its prompts and prepares the decoder; no decoder step runs yet.
     pub fn start(&self, request: &GenerationRequest) -> Result<Generation<'_>> {
         request.validate(self.config.decoder.vocab_size)?;
+        let prompt = request.continuation.as_ref().map(|audio| self.encode_audio(audio)).transpose()?;
         let (memory, mask) = self.encode_prompts(request)?;
-        Generation::new(self, request, memory, mask)
+        Generation::new(self, request, memory, mask, prompt)
+    }
+
+    /// The codes `(K, frames)` row-major a continuation starts from, and their frame count:
+    /// EnCodec's encoding of `audio`, each channel alone and their codebooks interleaved for
+    /// stereo, as transformers' `_prepare_audio_encoder_kwargs_for_generation` makes them.
+    pub fn encode_audio(&self, audio: &Audio) -> Result<(Vec<u32>, usize)> {
+        let (rate, channels) = (self.codec.sample_rate(), self.config.decoder.audio_channels);
+        if audio.sample_rate != rate || audio.channels.len() != channels || audio.is_empty() {
+            return Err(Error::invalid(
+                "continue",
+                format!(
+                    "the audio to continue is {} channel(s) of {} samples at {} Hz; this model needs {channels} \
+                     channel(s) at {rate} Hz (musicgen::audio::read_audio converts a file)",
+                    audio.channels.len(),
+                    audio.len(),
+                    audio.sample_rate
+                ),
+            ));
+        }
+        let samples: Vec<f32> = audio.channels.concat();
+        let input = Tensor::from_vec(samples, (1, channels, audio.len()), &self.device)?;
+        let codes = self.audio_encoder.encode_interleaved(&input, channels)?;
+        let frames = codes.dim(2)?;
+        Ok((codes.flatten_all()?.to_vec1::<u32>()?, frames))
     }
 
     /// The text memory the decoder cross-attends to, `(B, L, hidden)` f32 (projected and zeroed

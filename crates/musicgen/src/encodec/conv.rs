@@ -1,7 +1,7 @@
-//! The SEANet decoder's convolutions: transformers' `EncodecConv1d` / `EncodecConvTranspose1d`
-//! padding rules and weight norm (folded at load time), computed on time-major signals
-//! `(B, T, C)` as large matrix products over time chunks, so a long waveform needs neither
-//! an im2col buffer nor a transpose between layers.
+//! SEANet's convolutions: transformers' `EncodecConv1d` (strided in the encoder) /
+//! `EncodecConvTranspose1d` padding rules and weight norm (folded at load time), computed on
+//! time-major signals `(B, T, C)` as large matrix products over time chunks, so a long waveform
+//! needs neither an im2col buffer nor a transpose between layers.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -153,39 +153,75 @@ fn fold_weight_norm(g: &Tensor, v: &Tensor) -> std::result::Result<Tensor, Strin
 /// transformers' `EncodecConv1d` on time-major signals `(B, T, C)`: pad, then convolve.
 #[derive(Debug, Clone)]
 pub(super) struct Conv1d {
-    /// `(in, kernel * out)`: column block `j` is tap `j`; weight norm already applied.
+    /// `(stride * in, phases * out)`: the kernel zero-padded to `phases * stride` taps, as a
+    /// stride-1 kernel of `phases` taps over frames of `stride` samples side by side: row
+    /// `p * in + c`, column block `h` holds tap `h * stride + p` from `c`. Weight norm already
+    /// applied. With stride 1 this is the plain `(in, kernel * out)` tap matrix.
     taps: Tensor,
     /// `(out)`.
     bias: Tensor,
     kernel_size: usize,
+    stride: usize,
     dilation: usize,
     style: ConvStyle,
 }
 
 impl Conv1d {
-    /// `vb` is at the wrapper (`...layers.N`); the tensors live under its `conv`.
+    /// `vb` is at the wrapper (`...layers.N`); the tensors live under its `conv`. A strided
+    /// convolution (the encoder's downsampling) has dilation 1, as in every EnCodec.
     pub fn load(
         vb: &VarBuilder,
         channels: (usize, usize),
         kernel_size: usize,
-        dilation: usize,
+        (stride, dilation): (usize, usize),
         style: ConvStyle,
     ) -> Result<Self> {
         let (c_in, c_out) = channels;
+        if stride > 1 && dilation > 1 {
+            return Err(Error::Unsupported(format!(
+                "EnCodec convolution {} with stride {stride} and dilation {dilation}",
+                vb.prefix()
+            )));
+        }
         let vb = vb.pp("conv");
         let weight = load_weight(&vb, (c_out, c_in, kernel_size))?;
-        let taps = weight.permute((1, 2, 0))?.contiguous()?.reshape((c_in, kernel_size * c_out))?;
+        let taps = frame_stacked(&weight, stride)?;
         let bias = vb.get(c_out, "bias")?;
-        Ok(Self { taps, bias, kernel_size, dilation, style })
+        Ok(Self { taps, bias, kernel_size, stride, dilation, style })
     }
 
+    /// `(B, T, in)` -> `(B, ceil(T / stride), out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let length = x.dim(1)?;
-        let (left, right) = conv_padding(length, self.kernel_size, 1, self.dilation, self.style.causal);
+        let (b, length, c_in) = x.dims3()?;
+        let (left, right) = conv_padding(length, self.kernel_size, self.stride, self.dilation, self.style.causal);
         let x = pad1d(x, left, right, self.style.pad_mode, 1)?;
-        let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, CHUNK_ELEMENTS)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        if self.stride == 1 {
+            let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, CHUNK_ELEMENTS)?;
+            return Ok(y.broadcast_add(&self.bias)?);
+        }
+        // Frames of `stride` samples side by side make the strided convolution a stride-1 one of
+        // `phases` taps; zeros complete the last frame and only reach outputs dropped below.
+        let s = self.stride;
+        let padded = x.dim(1)?;
+        let outputs = (padded - self.kernel_size) / s + 1;
+        let x = x.pad_with_zeros(1, 0, padded.div_ceil(s) * s - padded)?;
+        let frames = x.reshape((b, padded.div_ceil(s), s * c_in))?;
+        let phases = self.kernel_size.div_ceil(s);
+        let y = conv1d_time_major(&frames, &self.taps, phases, 1, CHUNK_ELEMENTS)?;
+        Ok(y.narrow(1, 0, outputs)?.broadcast_add(&self.bias)?)
     }
+}
+
+/// `(out, in, kernel)` -> `(stride * in, phases * out)`, as `Conv1d::taps` holds it.
+fn frame_stacked(weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (c_out, c_in, kernel_size) = weight.dims3()?;
+    let phases = kernel_size.div_ceil(stride);
+    Ok(weight
+        .pad_with_zeros(2, 0, phases * stride - kernel_size)?
+        .reshape((c_out, c_in, phases, stride))?
+        .permute((3, 1, 2, 0))?
+        .contiguous()?
+        .reshape((stride * c_in, phases * c_out))?)
 }
 
 /// An unpadded stride-1 convolution of `x (B, T, in)` with `taps (in, kernel * out)`:
@@ -411,6 +447,39 @@ mod tests {
                 let diff = max_diff(&y.transpose(1, 2).unwrap(), &expected);
                 assert!(diff < 1e-5, "k {kernel} budget {budget}: {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn strided_convolution_matches_candle_on_transformers_padding() {
+        let dev = Device::Cpu;
+        let style = ConvStyle { causal: false, pad_mode: PadMode::Constant, trim_right_ratio: 1.0 };
+        // EnCodec's kernel = 2 * stride, and kernels that do not fill whole frames.
+        for (kernel, stride, length) in [(8, 4, 37), (10, 5, 40), (16, 8, 3), (7, 3, 20), (3, 2, 1)] {
+            let (c_in, c_out) = (3, 4);
+            let x = Tensor::randn(0f32, 1., (2, c_in, length), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, kernel), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+            let (left, right) = conv_padding(length, kernel, stride, 1, false);
+            let expected = x
+                .pad_with_zeros(2, left, right)
+                .unwrap()
+                .conv1d(&w, 0, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, c_out, 1)).unwrap())
+                .unwrap();
+            assert_eq!(expected.dim(2).unwrap(), length.div_ceil(stride), "transformers' output length");
+            let conv = Conv1d {
+                taps: frame_stacked(&w, stride).unwrap(),
+                bias,
+                kernel_size: kernel,
+                stride,
+                dilation: 1,
+                style,
+            };
+            let y = conv.forward(&x.transpose(1, 2).unwrap().contiguous().unwrap()).unwrap();
+            let diff = max_diff(&y.transpose(1, 2).unwrap(), &expected);
+            assert!(diff < 1e-5, "k {kernel} s {stride} length {length}: {diff}");
         }
     }
 

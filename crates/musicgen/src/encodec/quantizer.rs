@@ -1,4 +1,5 @@
-//! The residual vector quantizer's decoding half: codes to the sum of their codebook vectors.
+//! The residual vector quantizer: codes to the sum of their codebook vectors (decoding), and
+//! embeddings to the codes of their nearest vectors, residual by residual (encoding).
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -24,6 +25,26 @@ impl ResidualVectorQuantizer {
 
     pub fn num_codebooks(&self) -> usize {
         self.codebooks.len()
+    }
+
+    /// Time-major embeddings `(B, T, dim)` -> codes `(B, K, T)` u32, as transformers'
+    /// `EncodecResidualVectorQuantizer.encode`: codebook `k` picks the vector nearest the
+    /// residual left by codebooks `0..k` (squared distance computed as
+    /// `|x|^2 - 2 x.e + |e|^2`, the lowest index on ties), which is then subtracted.
+    pub fn encode(&self, embeddings: &Tensor) -> Result<Tensor> {
+        let (b, t, dim) = embeddings.dims3()?;
+        let mut residual = embeddings.reshape((b * t, dim))?;
+        let mut codes = Vec::with_capacity(self.codebooks.len());
+        for codebook in &self.codebooks {
+            let squares = residual.sqr()?.sum_keepdim(1)?;
+            let dots = residual.matmul(&codebook.t()?)?;
+            let norms = codebook.sqr()?.sum_keepdim(1)?.t()?;
+            let distances = squares.broadcast_sub(&(dots * 2.0)?)?.broadcast_add(&norms)?;
+            let nearest = distances.argmin(1)?;
+            residual = (residual - codebook.index_select(&nearest, 0)?)?;
+            codes.push(nearest.reshape((b, 1, t))?);
+        }
+        Ok(Tensor::cat(&codes, 1)?)
     }
 
     /// `(B, K, T)` integer codes -> time-major `(B, T, dim)`: codebook `k` looks up row `codes[:, k, :]`

@@ -1,11 +1,17 @@
-//! The SEANet decoder (transformers' `EncodecDecoder`): latent frames to a waveform, both
-//! time-major: `(B, T, hidden)` to `(B, T * hop_length, audio_channels)`.
+//! SEANet, EnCodec's two halves, time-major: the decoder (transformers' `EncodecDecoder`) turns
+//! latent frames `(B, T, hidden)` into a waveform `(B, T * hop_length, audio_channels)`; the
+//! encoder (`EncodecEncoder`) does the reverse, `(B, S, audio_channels)` to
+//! `(B, ceil(S / hop_length), hidden)`.
 //!
-//! Checkpoint layout, `decoder.layers.N` numbered as transformers' `nn.ModuleList` (ELUs
-//! take an index but hold no weights):
-//! `0` conv(hidden -> 2^R * filters, kernel_size), `1` LSTM, then per upsampling ratio r:
-//! ELU, transposed conv(kernel 2r, stride r) halving the channels, `num_residual_layers`
-//! residual blocks; finally ELU and conv(filters -> audio_channels, last_kernel_size).
+//! Checkpoint layouts, `{decoder,encoder}.layers.N` numbered as transformers' `nn.ModuleList`
+//! (ELUs take an index but hold no weights):
+//! - decoder: `0` conv(hidden -> 2^R * filters, kernel_size), `1` LSTM, then per upsampling
+//!   ratio r: ELU, transposed conv(kernel 2r, stride r) halving the channels,
+//!   `num_residual_layers` residual blocks; finally ELU and conv(filters -> audio_channels,
+//!   last_kernel_size).
+//! - encoder: `0` conv(audio_channels -> filters, kernel_size), then per ratio r in reverse
+//!   order: `num_residual_layers` residual blocks, ELU, conv(kernel 2r, stride r) doubling the
+//!   channels; then LSTM, ELU and conv(2^R * filters -> hidden, last_kernel_size).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -14,6 +20,16 @@ use super::conv::{Conv1d, ConvStyle, ConvTranspose1d};
 use super::lstm::Lstm;
 use crate::config::EncodecConfig;
 use crate::error::{Error, Result};
+
+/// The dilation of residual block `j`: `dilation_growth_rate^j`.
+fn dilation(cfg: &EncodecConfig, j: usize) -> Result<usize> {
+    cfg.dilation_growth_rate.checked_pow(j as u32).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "EnCodec dilation_growth_rate {} to the power {j} overflows",
+            cfg.dilation_growth_rate
+        ))
+    })
+}
 
 /// transformers' `EncodecResnetBlock`: ELU, conv(k, dilation) to `dim / compress`, ELU,
 /// conv(1) back to `dim`, plus a shortcut (a 1x1 conv when `use_conv_shortcut`).
@@ -28,10 +44,13 @@ impl ResnetBlock {
     fn load(vb: &VarBuilder, cfg: &EncodecConfig, dim: usize, dilation: usize, style: ConvStyle) -> Result<Self> {
         let hidden = dim / cfg.compress;
         let block = vb.pp("block");
-        let conv_in = Conv1d::load(&block.pp(1), (dim, hidden), cfg.residual_kernel_size, dilation, style)?;
-        let conv_out = Conv1d::load(&block.pp(3), (hidden, dim), 1, 1, style)?;
-        let shortcut =
-            if cfg.use_conv_shortcut { Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, 1, style)?) } else { None };
+        let conv_in = Conv1d::load(&block.pp(1), (dim, hidden), cfg.residual_kernel_size, (1, dilation), style)?;
+        let conv_out = Conv1d::load(&block.pp(3), (hidden, dim), 1, (1, 1), style)?;
+        let shortcut = if cfg.use_conv_shortcut {
+            Some(Conv1d::load(&vb.pp("shortcut"), (dim, dim), 1, (1, 1), style)?)
+        } else {
+            None
+        };
         Ok(Self { conv_in, conv_out, shortcut })
     }
 
@@ -65,7 +84,7 @@ impl SeanetDecoder {
     pub fn load(vb: &VarBuilder, cfg: &EncodecConfig, style: ConvStyle) -> Result<Self> {
         let layers = vb.pp("layers");
         let mut channels = cfg.num_filters << cfg.upsampling_ratios.len();
-        let conv_in = Conv1d::load(&layers.pp(0), (cfg.hidden_size, channels), cfg.kernel_size, 1, style)?;
+        let conv_in = Conv1d::load(&layers.pp(0), (cfg.hidden_size, channels), cfg.kernel_size, (1, 1), style)?;
         let lstm = Lstm::load(&layers.pp(1), channels, cfg.num_lstm_layers)?;
         let mut index = 2;
         let mut upsamples = Vec::with_capacity(cfg.upsampling_ratios.len());
@@ -74,21 +93,18 @@ impl SeanetDecoder {
             let conv = ConvTranspose1d::load(&layers.pp(index + 1), (channels, channels / 2), 2 * ratio, ratio, style)?;
             channels /= 2;
             let residuals = (0..cfg.num_residual_layers)
-                .map(|j| {
-                    let dilation = cfg.dilation_growth_rate.checked_pow(j as u32).ok_or_else(|| {
-                        Error::Unsupported(format!(
-                            "EnCodec dilation_growth_rate {} to the power {j} overflows",
-                            cfg.dilation_growth_rate
-                        ))
-                    })?;
-                    ResnetBlock::load(&layers.pp(index + 2 + j), cfg, channels, dilation, style)
-                })
+                .map(|j| ResnetBlock::load(&layers.pp(index + 2 + j), cfg, channels, dilation(cfg, j)?, style))
                 .collect::<Result<Vec<_>>>()?;
             upsamples.push(Upsample { conv, residuals });
             index += 2 + cfg.num_residual_layers;
         }
-        let conv_out =
-            Conv1d::load(&layers.pp(index + 1), (cfg.num_filters, cfg.audio_channels), cfg.last_kernel_size, 1, style)?;
+        let conv_out = Conv1d::load(
+            &layers.pp(index + 1),
+            (cfg.num_filters, cfg.audio_channels),
+            cfg.last_kernel_size,
+            (1, 1),
+            style,
+        )?;
         Ok(Self { conv_in, lstm, upsamples, conv_out })
     }
 
@@ -108,5 +124,68 @@ impl SeanetDecoder {
             }
         }
         self.conv_out.forward(&x.elu(1.0)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Downsample {
+    residuals: Vec<ResnetBlock>,
+    conv: Conv1d,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct SeanetEncoder {
+    conv_in: Conv1d,
+    downsamples: Vec<Downsample>,
+    lstm: Lstm,
+    conv_out: Conv1d,
+}
+
+impl SeanetEncoder {
+    /// `vb` is at `encoder`; `cfg` has been checked by the caller.
+    pub fn load(vb: &VarBuilder, cfg: &EncodecConfig, style: ConvStyle) -> Result<Self> {
+        let layers = vb.pp("layers");
+        let mut channels = cfg.num_filters;
+        let conv_in = Conv1d::load(&layers.pp(0), (cfg.audio_channels, channels), cfg.kernel_size, (1, 1), style)?;
+        let mut index = 1;
+        let mut downsamples = Vec::with_capacity(cfg.upsampling_ratios.len());
+        for &ratio in cfg.upsampling_ratios.iter().rev() {
+            let residuals = (0..cfg.num_residual_layers)
+                .map(|j| ResnetBlock::load(&layers.pp(index + j), cfg, channels, dilation(cfg, j)?, style))
+                .collect::<Result<Vec<_>>>()?;
+            // `index + num_residual_layers` is the ELU before the strided convolution.
+            let conv = Conv1d::load(
+                &layers.pp(index + cfg.num_residual_layers + 1),
+                (channels, 2 * channels),
+                2 * ratio,
+                (ratio, 1),
+                style,
+            )?;
+            channels *= 2;
+            downsamples.push(Downsample { residuals, conv });
+            index += cfg.num_residual_layers + 2;
+        }
+        let lstm = Lstm::load(&layers.pp(index), channels, cfg.num_lstm_layers)?;
+        let conv_out =
+            Conv1d::load(&layers.pp(index + 2), (channels, cfg.hidden_size), cfg.last_kernel_size, (1, 1), style)?;
+        Ok(Self { conv_in, downsamples, lstm, conv_out })
+    }
+
+    /// The waveform part (first conv and the downsampling stages), `(B, S, audio_channels)` to
+    /// `(B, ceil(S / hop), 2^R * filters)`: most of the work, done one item at a time by the caller.
+    pub fn forward_downsample(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.conv_in.forward(x)?;
+        for stage in &self.downsamples {
+            for block in &stage.residuals {
+                x = block.forward(&x)?;
+            }
+            x = stage.conv.forward(&x.elu(1.0)?)?;
+        }
+        Ok(x)
+    }
+
+    /// The latent part (LSTM, ELU, last conv), sequential over frames, so worth batching.
+    pub fn forward_latent(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv_out.forward(&self.lstm.forward(x)?.elu(1.0)?)
     }
 }

@@ -1,9 +1,16 @@
 //! One request in flight: the decoder loop as transformers' `MusicgenForConditionalGeneration.generate`
-//! runs it, one position per step.
+//! runs it, one position per step, in windows as audiocraft's `BaseGenModel._generate_tokens`
+//! runs tracks longer than the model's 30 s.
 //!
 //! Decoder rows are the conditional row of every item, then an unconditional row (zeroed memory,
 //! zero mask) for each item that uses guidance (cfg_coef != 1), in item order. When every item
 //! has cfg_coef 3 this is transformers' `[cond; uncond]` batch exactly.
+//!
+//! Codes are kept on one timeline per item. A window covers frames `offset..offset + frames` of
+//! it; its first `prompt` frames are given (the continued audio's codes, or the end of the
+//! window before) and fed in one prefill from position 0, as transformers feeds
+//! `decoder_input_ids`; the rest are predicted and appended. Each window has its own decoder
+//! state, so memory is bounded by one window whatever the duration.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -12,8 +19,8 @@ use super::MusicGen;
 use crate::audio::Audio;
 use crate::decoder::{Conditioning, DecoderState};
 use crate::delay::DelayPattern;
-use crate::error::Result;
-use crate::request::GenerationRequest;
+use crate::error::{Error, Result};
+use crate::request::{frames_for, GenerationRequest, WINDOW_SECS};
 use crate::sampling::{guide, Sampler};
 
 /// What one decoder step computed, for callers that check it against a reference.
@@ -25,34 +32,93 @@ pub struct Step {
     pub scores: Vec<f32>,
 }
 
+/// Where one window sits on the timeline, in frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WindowPlan {
+    offset: usize,
+    /// Leading frames given rather than predicted.
+    prompt: usize,
+    frames: usize,
+}
+
+/// audiocraft's window loop over frame counts: the first window starts at 0 with the continued
+/// audio (if any) as its prompt; each next one starts `stride` frames later, its prompt the
+/// previous window's frames from there on, until the timeline reaches `total` frames.
+fn plan_windows(total: usize, window: usize, stride: usize, prompt: usize) -> Vec<WindowPlan> {
+    let mut plans = vec![WindowPlan { offset: 0, prompt, frames: total.min(window) }];
+    loop {
+        let last = plans[plans.len() - 1];
+        if last.offset + last.frames >= total {
+            return plans;
+        }
+        let offset = last.offset + stride;
+        let prompt = (last.offset + last.frames).saturating_sub(offset);
+        plans.push(WindowPlan { offset, prompt, frames: (total - offset).min(window) });
+    }
+}
+
+/// The window being decoded.
+struct Window {
+    plan: WindowPlan,
+    pattern: DelayPattern,
+    /// Token grid `(items, K, grid_len)`: BOS, the prompt, then each step's tokens with the
+    /// pattern's pads.
+    grid: Vec<u32>,
+    state: DecoderState,
+    /// The next position fed to the decoder (its output predicts the one after).
+    position: usize,
+    /// Whether its predictions are on the timeline (the last window, once finished).
+    merged: bool,
+}
+
 /// A request being generated; made by [`MusicGen::start`].
 pub struct Generation<'m> {
     model: &'m MusicGen,
-    pattern: DelayPattern,
     samplers: Vec<Sampler>,
     /// Decoder row of each item's unconditional half, for the items that use guidance.
     uncond_rows: Vec<Option<usize>>,
     /// The item each decoder row belongs to.
     row_items: Vec<usize>,
     memory: Tensor,
-    state: DecoderState,
-    /// Token grid `(items, K, grid_len)`: BOS, then each step's tokens with the pattern's pads.
-    grid: Vec<u32>,
+    /// What every window's rows cross-attend to, `(rows, L, hidden)`, and its mask.
+    rows_memory: Tensor,
+    rows_mask: Tensor,
+    plans: Vec<WindowPlan>,
+    window_index: usize,
+    window: Window,
+    /// Each item's codes `(K, frames)` per codebook on the timeline, up to the current window's
+    /// predicted frames (which join it when the window ends).
+    kept: Vec<Vec<Vec<u32>>>,
     steps_done: usize,
+    total_steps: usize,
     samples: usize,
 }
 
 impl<'m> Generation<'m> {
-    pub(super) fn new(model: &'m MusicGen, request: &GenerationRequest, memory: Tensor, mask: Tensor) -> Result<Self> {
+    /// `prompt_codes` are the continued audio's codes `(K, P)` row-major, the same for every item.
+    pub(super) fn new(
+        model: &'m MusicGen,
+        request: &GenerationRequest,
+        memory: Tensor,
+        mask: Tensor,
+        prompt_codes: Option<(Vec<u32>, usize)>,
+    ) -> Result<Self> {
         let batch = request.items.len();
-        let decoder = &model.decoder;
-        let k = decoder.num_codebooks();
+        let k = model.decoder.num_codebooks();
         let sample_rate = model.codec.sample_rate() as f64;
         let frame_rate = sample_rate / model.codec.hop_length() as f64;
-        // transformers builds the pattern with the decoder start token as its pad
-        // (`build_delay_pattern_mask(pad_token_id=decoder_start_token_id)`): that is what the decoder sees.
-        let frames = crate::request::frames_for(request.duration_secs, frame_rate);
-        let pattern = DelayPattern::new(k, model.config.decoder.audio_channels, frames, model.decoder_start_token);
+        let total = frames_for(request.duration_secs, frame_rate);
+        let window = frames_for(WINDOW_SECS, frame_rate);
+        // audiocraft: `int(frame_rate * extend_stride)`.
+        let stride = ((request.extend_stride_secs * frame_rate + 1e-9).floor() as usize).clamp(1, window - 1);
+        let (prompt, prompt_frames) = prompt_codes.unwrap_or_default();
+        if prompt_frames >= total || prompt_frames > window {
+            return Err(Error::invalid(
+                "continue",
+                format!("{prompt_frames} frames of audio to continue do not fit a track of {total} frames"),
+            ));
+        }
+        let plans = plan_windows(total, window, stride, prompt_frames);
 
         let mut uncond_rows = Vec::with_capacity(batch);
         let mut uncond_items = Vec::new();
@@ -73,27 +139,36 @@ impl<'m> Generation<'m> {
             let no_text = Tensor::zeros((n, len), mask.dtype(), mask.device())?;
             (Tensor::cat(&[&memory, &zeros], 0)?, Tensor::cat(&[&mask, &no_text], 0)?)
         };
-        let row_items = (0..batch).chain(uncond_items).collect();
-        let conditioning = Conditioning::CrossAttention { memory: &rows_memory, mask: &rows_mask };
-        let state = decoder.start(conditioning, pattern.steps())?;
-        let grid = vec![model.decoder_start_token; batch * k * pattern.grid_len()];
+        let kept: Vec<Vec<Vec<u32>>> =
+            vec![(0..k).map(|c| prompt[c * prompt_frames..(c + 1) * prompt_frames].to_vec()).collect(); batch];
+        let mut total_steps = 0;
+        for plan in &plans {
+            let pattern = model.pattern(plan)?;
+            total_steps += pattern.steps() + 1 - pattern.first_free_position();
+        }
+        let window = open_window(model, plans[0], &kept, &rows_memory, &rows_mask)?;
         Ok(Self {
             model,
-            pattern,
             samplers: request.items.iter().map(|item| Sampler::new(item.sampling, item.seed)).collect(),
             uncond_rows,
-            row_items,
+            row_items: (0..batch).chain(uncond_items).collect(),
             memory,
-            state,
-            grid,
+            rows_memory,
+            rows_mask,
+            plans,
+            window_index: 0,
+            window,
+            kept,
             steps_done: 0,
+            total_steps,
             samples: (request.duration_secs * sample_rate).round() as usize,
         })
     }
 
-    /// Decoder steps in all: frames plus the longest codebook delay.
+    /// Decoder steps in all, over every window: in each, one per predicted position (a prompt's
+    /// prefill counts as the step its last position is).
     pub fn total_steps(&self) -> usize {
-        self.pattern.steps()
+        self.total_steps
     }
 
     pub fn steps_done(&self) -> usize {
@@ -101,7 +176,12 @@ impl<'m> Generation<'m> {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.steps_done >= self.total_steps()
+        self.steps_done >= self.total_steps
+    }
+
+    /// Windows this request runs in (1 up to 30 s).
+    pub fn windows(&self) -> usize {
+        self.plans.len()
     }
 
     /// The text memory of the conditional rows, `(items, L, hidden)` f32.
@@ -109,14 +189,45 @@ impl<'m> Generation<'m> {
         &self.memory
     }
 
-    /// The token grid `(items, K, total_steps + 1)` row-major, BOS and pattern pads included.
+    /// The current window's token grid `(items, K, grid_len)` row-major, BOS, prompt and
+    /// pattern pads included (for a one-window request: transformers' `sequences`).
     pub fn sequences(&self) -> &[u32] {
-        &self.grid
+        &self.window.grid
     }
 
-    /// Each item's codes `(K, frames)` row-major, the delay undone (complete once finished).
+    /// Each item's codes `(K, frames)` row-major, the delay undone, from the start of the track
+    /// (the continued audio's codes first); complete once finished.
     pub fn codes(&self) -> Vec<Vec<u32>> {
-        self.grid.chunks(self.pattern.num_codebooks() * self.pattern.grid_len()).map(|g| self.pattern.undo(g)).collect()
+        let current = if self.window.merged { vec![Vec::new(); self.kept.len()] } else { self.window_codes() };
+        self.kept
+            .iter()
+            .zip(current)
+            .map(|(rows, extra)| {
+                let n = extra.len() / rows.len().max(1);
+                rows.iter()
+                    .enumerate()
+                    .flat_map(|(c, row)| row.iter().chain(&extra[c * n..(c + 1) * n]))
+                    .copied()
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The current window's predicted frames so far, per item `(K, n)` row-major.
+    fn window_codes(&self) -> Vec<Vec<u32>> {
+        let window = &self.window;
+        let pattern = &window.pattern;
+        let per_item = pattern.num_codebooks() * pattern.grid_len();
+        window
+            .grid
+            .chunks(per_item)
+            .map(|grid| {
+                let codes = pattern.undo(grid);
+                let frames = pattern.frames();
+                let k = pattern.num_codebooks();
+                (0..k).flat_map(|c| codes[c * frames + window.plan.prompt..(c + 1) * frames].to_vec()).collect()
+            })
+            .collect()
     }
 
     /// Runs the next decoder step and picks every item's tokens; `None` once all steps ran.
@@ -124,20 +235,32 @@ impl<'m> Generation<'m> {
         if self.is_finished() {
             return Ok(None);
         }
-        let k = self.pattern.num_codebooks();
-        let len = self.pattern.grid_len();
-        let position = self.steps_done;
+        let k = self.window.pattern.num_codebooks();
+        let len = self.window.pattern.grid_len();
         let items = self.samplers.len();
         let rows = self.row_items.len();
 
-        let mut tokens = Vec::with_capacity(rows * k);
+        let first = self.window.pattern.first_free_position() - 1;
+        let position = self.window.position;
+        // The window's given positions go in one prefill; then one position per step.
+        let fed = if position == 0 { 0..first + 1 } else { position..position + 1 };
+        let mut tokens = Vec::with_capacity(rows * fed.len() * k);
         for &item in &self.row_items {
-            tokens.extend((0..k).map(|c| self.grid[(item * k + c) * len + position]));
+            for t in fed.clone() {
+                tokens.extend((0..k).map(|c| self.window.grid[(item * k + c) * len + t]));
+            }
         }
         // On the host: the decoder uploads them where its step mode needs them (a GPU graph step
         // reads them from the host into its own input buffer, so a device copy would be wasted).
-        let tokens = Tensor::from_vec(tokens, (rows, k), &candle_core::Device::Cpu)?;
-        let logits = self.model.decoder.step(&tokens, &mut self.state)?.flatten_all()?.to_vec1::<f32>()?;
+        let logits = if fed.len() == 1 {
+            let tokens = Tensor::from_vec(tokens, (rows, k), &candle_core::Device::Cpu)?;
+            self.model.decoder.step(&tokens, &mut self.window.state)?
+        } else {
+            let tokens = Tensor::from_vec(tokens, (rows, fed.len(), k), &candle_core::Device::Cpu)?;
+            self.model.decoder.prefill(&tokens, &mut self.window.state)?
+        };
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let position = fed.end - 1;
 
         let row_len = k * self.model.decoder.vocab_size();
         let vocab = self.model.decoder.vocab_size();
@@ -162,13 +285,38 @@ impl<'m> Generation<'m> {
                 (0..k).map(|c| sampler.pick(&out[c * vocab..(c + 1) * vocab])).collect()
             })
             .collect();
+        let window = &mut self.window;
         for (item, tokens) in picked.into_iter().enumerate() {
             for (c, token) in tokens.into_iter().enumerate() {
-                self.grid[(item * k + c) * len + position + 1] = self.pattern.apply(c, position + 1, token);
+                if window.pattern.predicts(c, position + 1) {
+                    window.grid[(item * k + c) * len + position + 1] = token;
+                }
             }
         }
+        window.position = position + 1;
         self.steps_done += 1;
+        if window.position == window.pattern.steps() {
+            self.end_window()?;
+        }
         Ok(Some(Step { logits, scores }))
+    }
+
+    /// Puts the finished window's predictions on the timeline and opens the next window.
+    fn end_window(&mut self) -> Result<()> {
+        let predicted = self.window_codes();
+        for (rows, codes) in self.kept.iter_mut().zip(predicted) {
+            let n = codes.len() / rows.len();
+            for (c, row) in rows.iter_mut().enumerate() {
+                row.extend_from_slice(&codes[c * n..(c + 1) * n]);
+            }
+        }
+        self.window.merged = true;
+        if self.window_index + 1 < self.plans.len() {
+            self.window_index += 1;
+            let plan = self.plans[self.window_index];
+            self.window = open_window(self.model, plan, &self.kept, &self.rows_memory, &self.rows_mask)?;
+        }
+        Ok(())
     }
 
     /// Runs any steps left, undoes the delay and decodes the items with EnCodec (stereo: even
@@ -178,7 +326,7 @@ impl<'m> Generation<'m> {
     pub fn finish(mut self) -> Result<Vec<Audio>> {
         while self.step()?.is_some() {}
         let model = self.model;
-        let k = self.pattern.num_codebooks();
+        let k = self.window.pattern.num_codebooks();
         let channels = model.config.decoder.audio_channels;
         let device = model.decoder.device();
         let codes = self.codes();
@@ -202,5 +350,87 @@ impl<'m> Generation<'m> {
             }
         }
         Ok(tracks)
+    }
+}
+
+/// A fresh decoder state and grid for `plan`, its prompt taken from the timeline.
+fn open_window(
+    model: &MusicGen,
+    plan: WindowPlan,
+    kept: &[Vec<Vec<u32>>],
+    memory: &Tensor,
+    mask: &Tensor,
+) -> Result<Window> {
+    let pattern = model.pattern(&plan)?;
+    let k = pattern.num_codebooks();
+    let mut grid = vec![model.decoder_start_token; kept.len() * k * pattern.grid_len()];
+    for (item, rows) in kept.iter().enumerate() {
+        let prompt: Vec<u32> =
+            rows.iter().flat_map(|row| row[plan.offset..plan.offset + plan.prompt].iter().copied()).collect();
+        let per_item = k * pattern.grid_len();
+        pattern.write_prompt(&mut grid[item * per_item..(item + 1) * per_item], &prompt);
+    }
+    let state = model.decoder.start(Conditioning::CrossAttention { memory, mask }, pattern.steps())?;
+    Ok(Window { plan, pattern, grid, state, position: 0, merged: false })
+}
+
+impl MusicGen {
+    /// The delay pattern of a window. transformers builds it with the decoder start token as its
+    /// pad (`build_delay_pattern_mask(pad_token_id=decoder_start_token_id)`): that is what the
+    /// decoder sees.
+    fn pattern(&self, plan: &WindowPlan) -> Result<DelayPattern> {
+        DelayPattern::new(
+            self.decoder.num_codebooks(),
+            self.config.decoder.audio_channels,
+            plan.frames,
+            self.decoder_start_token,
+        )
+        .with_prompt(plan.prompt)
+        .ok_or_else(|| {
+            Error::invalid(
+                "duration",
+                format!(
+                    "a window of {} frames is too short to continue {} frames of audio; ask for a longer track",
+                    plan.frames, plan.prompt
+                ),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(offset: usize, prompt: usize, frames: usize) -> WindowPlan {
+        WindowPlan { offset, prompt, frames }
+    }
+
+    #[test]
+    fn up_to_one_window_is_one_pass() {
+        assert_eq!(plan_windows(800, 1500, 900, 0), vec![plan(0, 0, 800)]);
+        assert_eq!(plan_windows(1500, 1500, 900, 0), vec![plan(0, 0, 1500)]);
+        assert_eq!(plan_windows(1000, 1500, 900, 600), vec![plan(0, 600, 1000)]);
+    }
+
+    #[test]
+    fn windows_follow_audiocraft_s_loop() {
+        // 40 s at stride 18: [0, 30 s), then from 18 s with the last 12 s as prompt to 40 s.
+        assert_eq!(plan_windows(2000, 1500, 900, 0), vec![plan(0, 0, 1500), plan(900, 600, 1100)]);
+        // 31 s: the second window ends the track, 50 new frames after its 600-frame prompt.
+        assert_eq!(plan_windows(1550, 1500, 900, 0), vec![plan(0, 0, 1500), plan(900, 600, 650)]);
+        // 120 s from a 12 s file: 30 s windows moving 18 s, the last one shorter.
+        let plans = plan_windows(6000, 1500, 900, 600);
+        assert_eq!(plans[0], plan(0, 600, 1500));
+        assert!(plans[1..plans.len() - 1].iter().all(|p| p.prompt == 600 && p.frames == 1500));
+        let last = plans[plans.len() - 1];
+        assert_eq!(last.offset + last.frames, 6000);
+        assert_eq!(plans.len(), 6);
+        // Every window predicts the frames right after the ones before it: no gap, no overlap.
+        let mut end = 0;
+        for p in &plans {
+            assert_eq!(p.offset + p.prompt, end.max(600), "{p:?}");
+            end = p.offset + p.frames;
+        }
     }
 }
