@@ -8,7 +8,7 @@ use anyhow::Context;
 use musicgen::audio::{self, Normalize, SampleFormat};
 use musicgen::request::{
     validate_continuation, validate_duration, validate_extend_stride, validate_prompt, DEFAULT_EXTEND_STRIDE_SECS,
-    WINDOW_SECS,
+    MAX_MELODY_SECS, WINDOW_SECS,
 };
 use musicgen::{
     CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
@@ -17,7 +17,8 @@ use musicgen::{
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
     dgx-music generate \"lo-fi beat\" \"epic orchestra\" --seed 7   (one file per prompt)\n  \
-    dgx-music generate \"jazzy piano solo\" --continue intro.wav --duration 60 -o long.wav\n\n\
+    dgx-music generate \"jazzy piano solo\" --continue intro.wav --duration 60 -o long.wav\n  \
+    dgx-music generate \"80s synth pop\" --model melody --melody hum.wav --duration 20\n\n\
     Tracks longer than 30 s are made in 30 s windows, each starting from the last 30 - stride \
     seconds of the one before (audiocraft's extend_stride).\n\
     The first run downloads facebook/musicgen-small (about 2.4 GB) into the Hugging Face cache.")]
@@ -35,6 +36,12 @@ pub struct Args {
     /// with it, re-synthesised by the model's codec, and goes on from it to --duration.
     #[arg(long = "continue", value_name = "FILE")]
     continue_from: Option<PathBuf>,
+
+    /// A tune for a melody checkpoint (facebook/musicgen-melody, -melody-large, -stereo-melody,
+    /// -stereo-melody-large) to follow: any file --continue reads, mixed to mono. Up to 30 s
+    /// conditions the whole track; longer tracks take the 30 s from each window's start, looping.
+    #[arg(long, value_name = "FILE")]
+    melody: Option<PathBuf>,
 
     /// Seconds each 30 s window moves on from the last, for tracks over 30 s: every window after
     /// the first continues the last 30 - stride seconds of the one before. Below 30.
@@ -127,6 +134,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let info = model.info();
         request.continuation = Some(audio::read_audio(path, info.sample_rate, info.audio_channels, WINDOW_SECS)?);
     }
+    match (&request.melody, model.info().melody) {
+        (Some(_), false) => anyhow::bail!(
+            "--melody needs a melody checkpoint, and {} is text-to-music: add --model facebook/musicgen-melody \
+             (or -melody-large, -stereo-melody, -stereo-melody-large), or leave --melody out",
+            args.model
+        ),
+        (None, true) if !args.quiet => eprintln!(
+            "{} follows a melody: without --melody FILE it follows the text alone (transformers' null melody)",
+            args.model
+        ),
+        _ => {}
+    }
     if args.top_k.is_none() {
         let vocab = model.info().vocab_size;
         request.items.iter_mut().for_each(|item| item.sampling.top_k = item.sampling.top_k.min(vocab));
@@ -189,9 +208,14 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
         let audio = audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, WINDOW_SECS)?;
         validate_continuation(audio.len(), audio.sample_rate, args.duration)?;
     }
+    let melody = match &args.melody {
+        Some(path) => Some(audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, MAX_MELODY_SECS)?),
+        None => None,
+    };
     let items = args.prompts.iter().map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed }).collect();
     let mut request = GenerationRequest::new(items, args.duration);
     request.extend_stride_secs = args.extend_stride;
+    request.melody = melody;
     Ok(request)
 }
 

@@ -222,3 +222,83 @@ fn bad_audio_to_continue_is_refused_before_the_model_loads() {
     let out = dgx_music(&["generate", "piano", "--extend-stride", "30", "--model", NO_MODEL]);
     assert!(stderr(&out).contains("extend_stride"), "{}", stderr(&out));
 }
+
+/// The check for melody: `--melody melody.wav` on the tiny melody checkpoints, each output
+/// against transformers 4.48's `generate(input_features=...)`; a second tune gives other music.
+#[test]
+fn melody_matches_transformers_sample_by_sample() {
+    for name in ["tiny-melody", "tiny-stereo-melody"] {
+        let (shape, reference) = reference_f32(name, "audio");
+        let (_, other) = reference_f32(name, "audio_melody2");
+        let (channels, samples) = (shape[1], shape[2]);
+        let dir = tempfile::tempdir().unwrap();
+        let model = fixture(name).join("checkpoint");
+        let texts = prompts(name);
+        let duration = (samples as f64 / 32000.0).to_string();
+        for (tune, expected) in [("melody.wav", &reference), ("melody2.wav", &other)] {
+            let wav = dir.path().join(format!("{tune}-out.wav"));
+            let melody = fixture(name).join(tune);
+            let mut args = vec!["generate"];
+            args.extend(texts.iter().map(String::as_str));
+            args.extend([
+                "--model",
+                model.to_str().unwrap(),
+                "--melody",
+                melody.to_str().unwrap(),
+                "--duration",
+                &duration,
+                "--top-k",
+                "1",
+                "--cfg-coef",
+                "3",
+                "--seed",
+                "0",
+                "--normalize",
+                "none",
+                "--device",
+                "cpu",
+                "--sample-format",
+                "f32",
+                "-o",
+                wav.to_str().unwrap(),
+                "--quiet",
+            ]);
+            let out = dgx_music(&args);
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            for item in 0..texts.len() {
+                let path = dir.path().join(format!("{tune}-out-{}.wav", item + 1));
+                let mut reader = hound::WavReader::open(&path).unwrap();
+                let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
+                assert_eq!(ours.len(), channels * samples, "{name}");
+                let expected = &expected[item * channels * samples..(item + 1) * channels * samples];
+                let max_err = (0..samples)
+                    .flat_map(|i| (0..channels).map(move |c| (i, c)))
+                    .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(max_err < 2e-4, "{name} {tune} item {item}: max abs error {max_err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_melody_needs_a_melody_checkpoint() {
+    let model = fixture("tiny-mono").join("checkpoint");
+    let melody = fixture("tiny-melody").join("melody.wav");
+    let out = dgx_music(&[
+        "generate",
+        "piano",
+        "--model",
+        model.to_str().unwrap(),
+        "--melody",
+        melody.to_str().unwrap(),
+        "--duration",
+        "0.2",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("melody checkpoint") && err.contains("facebook/musicgen-melody"), "{err}");
+    let out = dgx_music(&["generate", "piano", "--melody", "/no/such/tune.wav", "--model", NO_MODEL]);
+    let err = stderr(&out);
+    assert!(err.contains("tune.wav") && !err.contains("nonexistent"), "{err}");
+}

@@ -12,4 +12,5 @@ mod continuation;
 mod decoder;
 mod encodec;
 mod generate;
+mod melody;
 mod t5;
