@@ -63,8 +63,8 @@ impl ChromaConfig {
             }
         }
         let defaults = Self::default();
-        let num_chroma = positive(json, "num_chroma")?;
-        let feature_size = positive(json, "feature_size")?;
+        let num_chroma = positive::<usize>(json, "num_chroma")?;
+        let feature_size = positive::<usize>(json, "feature_size")?;
         if let (Some(chroma), Some(features)) = (num_chroma, feature_size) {
             if chroma != features {
                 return Err(Error::Unsupported(format!(
@@ -74,11 +74,11 @@ impl ChromaConfig {
             }
         }
         let config = Self {
-            sampling_rate: narrow(positive(json, "sampling_rate")?, "sampling_rate")?.unwrap_or(defaults.sampling_rate),
-            n_fft: size(positive(json, "n_fft")?, "n_fft")?.unwrap_or(defaults.n_fft),
-            hop_length: size(positive(json, "hop_length")?, "hop_length")?.unwrap_or(defaults.hop_length),
-            num_chroma: size(num_chroma.or(feature_size), "num_chroma")?.unwrap_or(defaults.num_chroma),
-            chunk_length: narrow(positive(json, "chunk_length")?, "chunk_length")?.unwrap_or(defaults.chunk_length),
+            sampling_rate: positive(json, "sampling_rate")?.unwrap_or(defaults.sampling_rate),
+            n_fft: positive(json, "n_fft")?.unwrap_or(defaults.n_fft),
+            hop_length: positive(json, "hop_length")?.unwrap_or(defaults.hop_length),
+            num_chroma: num_chroma.or(feature_size).unwrap_or(defaults.num_chroma),
+            chunk_length: positive(json, "chunk_length")?.unwrap_or(defaults.chunk_length),
         };
         config.check()?;
         Ok(config)
@@ -140,35 +140,15 @@ impl ChromaConfig {
     }
 }
 
-/// A key's value if present: a positive integer, else an error naming the key.
-fn positive(json: &serde_json::Value, key: &str) -> Result<Option<u64>> {
-    match json.get(key) {
-        None => Ok(None),
-        Some(value) => match value.as_u64() {
-            Some(n) if n > 0 => Ok(Some(n)),
-            _ => {
-                Err(Error::Unsupported(format!("{PREPROCESSOR_FILE_NAME}: {key} {value}: must be a positive integer")))
-            }
-        },
+/// The value of `key` if present: a positive integer that `T` holds, else an error naming the key.
+fn positive<T: TryFrom<u64>>(json: &serde_json::Value, key: &str) -> Result<Option<T>> {
+    let Some(value) = json.get(key) else { return Ok(None) };
+    match value.as_u64().filter(|&n| n > 0).map(T::try_from) {
+        Some(Ok(n)) => Ok(Some(n)),
+        _ => Err(Error::Unsupported(format!(
+            "{PREPROCESSOR_FILE_NAME}: {key} {value} is not a positive integer in range"
+        ))),
     }
-}
-
-fn narrow(value: Option<u64>, key: &str) -> Result<Option<u32>> {
-    value
-        .map(|v| {
-            u32::try_from(v)
-                .map_err(|_| Error::Unsupported(format!("{PREPROCESSOR_FILE_NAME}: {key} {v} is too large")))
-        })
-        .transpose()
-}
-
-fn size(value: Option<u64>, key: &str) -> Result<Option<usize>> {
-    value
-        .map(|v| {
-            usize::try_from(v)
-                .map_err(|_| Error::Unsupported(format!("{PREPROCESSOR_FILE_NAME}: {key} {v} is too large")))
-        })
-        .transpose()
 }
 
 /// The chroma of mono signals, built once per config and shared: the filter bank, the window
@@ -200,7 +180,8 @@ impl ChromaExtractor {
             .map(|v| v as f32)
             .collect();
         let window = hann_window(config.n_fft);
-        // torch sums the squares in f32 with a cascade; f64 then rounding gives the same float.
+        // torch sums the squares in f32; f64 is as close. The scale cancels in each frame's
+        // normalisation but for the eps floor of near-silent frames.
         let energy = window.iter().map(|&w| w as f64 * w as f64).sum::<f64>();
         let norm = energy.sqrt() as f32;
         let power_scale = 1.0 / (norm * norm);

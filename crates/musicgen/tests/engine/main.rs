@@ -8,6 +8,7 @@ mod util;
 
 mod audio_files;
 mod checkpoints;
+mod chroma;
 mod continuation;
 mod decoder;
 mod encodec;
