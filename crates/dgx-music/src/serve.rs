@@ -58,8 +58,13 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The decoder logs a client's bad upload at ERROR level, yet it is the client's problem and the
+    // 400 answer says what it is; RUST_LOG=symphonia=debug shows those lines again.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("symphonia")) {
+        filter = filter.add_directive("symphonia=off".parse().expect("a valid directive"));
+    }
     // Another subcommand path may already have installed a subscriber; keep it then.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -198,6 +198,8 @@ async fn bad_uploads_and_bad_continuations_get_a_json_error_naming_the_problem()
     assert!(files_in(&server.data_dir.join("incoming")).is_empty());
     let (_, queued) = get_json(&server, "/api/v1/jobs?status=queued").await;
     assert_eq!(queued["total"], 0);
+    // A client's bad file is the client's problem: the answer says it, the log has no error for it.
+    assert!(!server.log().contains(" ERROR "), "{}", server.log());
     server.stop().await;
 }
 
