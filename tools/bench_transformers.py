@@ -36,7 +36,7 @@ def parse_cases(text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="small", choices=["small", "medium", "large"])
+    ap.add_argument("--model", default="small", choices=["small", "medium", "large", "melody", "melody-large"])
     ap.add_argument("--duration", type=float, default=16.0, help="seconds of audio (default 16)")
     ap.add_argument("--cases", default="fp32x1,bf16x1,bf16x8", help="DTYPExBATCH list, e.g. fp32x1,fp16x1,bf16x8")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (median reported)")
@@ -48,14 +48,20 @@ def main():
     import torch
     import transformers
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+    from transformers import MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
 
     if not torch.cuda.is_available():
         sys.exit("bench_transformers: torch sees no CUDA GPU")
     cases = parse_cases(args.cases)
+    melody = args.model.startswith("melody")
+    config_class, model_class = (
+        (MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration) if melody
+        else (MusicgenConfig, MusicgenForConditionalGeneration)
+    )
     with open(os.path.join(HERE, "musicgen-arch", f"{args.model}.json")) as f:
-        config = MusicgenConfig.from_dict(json.load(f))
+        config = config_class.from_dict(json.load(f))
     torch.manual_seed(args.seed)
-    base = MusicgenForConditionalGeneration(config).eval()
+    base = model_class(config).eval()
     codebooks = config.decoder.num_codebooks
     frames = round(args.duration * FRAME_RATE)
     steps = frames + codebooks - 1
@@ -77,12 +83,18 @@ def main():
         load_s = time.perf_counter() - t0
         ids = torch.randint(2, config.text_encoder.vocab_size, (batch, args.prompt_tokens), device=device)
         mask = torch.ones_like(ids)
+        # musicgen-melody: a one-hot chroma of 30 s (235 frames), as its feature extractor makes; transformers
+        # >= 4.57 ignores it (transformers#45647) but still does the same decoder work on the prefix.
+        extra = {}
+        if melody:
+            bins = torch.randint(0, config.num_chroma, (batch, config.chroma_length), device=device)
+            extra["input_features"] = torch.nn.functional.one_hot(bins, config.num_chroma).to(model.dtype)
 
         def generate(new_tokens):
             with torch.inference_mode():
                 return model.generate(
                     input_ids=ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, **extra,
                 )
 
         generate(16)  # warm-up: cuBLAS handles, kernel loads, allocator pools

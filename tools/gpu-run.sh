@@ -15,6 +15,9 @@
 #   transformers  tools/bench_transformers.py on the same cases (TF_CASES)
 #   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
 #   smoke         one short bench and one short transformers case: proves the scripts run
+#   long          dgx-music bench small bf16 batch 1 at each of LONG_DURATIONS (default "16 120 300") seconds,
+#                 LONG_ROUNDS rounds (default 1) alternating the durations: tracks over 30 s run in windows,
+#                 and their cost per audio second should stay flat
 #   compare       this build against an earlier one (BASE_BIN_DIR holds its dgx-music[.xz]) on the same
 #                 card: the BENCH_CASES benches alternated base, new, base, new (COMPARE_ROUNDS, default 2),
 #                 and the same seeded generation on the fixture checkpoint (f32, bf16), whose WAVs
@@ -91,6 +94,12 @@ bench_case() { # DTYPExBATCH[-eager] [extra args]; -eager: kernel by kernel, no 
 
 stage_bench() { for c in $BENCH_CASES; do bench_case "$c"; done; }
 
+stage_long() {
+  for round in $(seq "${LONG_ROUNDS:-1}"); do
+    for d in ${LONG_DURATIONS:-16 120 300}; do DURATION="$d" BENCH_TAG="long ${d}s" bench_case bf16x1; done
+  done
+}
+
 stage_transformers() {
   say "transformers $TF_CASES"
   python3 "$BIN_DIR/bench_transformers.py" --model "$MODEL" --duration "$DURATION" --runs "$RUNS" \
@@ -145,7 +154,7 @@ stage_smoke() {
 
 for stage in "$@"; do
   case "$stage" in
-    env|validate|tests|bench|transformers|profile|smoke|compare) "stage_$stage" ;;
+    env|validate|tests|bench|long|transformers|profile|smoke|compare) "stage_$stage" ;;
     *) echo "unknown stage $stage" | tee -a "$LOG" ;;
   esac
 done
@@ -157,6 +166,10 @@ rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exist
 for r in rows:
     if r["label"] == "validate":
         print(f"validate: {r['verdict']}  " + "; ".join(f"{c['status']} {c['name']}" for c in r["checks"]))
+    elif r["label"].startswith("long"):
+        print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['total_s'] / r['duration_s']:.4f} s per audio second  "
+              f"{r['steps']} steps  {r['ms_per_step']:6.2f} ms/step  encodec {r['encodec_s']:.3f} s  "
+              f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB")
     elif r["label"].startswith(("dgx-music", "base", "new")):
         print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['ms_per_step']:6.2f} ms/step  RTF {r['real_time_factor']:6.2f}x  "
               f"aggregate {r['aggregate_real_time_factor']:6.1f}x  text {r['text_encoder_s']:.3f} s  encodec {r['encodec_s']:.3f} s  "

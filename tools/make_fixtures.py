@@ -66,6 +66,31 @@ S = max_new_tokens greedy steps, F = frames, hop = 640 samples, C = audio channe
       the same generate call with only prompts[0] (B=1, no padding) so batch-vs-single can be compared;
       transformers itself matches the batch row to ~1e-6, not bit-exactly (T5 padding changes reductions).
 
+  prompt_audio (1, C, 9920) f32
+      a synthetic continuation prompt (0.31 s: 15.5 frames, so the encoder pads a partial frame), 16-bit values;
+      <name>/prompt.wav holds exactly these samples (PCM16). Picked among seeds so every nearest-code search
+      below is decisive (reference.json: min_nearest_code_gap, relative to the largest squared embedding norm).
+  prompt_embeddings (C, hidden, 16) f32, prompt_codes (1, K, 16) i64
+      model.audio_encoder.encoder(channel c) per channel, and EncodecModel.encode(channel c).audio_codes[0]
+      interleaved L, R (codebook j of channel c at j*C + c), as _prepare_audio_encoder_kwargs_for_generation.
+  continuation_codes (2, K, 33) i64, continuation_audio (2, C, 33*hop) f32
+      model.generate(input_ids=prompts[:2], input_values=prompt_audio repeated twice, do_sample=False,
+      guidance_scale=3.0, max_new_tokens=33 + K/C - 1 - 16): the undelayed codes (prompt codes first, checked
+      unchanged) and the waveform generate returned (the prompt re-synthesised, then the continuation).
+  long_codes (1, 4, 1750), long_audio_slices (3, 1, 16000)             [tiny-mono only]
+  long_continued_codes (1, 4, 1650), long_continued_audio_slices (3, 1, 16000)
+      audiocraft's BaseGenModel._generate_tokens loop (30 s windows; after each, the codes from `stride` on are
+      the next window's decoder_input_ids) over transformers' greedy guided generate, for prompts[0]:
+      long = 35 s at stride 18 from nothing, long_continued = 33 s at stride 25 continuing prompt_audio. All
+      kept codes decoded once; slices of 16000 samples at the start, around each window's first new frame
+      and at the end (reference.json long_tracks: windows, slice_starts, margins).
+
+EnCodec's codebooks are fitted (fit_codebooks): the encoder's last convolution is scaled by
+ENCODER_OUTPUT_GAIN, then each residual codebook is k-means of the encoder's outputs on synthetic clips,
+so encoding is meaningful (random codebooks map every frame to one code) and the decoded audio changes
+clearly with every codebook (reference.json codebook_sensitivity: the peak change when one codebook's codes
+change, relative to the peak, asserted > 0.05).
+
 reference.json records prompts, guidance_scale, max_new_tokens, frames, steps, min_top1_margin (smallest
 top-1 minus top-2 of `scores` over all steps and rows, batch and single run, including positions the
 delay pattern overwrites), min_top1_margin_relative (divided by the largest |score|),
@@ -117,8 +142,8 @@ ENCODER_OUTPUT_GAIN = 6.0
 CODEBOOK_FIT_CLIPS = 32
 CODEBOOK_FIT_ITERATIONS = 20
 # A nearest-code search is decisive when its best and second-best squared distances differ by this
-# fraction of the largest distance or more (float error is ~1e-7 of it).
-MIN_RELATIVE_CODE_GAP = 1e-4
+# fraction of the largest squared embedding norm or more (f32 rounding of the distances is ~1e-7 of it).
+MIN_RELATIVE_CODE_GAP = 2e-5
 # The continuation prompt: 0.31 s at 32 kHz, 15.5 frames, so the encoder also pads a partial frame.
 PROMPT_SAMPLES = 9920
 PROMPT_CANDIDATES = 50
@@ -369,18 +394,18 @@ def fit_codebooks(model, seed):
 
 def nearest_code_gaps(model, audio):
     """Smallest gap between the best and second-best squared distance of every nearest-code search
-    `model.audio_encoder.encode(audio)` makes, absolute and relative to the largest distance."""
+    `model.audio_encoder.encode(audio)` makes, absolute and relative to the largest squared norm of
+    the embeddings searched (the scale of the numbers the distances are computed from)."""
     codec = model.audio_encoder
     with torch.no_grad():
         emb = codec.encoder(audio.to(model.device)).cpu()
     residual = emb.transpose(1, 2).reshape(-1, emb.shape[1])
-    gap, scale = float("inf"), 0.0
+    gap, scale = float("inf"), residual.pow(2).sum(1).max().item()
     for layer in codec.quantizer.layers[: codec.quantizer.get_num_quantizers_for_bandwidth(None)]:
         embed = layer.codebook.embed.cpu()
         d = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ embed.t() + embed.pow(2).sum(1)[None]
         top = d.topk(2, dim=1, largest=False).values
         gap = min(gap, (top[:, 1] - top[:, 0]).min().item())
-        scale = max(scale, d.abs().max().item())
         residual = residual - embed[d.argmin(dim=1)]
     return gap, gap / scale
 
@@ -962,6 +987,9 @@ def main():
     parser.add_argument("--device", default="cpu",
                         help="torch device for the reference run, e.g. cuda (weights and seeds are always made on "
                              "CPU, so the checkpoints are identical; the committed references come from cpu)")
+    parser.add_argument("--seeds-from", metavar="DIR",
+                        help="take each model's seed from DIR/<name>/reference.json instead of searching "
+                             f"{SEED_CANDIDATES} candidates (the search is deterministic; this only saves time)")
     args = parser.parse_args()
 
     torch.use_deterministic_algorithms(True)
@@ -972,11 +1000,18 @@ def main():
     text_vocab = (len(tok) + 7) // 8 * 8  # like T5 (32128 > 32100): the embedding may exceed the tokenizer
     names = args.only or ["tiny-mono", "tiny-stereo"]
     for name in names:
-        seed = pick_seed(name, tok, text_vocab)
+        if args.seeds_from:
+            with open(os.path.join(args.seeds_from, name, "reference.json")) as f:
+                seed = json.load(f)["seed"]
+        else:
+            seed = pick_seed(name, tok, text_vocab)
         model = build_model(name, seed, text_vocab)
         fit_codebooks(model, seed)
         root = os.path.join(args.out, name)
         ckpt = os.path.join(root, "checkpoint")
+        # The tokenizer keeps the padding of its last call and save_pretrained writes it into
+        # tokenizer.json: pad once here, so the file is the same whether or not the seed search ran.
+        tok(PROMPTS, padding=True)
         save_checkpoint(model, tok, ckpt)
         # references come from the model as loaded back from disk, like a user would run it
         loaded = MusicgenForConditionalGeneration.from_pretrained(ckpt)

@@ -33,10 +33,11 @@ pub struct Args {
     #[arg(long, default_value = "small")]
     model: String,
     /// Build the architecture with random weights instead of loading a checkpoint: no download,
-    /// same computation (small, medium, large, stereo-small, stereo-medium, stereo-large).
+    /// same computation (small, medium, large, stereo-small, stereo-medium, stereo-large, melody,
+    /// melody-large, stereo-melody, stereo-melody-large).
     #[arg(long)]
     random_weights: bool,
-    /// Seconds of audio per item.
+    /// Seconds of audio per item; over 30 s the track runs in windows, as `generate` makes it.
     #[arg(long, default_value_t = 16.0)]
     duration: f64,
     /// Prompts generated together.
@@ -162,6 +163,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("cannot load model {:?}", args.model))?;
     let load_s = load_started.elapsed().as_secs_f64();
 
+    // A melody checkpoint follows a 30 s tune, so its chroma extraction is timed too.
+    let melody = model.info().melody.then(|| bench_tune(model.info().sample_rate));
     let request = |duration_secs: f64| {
         let items = (0..args.batch)
             .map(|i| GenerationItem {
@@ -170,7 +173,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 seed: i as u64,
             })
             .collect();
-        GenerationRequest::new(items, duration_secs)
+        let mut request = GenerationRequest::new(items, duration_secs);
+        request.melody = melody.clone();
+        request
     };
     let cancel = CancelToken::default();
     if args.warmup_duration > 0.0 {
@@ -211,4 +216,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", report::human(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// 30 s of a rising scale, one note every half second: what a melody checkpoint follows in `bench`.
+fn bench_tune(sample_rate: u32) -> musicgen::Audio {
+    let rate = sample_rate as f32;
+    let samples = (0..30 * sample_rate as usize)
+        .map(|i| {
+            let t = i as f32 / rate;
+            let note = (t * 2.0).floor() % 12.0;
+            let f = 220.0 * 2f32.powf(note / 12.0);
+            0.3 * (2.0 * std::f32::consts::PI * f * t).sin()
+        })
+        .collect();
+    musicgen::Audio { sample_rate, channels: vec![samples] }
 }

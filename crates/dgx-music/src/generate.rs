@@ -6,23 +6,47 @@ use std::time::Instant;
 
 use anyhow::Context;
 use musicgen::audio::{self, Normalize, SampleFormat};
-use musicgen::request::{validate_duration, validate_prompt};
+use musicgen::request::{
+    validate_continuation, validate_duration, validate_extend_stride, validate_prompt, DEFAULT_EXTEND_STRIDE_SECS,
+    MAX_MELODY_SECS, WINDOW_SECS,
+};
 use musicgen::{
     CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
 };
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
-    dgx-music generate \"lo-fi beat\" \"epic orchestra\" --seed 7   (one file per prompt)\n\n\
+    dgx-music generate \"lo-fi beat\" \"epic orchestra\" --seed 7   (one file per prompt)\n  \
+    dgx-music generate \"jazzy piano solo\" --continue intro.wav --duration 60 -o long.wav\n  \
+    dgx-music generate \"80s synth pop\" --model melody --melody hum.wav --duration 20\n\n\
+    Tracks longer than 30 s are made in 30 s windows, each starting from the last 30 - stride \
+    seconds of the one before (audiocraft's extend_stride).\n\
     The first run downloads facebook/musicgen-small (about 2.4 GB) into the Hugging Face cache.")]
 pub struct Args {
     /// Text describing the music; several prompts are generated together as one batch.
     #[arg(required = true)]
     prompts: Vec<String>,
 
-    /// Seconds of audio to generate.
+    /// Seconds of audio to generate: the whole track, the continued audio included. Over 30 s
+    /// the track is made in windows (see --extend-stride).
     #[arg(short, long, default_value_t = 10.0, allow_negative_numbers = true)]
     duration: f64,
+
+    /// Continue this audio file (WAV, FLAC, MP3 or OGG/Vorbis, at most 30 s): the track starts
+    /// with it, re-synthesised by the model's codec, and goes on from it to --duration.
+    #[arg(long = "continue", value_name = "FILE")]
+    continue_from: Option<PathBuf>,
+
+    /// A tune for a melody checkpoint (facebook/musicgen-melody, -melody-large, -stereo-melody,
+    /// -stereo-melody-large) to follow: any file --continue reads, mixed to mono. Up to 30 s
+    /// conditions the whole track; longer tracks take the 30 s from each window's start, looping.
+    #[arg(long, value_name = "FILE")]
+    melody: Option<PathBuf>,
+
+    /// Seconds each 30 s window moves on from the last, for tracks over 30 s: every window after
+    /// the first continues the last 30 - stride seconds of the one before. Below 30.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_EXTEND_STRIDE_SECS, allow_negative_numbers = true)]
+    extend_stride: f64,
 
     /// Hub id (facebook/musicgen-small, -medium, -large, -stereo-*), short name (small, medium,
     /// large, stereo-small...) or a local checkpoint directory in the Hugging Face layout.
@@ -106,6 +130,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..LoadOptions::default()
     };
     let model = MusicGen::load(&args.model, &options).with_context(|| format!("loading model {}", args.model))?;
+    if let Some(path) = &args.continue_from {
+        let info = model.info();
+        request.continuation = Some(audio::read_audio(path, info.sample_rate, info.audio_channels, WINDOW_SECS)?);
+    }
+    match (&request.melody, model.info().melody) {
+        (Some(_), false) => anyhow::bail!(
+            "--melody needs a melody checkpoint, and {} is text-to-music: add --model facebook/musicgen-melody \
+             (or -melody-large, -stereo-melody, -stereo-melody-large), or leave --melody out",
+            args.model
+        ),
+        (None, true) if !args.quiet => eprintln!(
+            "{} follows a melody: without --melody FILE it follows the text alone (transformers' null melody)",
+            args.model
+        ),
+        _ => {}
+    }
     if args.top_k.is_none() {
         let vocab = model.info().vocab_size;
         request.items.iter_mut().for_each(|item| item.sampling.top_k = item.sampling.top_k.min(vocab));
@@ -161,9 +201,25 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
     // The vocabulary is not known before loading; the model checks top_k against it again.
     sampling.validate(usize::MAX)?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
+    validate_extend_stride(args.extend_stride)?;
+    if let Some(path) = &args.continue_from {
+        // Read now, so a bad file is refused before the (slow) model load; every MusicGen codec
+        // runs at 32 kHz. The model's own channel count is applied once it is loaded.
+        let audio = audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, WINDOW_SECS)?;
+        validate_continuation(audio.len(), audio.sample_rate, args.duration)?;
+    }
+    let melody = match &args.melody {
+        Some(path) => Some(audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, MAX_MELODY_SECS)?),
+        None => None,
+    };
     let items = args.prompts.iter().map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed }).collect();
-    Ok(GenerationRequest::new(items, args.duration))
+    let mut request = GenerationRequest::new(items, args.duration);
+    request.extend_stride_secs = args.extend_stride;
+    request.melody = melody;
+    Ok(request)
 }
+
+const MUSICGEN_SAMPLE_RATE: u32 = 32_000;
 
 /// audiocraft's default.
 const DEFAULT_TOP_K: usize = 250;

@@ -61,7 +61,7 @@ fn list() -> anyhow::Result<ExitCode> {
     let width = models.iter().map(|m| m.id.len()).max().unwrap_or(0).max(2);
     println!("{:<width$}  {:>9}  {:<11}  DIRECTORY", "ID", "SIZE", "SUPPORTED");
     for model in &models {
-        let supported = if model.supported { "yes" } else { "no (melody)" };
+        let supported = if model.supported { "yes" } else { "no" };
         println!(
             "{:<width$}  {:>9}  {:<11}  {}",
             model.id,

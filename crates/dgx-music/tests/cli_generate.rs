@@ -114,3 +114,191 @@ fn generate_matches_transformers_sample_by_sample() {
         assert!(max_err < 1e-4, "{name}: max abs error {max_err}");
     }
 }
+
+fn continuation_prompts(name: &str) -> Vec<String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(name).join("reference.json")).unwrap()).unwrap();
+    json["continuation"]["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+/// The check for continuation: `--continue prompt.wav` with both reference prompts, each
+/// output against transformers' `generate(input_values=...)` (f32 WAVs: the tiny codec's audio
+/// peaks above full scale, which 16-bit output would clip).
+#[test]
+fn continue_matches_transformers_sample_by_sample() {
+    for name in ["tiny-mono", "tiny-stereo"] {
+        let (shape, reference) = reference_f32(name, "continuation_audio");
+        let (channels, samples) = (shape[1], shape[2]);
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("x.wav");
+        let model = fixture(name).join("checkpoint");
+        let prompt = fixture(name).join("prompt.wav");
+        let texts = continuation_prompts(name);
+        let duration = (samples as f64 / 32000.0).to_string();
+        let mut args = vec!["generate"];
+        args.extend(texts.iter().map(String::as_str));
+        args.extend([
+            "--model",
+            model.to_str().unwrap(),
+            "--continue",
+            prompt.to_str().unwrap(),
+            "--duration",
+            &duration,
+            "--top-k",
+            "1",
+            "--cfg-coef",
+            "3",
+            "--seed",
+            "0",
+            "--normalize",
+            "none",
+            "--device",
+            "cpu",
+            "--sample-format",
+            "f32",
+            "-o",
+            wav.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let out = dgx_music(&args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        for item in 0..texts.len() {
+            let path = dir.path().join(format!("x-{}.wav", item + 1));
+            let mut reader = hound::WavReader::open(&path).unwrap();
+            assert_eq!(reader.spec().channels as usize, channels, "{name}");
+            let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
+            assert_eq!(ours.len(), channels * samples, "{name}");
+            let expected = &reference[item * channels * samples..(item + 1) * channels * samples];
+            let max_err = (0..samples)
+                .flat_map(|i| (0..channels).map(move |c| (i, c)))
+                .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max_err < 2e-4, "{name} item {item}: max abs error {max_err}");
+        }
+    }
+}
+
+#[test]
+fn bad_audio_to_continue_is_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("notes.mp3");
+    std::fs::write(&text, b"these are not the sounds you are looking for\n".repeat(100)).unwrap();
+    let long = dir.path().join("long.wav");
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut writer = hound::WavWriter::create(&long, spec).unwrap();
+    for _ in 0..8000 * 31 {
+        writer.write_sample(0i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    let prompt = fixture("tiny-mono").join("prompt.wav");
+    let missing = dir.path().join("missing.wav");
+    let cases: Vec<(&std::path::Path, &str, &str)> = vec![
+        (&empty, "10", "empty"),
+        (&text, "10", "not an audio file"),
+        (&missing, "10", "cannot open"),
+        (&long, "60", "31.0 s long"),
+        (&prompt, "0.2", "ask for more than 0.31 s"),
+    ];
+    for (path, duration, expected) in cases {
+        let out = dgx_music(&[
+            "generate",
+            "piano",
+            "--continue",
+            path.to_str().unwrap(),
+            "--duration",
+            duration,
+            "--model",
+            NO_MODEL,
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{path:?} succeeded");
+        assert!(err.contains(expected), "{path:?}: {err}");
+        assert!(!err.contains("nonexistent"), "{path:?} reached the model load: {err}");
+        assert!(!err.contains("panicked"), "{path:?} panicked: {err}");
+    }
+    let out = dgx_music(&["generate", "piano", "--extend-stride", "30", "--model", NO_MODEL]);
+    assert!(stderr(&out).contains("extend_stride"), "{}", stderr(&out));
+}
+
+/// The check for melody: `--melody melody.wav` on the tiny melody checkpoints, each output
+/// against transformers 4.48's `generate(input_features=...)`; a second tune gives other music.
+#[test]
+fn melody_matches_transformers_sample_by_sample() {
+    for name in ["tiny-melody", "tiny-stereo-melody"] {
+        let (shape, reference) = reference_f32(name, "audio");
+        let (_, other) = reference_f32(name, "audio_melody2");
+        let (channels, samples) = (shape[1], shape[2]);
+        let dir = tempfile::tempdir().unwrap();
+        let model = fixture(name).join("checkpoint");
+        let texts = prompts(name);
+        let duration = (samples as f64 / 32000.0).to_string();
+        for (tune, expected) in [("melody.wav", &reference), ("melody2.wav", &other)] {
+            let wav = dir.path().join(format!("{tune}-out.wav"));
+            let melody = fixture(name).join(tune);
+            let mut args = vec!["generate"];
+            args.extend(texts.iter().map(String::as_str));
+            args.extend([
+                "--model",
+                model.to_str().unwrap(),
+                "--melody",
+                melody.to_str().unwrap(),
+                "--duration",
+                &duration,
+                "--top-k",
+                "1",
+                "--cfg-coef",
+                "3",
+                "--seed",
+                "0",
+                "--normalize",
+                "none",
+                "--device",
+                "cpu",
+                "--sample-format",
+                "f32",
+                "-o",
+                wav.to_str().unwrap(),
+                "--quiet",
+            ]);
+            let out = dgx_music(&args);
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            for item in 0..texts.len() {
+                let path = dir.path().join(format!("{tune}-out-{}.wav", item + 1));
+                let mut reader = hound::WavReader::open(&path).unwrap();
+                let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
+                assert_eq!(ours.len(), channels * samples, "{name}");
+                let expected = &expected[item * channels * samples..(item + 1) * channels * samples];
+                let max_err = (0..samples)
+                    .flat_map(|i| (0..channels).map(move |c| (i, c)))
+                    .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(max_err < 2e-4, "{name} {tune} item {item}: max abs error {max_err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_melody_needs_a_melody_checkpoint() {
+    let model = fixture("tiny-mono").join("checkpoint");
+    let melody = fixture("tiny-melody").join("melody.wav");
+    let out = dgx_music(&[
+        "generate",
+        "piano",
+        "--model",
+        model.to_str().unwrap(),
+        "--melody",
+        melody.to_str().unwrap(),
+        "--duration",
+        "0.2",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("melody checkpoint") && err.contains("facebook/musicgen-melody"), "{err}");
+    let out = dgx_music(&["generate", "piano", "--melody", "/no/such/tune.wav", "--model", NO_MODEL]);
+    let err = stderr(&out);
+    assert!(err.contains("tune.wav") && !err.contains("nonexistent"), "{err}");
+}

@@ -22,7 +22,26 @@ pub struct MusicgenConfig {
     /// transformers 5.x builds a default decoder config when the key is absent; 4.3x required it.
     #[serde(default)]
     pub decoder: DecoderConfig,
+    /// musicgen-melody: chroma bins per melody frame (`MusicgenMelodyConfig.num_chroma`).
+    #[serde(default = "default_num_chroma")]
+    pub num_chroma: usize,
+    /// musicgen-melody: melody frames in the decoder's prefix (`chroma_length`).
+    #[serde(default = "default_chroma_length")]
+    pub chroma_length: usize,
 }
+
+fn default_num_chroma() -> usize {
+    12
+}
+
+fn default_chroma_length() -> usize {
+    235
+}
+
+/// The two `model_type`s this engine runs.
+pub const MUSICGEN: &str = "musicgen";
+pub const MUSICGEN_MELODY: &str = "musicgen_melody";
+const MELODY_DECODER: &str = "musicgen_melody_decoder";
 
 impl MusicgenConfig {
     /// Reads and checks `config.json`, refusing architectures we do not implement by name.
@@ -42,11 +61,11 @@ impl MusicgenConfig {
         let raw: serde_json::Value =
             serde_json::from_str(text).map_err(|e| malformed(format!("not valid JSON ({e}); download it again")))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if model_type != "musicgen" {
+        if model_type != MUSICGEN && model_type != MUSICGEN_MELODY {
             let name = if model_type.is_empty() { "(no model_type)" } else { model_type };
             return Err(Error::Unsupported(format!(
-                "model_type {name:?}: only text-to-music \"musicgen\" checkpoints are supported \
-                 (musicgen-melody and others are not yet)"
+                "model_type {name:?}: only \"{MUSICGEN}\" (text to music) and \"{MUSICGEN_MELODY}\" \
+                 checkpoints are supported"
             )));
         }
         // transformers pops `model_type` from both encoder sub-configs to pick their classes,
@@ -59,10 +78,30 @@ impl MusicgenConfig {
                 return Err(Error::Unsupported(format!("config.json's \"{key}\" section has no model_type")));
             }
         }
-        let config: Self = serde_json::from_value(raw)
+        let mut config: Self = serde_json::from_value(raw)
             .map_err(|e| malformed(format!("a field has the wrong type ({e}); download it again")))?;
+        // transformers builds the melody decoder from the top-level model_type, whatever the
+        // decoder section says of itself (older saves leave it out).
+        if config.is_melody() {
+            match config.decoder.model_type.as_deref() {
+                None | Some(MELODY_DECODER) => config.decoder.model_type = Some(MELODY_DECODER.into()),
+                Some(other) => {
+                    return Err(Error::Unsupported(format!(
+                        "a {MUSICGEN_MELODY} checkpoint with a {other:?} decoder (expected {MELODY_DECODER:?})"
+                    )))
+                }
+            }
+        } else if config.decoder.model_type.as_deref() == Some(MELODY_DECODER) {
+            return Err(Error::Unsupported(format!("a {MUSICGEN} checkpoint with a {MELODY_DECODER:?} decoder")));
+        }
         config.check()?;
         Ok(config)
+    }
+
+    /// Whether this is musicgen-melody: a decoder conditioned by a prefix of melody chroma and
+    /// text states instead of cross-attention.
+    pub fn is_melody(&self) -> bool {
+        self.model_type.as_deref() == Some(MUSICGEN_MELODY)
     }
 
     fn check(&self) -> Result<()> {
@@ -111,6 +150,12 @@ impl MusicgenConfig {
             return Err(Error::Unsupported(format!(
                 "{} codebooks do not split over {} channels",
                 d.num_codebooks, d.audio_channels
+            )));
+        }
+        if self.is_melody() && (self.num_chroma == 0 || self.chroma_length == 0) {
+            return Err(Error::Unsupported(format!(
+                "musicgen-melody with num_chroma {} and chroma_length {} (both must be at least 1)",
+                self.num_chroma, self.chroma_length
             )));
         }
         if d.hidden_size % d.num_attention_heads != 0 {
@@ -347,9 +392,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_melody_by_name() {
-        let err = MusicgenConfig::from_json(r#"{"model_type": "musicgen_melody"}"#).unwrap_err().to_string();
-        assert!(err.contains("musicgen_melody"), "{err}");
+    fn refuses_other_architectures_by_name() {
+        let err = MusicgenConfig::from_json(r#"{"model_type": "musicgen_sdxl"}"#).unwrap_err().to_string();
+        assert!(err.contains("musicgen_sdxl") && err.contains("musicgen_melody"), "{err}");
     }
 
     #[test]

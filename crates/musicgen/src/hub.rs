@@ -31,6 +31,10 @@ pub const KNOWN_MODELS: &[(&str, &str)] = &[
     ("stereo-small", "facebook/musicgen-stereo-small"),
     ("stereo-medium", "facebook/musicgen-stereo-medium"),
     ("stereo-large", "facebook/musicgen-stereo-large"),
+    ("melody", "facebook/musicgen-melody"),
+    ("melody-large", "facebook/musicgen-melody-large"),
+    ("stereo-melody", "facebook/musicgen-stereo-melody"),
+    ("stereo-melody-large", "facebook/musicgen-stereo-melody-large"),
 ];
 
 /// The model loaded when none is named.

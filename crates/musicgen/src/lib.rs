@@ -15,6 +15,7 @@
 //! ```
 
 pub mod audio;
+mod chroma;
 mod config;
 mod cpu;
 mod decoder;
@@ -43,6 +44,7 @@ pub use weights::Checkpoint;
 /// and `bench`: not a supported API, and free to change with any commit.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::chroma::{ChromaConfig, ChromaExtractor};
     pub use crate::config::{DecoderConfig, EncodecConfig};
     pub use crate::decoder::{Conditioning, Decoder, StepMode};
     pub use crate::delay::DelayPattern;

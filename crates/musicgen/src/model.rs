@@ -14,12 +14,13 @@ use candle_nn::{Linear, VarBuilder};
 
 pub use self::generation::{Generation, Step};
 use crate::audio::Audio;
+use crate::chroma::{ChromaConfig, ChromaExtractor};
 use crate::config::MusicgenConfig;
 use crate::decoder::{Decoder, StepMode};
 use crate::device::{DType, DeviceSpec};
 use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{Error, Result};
-use crate::request::{CancelToken, GenerationRequest, Progress};
+use crate::request::{CancelToken, GenerationRequest, Progress, WINDOW_SECS};
 use crate::t5::T5Encoder;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Checkpoint;
@@ -59,6 +60,8 @@ pub struct ModelInfo {
     pub parameters: usize,
     /// How decoder steps run: `graph` (CUDA graph replay), `growing` (kernel by kernel).
     pub step_mode: String,
+    /// Whether it follows a melody (musicgen-melody) besides the text.
+    pub melody: bool,
 }
 
 /// [`ModelInfo::id`] of `model`, which resolved to the checkpoint directory `dir`.
@@ -82,6 +85,18 @@ enum Prompts {
 /// vocabulary size of smaller test encoders).
 const SYNTHETIC_PROMPT: [u32; 12] = [3, 9, 2003, 5640, 1287, 28, 4836, 5941, 11, 3, 7, 1];
 
+/// What a musicgen-melody checkpoint adds: the projection of chroma frames into the decoder's
+/// prefix.
+struct Melody {
+    /// transformers' `MusicgenMelodyFeatureExtractor`, from `preprocessor_config.json`.
+    chroma: ChromaExtractor,
+    /// `audio_enc_to_dec_proj`, chroma bins to the decoder width; absent when they are equal,
+    /// as transformers creates it.
+    proj: Option<Linear>,
+    num_chroma: usize,
+    chroma_length: usize,
+}
+
 /// A MusicGen checkpoint loaded on one device, reusable across requests.
 pub struct MusicGen {
     info: ModelInfo,
@@ -95,6 +110,8 @@ pub struct MusicGen {
     codec: EncodecDecoder,
     /// Turns a continuation's audio into the codes its windows start from.
     audio_encoder: EncodecEncoder,
+    /// musicgen-melody's chroma conditioning; `None` for text-to-music checkpoints.
+    melody: Option<Melody>,
     decoder_start_token: u32,
     device: Device,
 }
@@ -110,10 +127,15 @@ impl MusicGen {
         let tokenizer = Tokenizer::from_file(checkpoint.tokenizer_path())?;
         let vb = checkpoint.var_builder(TensorDType::F32, &device)?;
         let generation = checkpoint.generation();
+        let chroma = match checkpoint.preprocessor_config() {
+            Some(json) => ChromaConfig::from_preprocessor_config(json)?,
+            None => ChromaConfig::default(),
+        };
         Self::build(
             model,
             id,
             checkpoint.config().clone(),
+            chroma,
             Prompts::Tokenizer(Box::new(tokenizer)),
             vb,
             options,
@@ -147,6 +169,7 @@ impl MusicGen {
             "random weights",
             "random weights".into(),
             config,
+            ChromaConfig::default(),
             Prompts::Synthetic,
             vb,
             options,
@@ -163,6 +186,7 @@ impl MusicGen {
         source: &str,
         id: String,
         config: MusicgenConfig,
+        chroma: ChromaConfig,
         prompts: Prompts,
         vb: VarBuilder<'static>,
         options: &LoadOptions,
@@ -186,6 +210,17 @@ impl MusicGen {
             EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
         let audio_encoder =
             EncodecEncoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
+        let melody = if config.is_melody() {
+            let proj = if config.num_chroma != hidden {
+                Some(candle_nn::linear(config.num_chroma, hidden, vb.pp("audio_enc_to_dec_proj"))?)
+            } else {
+                None
+            };
+            let chroma = ChromaExtractor::new(chroma)?;
+            Some(Melody { chroma, proj, num_chroma: config.num_chroma, chroma_length: config.chroma_length })
+        } else {
+            None
+        };
         let info = ModelInfo {
             source: source.to_string(),
             id,
@@ -204,6 +239,7 @@ impl MusicGen {
                 StepMode::Graph => "graph",
             }
             .to_string(),
+            melody: config.is_melody(),
         };
         Ok(Self {
             info,
@@ -214,6 +250,7 @@ impl MusicGen {
             decoder,
             codec,
             audio_encoder,
+            melody,
             decoder_start_token,
             device,
         })
@@ -251,9 +288,84 @@ impl MusicGen {
     /// Validates `request`, encodes its prompts and prepares the decoder; no decoder step runs yet.
     pub fn start(&self, request: &GenerationRequest) -> Result<Generation<'_>> {
         request.validate(self.config.decoder.vocab_size)?;
+        if let Some(melody) = &request.melody {
+            self.check_melody(melody)?;
+        }
         let prompt = request.continuation.as_ref().map(|audio| self.encode_audio(audio)).transpose()?;
         let (memory, mask) = self.encode_prompts(request)?;
         Generation::new(self, request, memory, mask, prompt)
+    }
+
+    /// Whether this checkpoint follows a melody (musicgen-melody).
+    pub fn is_melody(&self) -> bool {
+        self.melody.is_some()
+    }
+
+    fn check_melody(&self, melody: &Audio) -> Result<()> {
+        if self.melody.is_none() {
+            return Err(Error::invalid(
+                "melody",
+                format!(
+                    "{} is a text-to-music checkpoint and cannot follow a melody; use a melody checkpoint \
+                     (facebook/musicgen-melody, -melody-large, -stereo-melody, -stereo-melody-large) or leave \
+                     the melody out",
+                    self.info.source
+                ),
+            ));
+        }
+        let rate = self.codec.sample_rate();
+        if melody.sample_rate != rate || melody.channels.len() != 1 {
+            return Err(Error::invalid(
+                "melody",
+                format!(
+                    "the melody is {} channel(s) at {} Hz; it must be mono at {rate} Hz \
+                     (musicgen::audio::read_audio with 1 channel converts a file)",
+                    melody.channels.len(),
+                    melody.sample_rate
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The one-hot chroma `(frames, num_chroma)` of `melody`: all of it (the extractor keeps its
+    /// first 30 s) for a one-window track, or for a window starting at sample `window_start`, the
+    /// 30 s from there, looping a shorter melody (audiocraft's `wav[..., positions % length]`).
+    pub(crate) fn melody_chroma(&self, melody: &[f32], window_start: Option<usize>) -> Result<Tensor> {
+        let extractor = &self.melody.as_ref().expect("a melody only reaches a melody checkpoint").chroma;
+        match window_start {
+            None => extractor.one_hot(melody),
+            Some(start) => {
+                let length = (WINDOW_SECS * self.codec.sample_rate() as f64).round() as usize;
+                let segment: Vec<f32> = (start..start + length).map(|i| melody[i % melody.len()]).collect();
+                extractor.one_hot(&segment)
+            }
+        }
+    }
+
+    /// The melody part of a melody checkpoint's prefix, `(rows, chroma_length, hidden)` f32:
+    /// `chroma` `(frames, num_chroma)` one-hot frames for the rows in `follows` (transformers'
+    /// null melody, one-hot on bin 0, where `chroma` is `None` and for the other rows),
+    /// projected, then repeated and cut to `chroma_length` frames as transformers'
+    /// `_prepare_encoder_hidden_states_kwargs_for_generation` does. `None` for text-to-music.
+    pub(crate) fn melody_prefix(&self, chroma: Option<&Tensor>, follows: &[bool]) -> Result<Option<Tensor>> {
+        let Some(melody) = &self.melody else { return Ok(None) };
+        let frames = chroma.map_or(Ok(1), |c| c.dim(0))?;
+        let mut null = vec![0f32; frames * melody.num_chroma];
+        null.iter_mut().step_by(melody.num_chroma).for_each(|v| *v = 1.0);
+        let null = Tensor::from_vec(null, (frames, melody.num_chroma), &self.device)?;
+        let chroma = chroma.map(|c| c.to_device(&self.device)).transpose()?;
+        let rows = follows
+            .iter()
+            .map(|&follows| if follows { chroma.as_ref().unwrap_or(&null) } else { &null })
+            .collect::<Vec<_>>();
+        let states = Tensor::stack(&rows, 0)?;
+        let states = match &melody.proj {
+            Some(proj) => proj.forward(&states)?,
+            None => states,
+        };
+        let states = states.repeat((1, melody.chroma_length.div_ceil(frames), 1))?;
+        Ok(Some(states.narrow(1, 0, melody.chroma_length)?.contiguous()?))
     }
 
     /// The codes `(K, frames)` row-major a continuation starts from, and their frame count:

@@ -104,6 +104,12 @@ pub struct GenerationRequest {
     /// through EnCodec, as audiocraft's `generate_continuation` and transformers'
     /// `generate(input_values=...)` return it. At most [`WINDOW_SECS`] and shorter than the track.
     pub continuation: Option<Audio>,
+    /// The tune a musicgen-melody checkpoint follows, mono at the model's sample rate (what
+    /// [`crate::audio::read_audio`] returns for 1 channel). Up to 30 s it conditions the whole
+    /// track as transformers' `generate(input_features=...)` does (longer is cut); a longer track
+    /// takes, in each window, the 30 s of melody from that window's start, looping a short
+    /// melody, as audiocraft does. `None` on a melody checkpoint is transformers' null melody.
+    pub melody: Option<Audio>,
     /// Seconds each window moves on from the last; in `(0, WINDOW_SECS)`. Only tracks longer
     /// than one window use it.
     pub extend_stride_secs: f64,
@@ -112,7 +118,7 @@ pub struct GenerationRequest {
 impl GenerationRequest {
     /// Generates `items`, `duration_secs` each, from nothing, with the default stride.
     pub fn new(items: Vec<GenerationItem>, duration_secs: f64) -> Self {
-        Self { items, duration_secs, continuation: None, extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS }
+        Self { items, duration_secs, continuation: None, melody: None, extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS }
     }
 
     /// One prompt with audiocraft's default sampling and seed 0.
@@ -139,6 +145,9 @@ impl GenerationRequest {
         if let Some(audio) = &self.continuation {
             validate_continuation(audio.len(), audio.sample_rate, self.duration_secs)?;
         }
+        if let Some(melody) = &self.melody {
+            validate_melody(melody.len(), melody.sample_rate)?;
+        }
         for item in &self.items {
             item.validate(vocab_size)?;
         }
@@ -156,6 +165,21 @@ pub fn validate_extend_stride(stride_secs: f64) -> Result<()> {
                  (default {DEFAULT_EXTEND_STRIDE_SECS})"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Longest melody accepted: the server's longest track, with room to spare.
+pub const MAX_MELODY_SECS: f64 = 600.0;
+
+/// A melody must have samples, and no more than [`MAX_MELODY_SECS`] of them.
+pub fn validate_melody(samples: usize, sample_rate: u32) -> Result<()> {
+    if samples == 0 || sample_rate == 0 {
+        return Err(Error::invalid("melody", "the melody has no samples"));
+    }
+    let secs = samples as f64 / sample_rate as f64;
+    if secs > MAX_MELODY_SECS {
+        return Err(Error::invalid("melody", format!("{secs:.1} s is longer than the limit of {MAX_MELODY_SECS} s")));
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// musicgen-melody's feature extractor settings (optional: transformers' defaults otherwise).
+pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
@@ -108,6 +110,7 @@ pub struct Checkpoint {
     format: WeightFormat,
     files: Vec<PathBuf>,
     weights: Arc<Weights>,
+    preprocessor: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -144,7 +147,22 @@ impl Checkpoint {
         }
         let (format, files) = find_weights(dir)?;
         let weights = Weights::open(format, &files)?;
-        Ok(Self { dir: dir.to_path_buf(), config, generation, tokenizer, format, files, weights: Arc::new(weights) })
+        let preprocessor = read_optional_json(&dir.join(PREPROCESSOR_CONFIG_FILE))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            generation,
+            tokenizer,
+            format,
+            files,
+            weights: Arc::new(weights),
+            preprocessor,
+        })
+    }
+
+    /// `preprocessor_config.json`, when the checkpoint has one (musicgen-melody's chroma settings).
+    pub fn preprocessor_config(&self) -> Option<&serde_json::Value> {
+        self.preprocessor.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -231,6 +249,18 @@ fn innermost(err: &candle_core::Error) -> &candle_core::Error {
         | candle_core::Error::WithPath { inner, .. }
         | candle_core::Error::Context { inner, .. } => innermost(inner),
         other => other,
+    }
+}
+
+/// A JSON file that may be absent; present but unreadable or malformed is an error naming it.
+fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            message: format!("{e}; fix the JSON or delete the file (transformers' defaults then apply)"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::BadCheckpoint { path: path.to_path_buf(), message: e.to_string() }),
     }
 }
 

@@ -86,6 +86,127 @@ fn f32_on_the_gpu_reproduces_transformers_codes_and_audio() {
     }
 }
 
+/// The fixture's prompt audio `(1, C, S)` as planar audio.
+fn prompt_audio(tensors: &std::collections::HashMap<String, Tensor>) -> musicgen::Audio {
+    let t = tensors["prompt_audio"].get(0).unwrap();
+    let channels = (0..t.dim(0).unwrap()).map(|c| t.get(c).unwrap().to_vec1::<f32>().unwrap()).collect();
+    musicgen::Audio { sample_rate: 32000, channels }
+}
+
+/// Continuation (EnCodec's encoder on the GPU, the prompt prefilled) and audiocraft's window loop
+/// for a 35 s track, in f32: codes equal transformers', audio within 1e-3.
+#[test]
+fn f32_continuation_and_long_tracks_on_the_gpu_reproduce_transformers() {
+    if gpu().is_none() {
+        return;
+    }
+    let cuda = LoadOptions { device: DeviceSpec::Cuda(0), ..LoadOptions::default() };
+    for name in FIXTURES {
+        let (tensors, json) = reference(name);
+        let model = MusicGen::load(checkpoint(name).to_str().unwrap(), &cuda).unwrap();
+        let cont = &json["continuation"];
+        let items = util::prompts(cont, "prompts")
+            .into_iter()
+            .map(|prompt| GenerationItem { prompt, sampling: SamplingParams::greedy(3.0), seed: 0 })
+            .collect();
+        let mut request = GenerationRequest::new(items, cont["frames"].as_u64().unwrap() as f64 / 50.0);
+        request.continuation = Some(prompt_audio(&tensors));
+        let mut generation = model.start(&request).unwrap();
+        while generation.step().unwrap().is_some() {}
+        assert_eq!(generation.codes().concat(), ints(&tensors["continuation_codes"]), "{name}: continuation codes");
+        let audio: Vec<f32> = generation.finish().unwrap().iter().flat_map(|t| t.channels.concat()).collect();
+        let expected = tensors["continuation_audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let err = relative_error(&audio, &expected);
+        eprintln!("{name}: GPU f32 continuation codes equal transformers'; audio max relative error {err:e}");
+        assert!(err <= 1e-3, "{name}: GPU continuation audio relative error {err}");
+    }
+    let (tensors, json) = reference("tiny-mono");
+    let model = MusicGen::load(checkpoint("tiny-mono").to_str().unwrap(), &cuda).unwrap();
+    let long = &json["long_tracks"]["long"];
+    let item = GenerationItem {
+        prompt: long["prompt"].as_str().unwrap().into(),
+        sampling: SamplingParams::greedy(3.0),
+        seed: 0,
+    };
+    let mut request = GenerationRequest::new(vec![item], long["duration"].as_f64().unwrap());
+    request.extend_stride_secs = long["stride"].as_f64().unwrap();
+    let mut generation = model.start(&request).unwrap();
+    while generation.step().unwrap().is_some() {}
+    assert_eq!(generation.codes().concat(), ints(&tensors["long_codes"]), "35 s windowed codes on the GPU");
+    eprintln!("tiny-mono: GPU f32 35 s windowed track: codes equal audiocraft's loop over transformers");
+}
+
+const MELODY_FIXTURES: [&str; 2] = ["tiny-melody", "tiny-stereo-melody"];
+
+/// musicgen-melody on the GPU, f32 end to end (chroma, prefix, decoder, EnCodec): codes equal
+/// transformers 4.48's for the fixture tune, audio within 1e-3.
+#[test]
+fn f32_melody_on_the_gpu_reproduces_transformers() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in MELODY_FIXTURES {
+        let (tensors, json) = reference(name);
+        let model = MusicGen::load(
+            checkpoint(name).to_str().unwrap(),
+            &LoadOptions { device: DeviceSpec::Cuda(0), ..LoadOptions::default() },
+        )
+        .unwrap();
+        let items = util::prompts(&json, "prompts")
+            .into_iter()
+            .map(|prompt| GenerationItem { prompt, sampling: SamplingParams::greedy(3.0), seed: 0 })
+            .collect();
+        let mut request = GenerationRequest::new(items, json["frames"].as_u64().unwrap() as f64 / 50.0);
+        let tune = tensors["melody_audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        request.melody = Some(musicgen::Audio { sample_rate: 32000, channels: vec![tune] });
+        let mut generation = model.start(&request).unwrap();
+        while generation.step().unwrap().is_some() {}
+        assert_eq!(generation.codes().concat(), ints(&tensors["codes"]), "{name}: GPU f32 melody codes");
+        let audio: Vec<f32> = generation.finish().unwrap().iter().flat_map(|t| t.channels.concat()).collect();
+        let err = relative_error(&audio, &tensors["audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        eprintln!("{name}: GPU f32 melody codes equal transformers'; audio max relative error {err:e}");
+        assert!(err <= 1e-3, "{name}: GPU melody audio relative error {err}");
+    }
+}
+
+/// The melody decoder teacher-forced on transformers' prefix and token grid in each dtype, graph
+/// replay: every step's logits within the dtype's bound of transformers' f32 logits.
+#[test]
+fn melody_decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
+    let Some(device) = gpu() else { return };
+    for name in MELODY_FIXTURES {
+        let (tensors, json) = reference(name);
+        let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
+        let cfg = checkpoint.config().decoder.clone();
+        let steps = json["steps"].as_u64().unwrap() as usize;
+        let frames = json["frames"].as_u64().unwrap() as usize;
+        let k = cfg.num_codebooks;
+        let len = DelayPattern::new(k, cfg.audio_channels, frames, checkpoint.generation().pad_token_id).grid_len();
+        let grid = ints(&tensors["sequences"]);
+        let batch = tensors["sequences"].dim(0).unwrap();
+        for (dtype, bound) in [(DType::F32, 1e-4), (DType::F16, 1e-2), (DType::BF16, 5e-2)] {
+            let vb = checkpoint.var_builder(dtype, &device).unwrap();
+            let decoder = Decoder::load(&cfg, vb.pp("decoder")).unwrap();
+            let prefix = tensors["prefix"].to_device(&device).unwrap();
+            let mut state = decoder.start(Conditioning::Prefix(&prefix), steps).unwrap();
+            let mut worst = 0f32;
+            for step in 0..steps {
+                let tokens: Vec<u32> = (0..2 * batch)
+                    .flat_map(|row| (0..k).map(move |c| ((row % batch) * k + c) * len + step))
+                    .map(|i| grid[i])
+                    .collect();
+                let tokens = Tensor::from_vec(tokens, (2 * batch, k), &device).unwrap();
+                let logits = decoder.step(&tokens, &mut state).unwrap();
+                let got = logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let expected = tensors["logits"].get(step).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                worst = worst.max(relative_error(&got, &expected));
+            }
+            eprintln!("{name}: {dtype:?} teacher-forced melody logits, max relative error {worst:e}");
+            assert!(worst <= bound, "{name} {dtype:?}: {worst} > {bound}");
+        }
+    }
+}
+
 /// Teacher-forced decoder on the GPU: fed transformers' text memory and token grid, the largest
 /// relative error of any step's logits against transformers' f32 logits.
 fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {

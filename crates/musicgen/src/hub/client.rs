@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hf_hub::progress::{ProgressEvent, ProgressHandler};
 use hf_hub::{HFClient, HFClientSync, HFError, HFRepositorySync, RepoTypeModel};
 
-use super::{hub_id, DownloadEvent, HubSettings, OnDownload, DEFAULT_MODEL};
+use super::{hub_id, DownloadEvent, HubSettings, OnDownload};
 use crate::error::{Error, Result};
 use crate::weights;
 
@@ -25,17 +25,16 @@ pub fn download(id: &str, settings: &HubSettings, on_download: Option<&OnDownloa
         model: id.to_string(),
         message: "a hub id has the form owner/name, e.g. facebook/musicgen-small".into(),
     })?;
-    if name.starts_with("musicgen-melody") {
-        return Err(Error::Unsupported(format!(
-            "{id}: musicgen-melody (melody conditioning) is not supported yet; use a text-only checkpoint such as \
-             {DEFAULT_MODEL}"
-        )));
-    }
     let client = client(settings, id)?;
     let fetcher = Fetcher { id, settings, repo: client.model(owner, name), on_download };
     let config = fetcher.required(weights::CONFIG_FILE)?;
     fetcher.required(weights::TOKENIZER_FILE)?;
-    for optional in [weights::GENERATION_CONFIG_FILE, "tokenizer_config.json", "special_tokens_map.json"] {
+    for optional in [
+        weights::GENERATION_CONFIG_FILE,
+        weights::PREPROCESSOR_CONFIG_FILE,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         fetcher.optional(optional)?;
     }
     fetcher.weights()?;
@@ -216,7 +215,7 @@ pub struct CachedModel {
     pub path: PathBuf,
     /// Bytes on disk over all revisions.
     pub size_bytes: u64,
-    /// Whether its config.json is one this engine runs (`musicgen`, not e.g. `musicgen_melody`).
+    /// Whether its config.json is one this engine runs (`musicgen` or `musicgen_melody`).
     pub supported: bool,
 }
 
@@ -245,7 +244,7 @@ pub fn cached_models(settings: &HubSettings) -> Result<Vec<CachedModel>> {
             id: repo.repo_id,
             path: newest.snapshot_path.clone(),
             size_bytes: repo.size_on_disk,
-            supported: model_type == "musicgen",
+            supported: model_type == crate::config::MUSICGEN || model_type == crate::config::MUSICGEN_MELODY,
         });
     }
     models.sort_by(|a, b| a.id.cmp(&b.id));

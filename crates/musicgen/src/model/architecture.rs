@@ -1,9 +1,10 @@
 //! The published MusicGen architectures, for building models with random weights.
 
-use crate::config::{DecoderConfig, EncodecConfig, MusicgenConfig, T5Config};
+use crate::config::{DecoderConfig, EncodecConfig, MusicgenConfig, T5Config, MUSICGEN, MUSICGEN_MELODY};
 use crate::error::{Error, Result};
 
-const NAMES: &str = "small, medium, large, stereo-small, stereo-medium, stereo-large";
+const NAMES: &str = "small, medium, large, stereo-small, stereo-medium, stereo-large, melody, melody-large, \
+                     stereo-melody, stereo-melody-large";
 
 /// The configuration of `facebook/musicgen-<name>` (the prefix is optional).
 pub(super) fn config(name: &str) -> Result<MusicgenConfig> {
@@ -11,6 +12,12 @@ pub(super) fn config(name: &str) -> Result<MusicgenConfig> {
     let (stereo, size) = match short.strip_prefix("stereo-") {
         Some(size) => (true, size),
         None => (false, short),
+    };
+    // musicgen-melody is the medium decoder conditioned by a prefix; -large the large one.
+    let (melody, size) = match size {
+        "melody" => (true, "medium"),
+        "melody-large" => (true, "large"),
+        other => (false, other),
     };
     let (hidden_size, num_hidden_layers, num_attention_heads, ffn_dim) = match size {
         "small" => (1024, 24, 16, 4096),
@@ -20,7 +27,9 @@ pub(super) fn config(name: &str) -> Result<MusicgenConfig> {
     };
     let channels = if stereo { 2 } else { 1 };
     Ok(MusicgenConfig {
-        model_type: Some("musicgen".into()),
+        model_type: Some(if melody { MUSICGEN_MELODY } else { MUSICGEN }.into()),
+        num_chroma: 12,
+        chroma_length: 235,
         text_encoder: T5Config {
             model_type: Some("t5".into()),
             vocab_size: 32128,
@@ -56,6 +65,7 @@ pub(super) fn config(name: &str) -> Result<MusicgenConfig> {
             ..EncodecConfig::default()
         },
         decoder: DecoderConfig {
+            model_type: Some(if melody { "musicgen_melody_decoder" } else { "musicgen_decoder" }.into()),
             vocab_size: 2048,
             max_position_embeddings: 2048,
             num_hidden_layers,
@@ -88,6 +98,11 @@ mod tests {
             (2048, 8, 2)
         );
         assert_eq!(config("musicgen-medium").unwrap().decoder.ffn_dim, 6144);
+        let melody = config("facebook/musicgen-stereo-melody-large").unwrap();
+        assert!(melody.is_melody());
+        assert_eq!((melody.decoder.hidden_size, melody.decoder.audio_channels), (2048, 2));
+        assert_eq!(config("melody").unwrap().decoder.hidden_size, 1536);
+        assert!(!config("small").unwrap().is_melody());
         let err = config("huge").unwrap_err().to_string();
         assert!(err.contains("huge") && err.contains("stereo-small"), "{err}");
     }

@@ -69,6 +69,8 @@ struct Window {
     position: usize,
     /// Whether its predictions are on the timeline (the last window, once finished).
     merged: bool,
+    /// musicgen-melody: the hidden states before the tokens (melody chroma, then text).
+    prefix: Option<Tensor>,
 }
 
 /// A request being generated; made by [`MusicGen::start`].
@@ -80,9 +82,7 @@ pub struct Generation<'m> {
     /// The item each decoder row belongs to.
     row_items: Vec<usize>,
     memory: Tensor,
-    /// What every window's rows cross-attend to, `(rows, L, hidden)`, and its mask.
-    rows_memory: Tensor,
-    rows_mask: Tensor,
+    conditions: Conditions,
     plans: Vec<WindowPlan>,
     window_index: usize,
     window: Window,
@@ -146,15 +146,21 @@ impl<'m> Generation<'m> {
             let pattern = model.pattern(plan)?;
             total_steps += pattern.steps() + 1 - pattern.first_free_position();
         }
-        let window = open_window(model, plans[0], &kept, &rows_memory, &rows_mask)?;
+        let conditions = Conditions {
+            memory: rows_memory,
+            mask: rows_mask,
+            follows: (0..batch).map(|_| true).chain(uncond_items.iter().map(|_| false)).collect(),
+            melody: request.melody.as_ref().map(|m| m.channels.concat()),
+            windowed: plans.len() > 1,
+        };
+        let window = open_window(model, plans[0], &kept, &conditions)?;
         Ok(Self {
             model,
             samplers: request.items.iter().map(|item| Sampler::new(item.sampling, item.seed)).collect(),
             uncond_rows,
             row_items: (0..batch).chain(uncond_items).collect(),
             memory,
-            rows_memory,
-            rows_mask,
+            conditions,
             plans,
             window_index: 0,
             window,
@@ -182,6 +188,13 @@ impl<'m> Generation<'m> {
     /// Windows this request runs in (1 up to 30 s).
     pub fn windows(&self) -> usize {
         self.plans.len()
+    }
+
+    /// musicgen-melody: the current window's prefix `(rows, chroma_length + L, hidden)` f32, rows as
+    /// the module doc says (transformers' `encoder_hidden_states` of the decoder); `None` for
+    /// text-to-music checkpoints.
+    pub fn prefix(&self) -> Option<&Tensor> {
+        self.window.prefix.as_ref()
     }
 
     /// The text memory of the conditional rows, `(items, L, hidden)` f32.
@@ -314,7 +327,7 @@ impl<'m> Generation<'m> {
         if self.window_index + 1 < self.plans.len() {
             self.window_index += 1;
             let plan = self.plans[self.window_index];
-            self.window = open_window(self.model, plan, &self.kept, &self.rows_memory, &self.rows_mask)?;
+            self.window = open_window(self.model, plan, &self.kept, &self.conditions)?;
         }
         Ok(())
     }
@@ -353,14 +366,23 @@ impl<'m> Generation<'m> {
     }
 }
 
+/// What every window's decoder rows are conditioned on.
+struct Conditions {
+    /// The text memory of every row `(rows, L, hidden)` (zeros for unconditional rows) and its
+    /// mask: cross-attended by MusicGen, the prefix's text part for musicgen-melody.
+    memory: Tensor,
+    mask: Tensor,
+    /// musicgen-melody: which rows follow the melody (the conditional ones; the others get the
+    /// null melody, as transformers' guidance does).
+    follows: Vec<bool>,
+    /// The melody, mono at the codec's rate.
+    melody: Option<Vec<f32>>,
+    /// Whether the track runs in several windows, each then taking its own 30 s of melody.
+    windowed: bool,
+}
+
 /// A fresh decoder state and grid for `plan`, its prompt taken from the timeline.
-fn open_window(
-    model: &MusicGen,
-    plan: WindowPlan,
-    kept: &[Vec<Vec<u32>>],
-    memory: &Tensor,
-    mask: &Tensor,
-) -> Result<Window> {
+fn open_window(model: &MusicGen, plan: WindowPlan, kept: &[Vec<Vec<u32>>], conditions: &Conditions) -> Result<Window> {
     let pattern = model.pattern(&plan)?;
     let k = pattern.num_codebooks();
     let mut grid = vec![model.decoder_start_token; kept.len() * k * pattern.grid_len()];
@@ -370,8 +392,24 @@ fn open_window(
         let per_item = k * pattern.grid_len();
         pattern.write_prompt(&mut grid[item * per_item..(item + 1) * per_item], &prompt);
     }
-    let state = model.decoder.start(Conditioning::CrossAttention { memory, mask }, pattern.steps())?;
-    Ok(Window { plan, pattern, grid, state, position: 0, merged: false })
+    let chroma = match &conditions.melody {
+        Some(melody) => {
+            let start = plan.offset * model.codec.hop_length();
+            Some(model.melody_chroma(melody, conditions.windowed.then_some(start))?)
+        }
+        None => None,
+    };
+    let (memory, mask) = (&conditions.memory, &conditions.mask);
+    let prefix = match model.melody_prefix(chroma.as_ref(), &conditions.follows)? {
+        Some(melody) => Some(Tensor::cat(&[&melody, &memory.to_dtype(melody.dtype())?], 1)?),
+        None => None,
+    };
+    let conditioning = match &prefix {
+        Some(prefix) => Conditioning::Prefix(prefix),
+        None => Conditioning::CrossAttention { memory, mask },
+    };
+    let state = model.decoder.start(conditioning, pattern.steps())?;
+    Ok(Window { plan, pattern, grid, state, position: 0, merged: false, prefix })
 }
 
 impl MusicGen {

@@ -292,10 +292,12 @@ fn offline_resolution_lists_and_removal_use_the_hf_cache() {
 }
 
 #[test]
-fn melody_is_refused_before_any_download() {
+fn melody_checkpoints_have_short_names_and_download_like_the_others() {
+    assert_eq!(hub::hub_id("melody").as_deref(), Some("facebook/musicgen-melody"));
+    assert_eq!(hub::hub_id("stereo-melody-large").as_deref(), Some("facebook/musicgen-stereo-melody-large"));
+    // Offline and not cached: the same clear download error as any other model, not a refusal.
     let cache = tempfile::tempdir().unwrap();
-    let settings = HubSettings { cache_dir: cache.path().to_path_buf(), offline: false };
-    let err = hub::resolve("facebook/musicgen-melody", &settings, None).unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err}");
-    assert!(err.to_string().contains("melody"), "{err}");
+    let settings = HubSettings { cache_dir: cache.path().to_path_buf(), offline: true };
+    let err = hub::resolve("melody", &settings, None).unwrap_err();
+    assert!(matches!(err, Error::Download { .. }), "{err}");
 }

@@ -8,7 +8,9 @@ mod util;
 
 mod audio_files;
 mod checkpoints;
+mod continuation;
 mod decoder;
 mod encodec;
 mod generate;
+mod melody;
 mod t5;

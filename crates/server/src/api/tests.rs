@@ -43,6 +43,7 @@ async fn start(max_queue: usize) -> TestServer {
         vocab_size: 99,
         parameters: 1000,
         step_mode: "growing".into(),
+        melody: false,
     };
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
