@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use musicgen::request::WINDOW_SECS;
+use musicgen::Audio;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -172,6 +173,21 @@ impl Plan {
             engine_duration_secs: total_secs - head_frames as f64 / sample_rate as f64,
         }
     }
+
+    /// `audio` (the upload this plan was made for) cut into its head, if it has one, and the prompt.
+    pub fn split(&self, audio: Audio) -> (Option<Audio>, Audio) {
+        let rate = audio.sample_rate;
+        let (head, prompt): (Vec<Vec<f32>>, Vec<Vec<f32>>) = audio
+            .channels
+            .into_iter()
+            .map(|mut samples| {
+                let prompt = samples.split_off(self.head_frames.min(samples.len()));
+                (samples, prompt)
+            })
+            .unzip();
+        let head = (self.head_frames > 0).then_some(Audio { sample_rate: rate, channels: head });
+        (head, Audio { sample_rate: rate, channels: prompt })
+    }
 }
 
 #[cfg(test)]
@@ -186,5 +202,22 @@ mod tests {
         assert_eq!(long, Plan { head_frames: 32000 * 15, prompt_frames: 32000 * 30, engine_duration_secs: 45.0 });
         let exact = Plan::new(40.0, 32000 * 30, 32000);
         assert_eq!((exact.head_frames, exact.prompt_frames), (0, 960000));
+    }
+
+    #[test]
+    fn a_split_keeps_the_first_samples_as_the_head_and_the_last_window_as_the_prompt() {
+        let rate = 100;
+        let ramp = |offset: f32| (0..4500).map(|i| i as f32 + offset).collect::<Vec<f32>>();
+        let audio = Audio { sample_rate: rate, channels: vec![ramp(0.0), ramp(0.5)] };
+        let plan = Plan::new(60.0, audio.len(), rate);
+        let (head, prompt) = plan.split(audio.clone());
+        let head = head.unwrap();
+        assert_eq!((head.len(), prompt.len()), (1500, 3000));
+        assert_eq!((head.channels[1][0], head.channels[1][1499]), (0.5, 1499.5));
+        assert_eq!((prompt.channels[0][0], prompt.channels[0][2999]), (1500.0, 4499.0), "the last 30 s");
+        assert_eq!(prompt.sample_rate, rate);
+        let short = Audio { sample_rate: rate, channels: vec![ramp(0.0)[..700].to_vec()] };
+        let (head, prompt) = Plan::new(20.0, short.len(), rate).split(short.clone());
+        assert_eq!((head, prompt), (None, short), "audio within one window is all prompt");
     }
 }

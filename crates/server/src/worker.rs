@@ -270,17 +270,9 @@ impl Worker {
                 }
             };
         let plan = Plan::new(params.duration_secs, audio.len(), audio.sample_rate);
-        let (head, prompt): (Vec<Vec<f32>>, Vec<Vec<f32>>) = audio
-            .channels
-            .into_iter()
-            .map(|mut samples| {
-                let prompt = samples.split_off(plan.head_frames);
-                (samples, prompt)
-            })
-            .unzip();
+        let (head, prompt) = plan.split(audio);
         request.duration_secs = plan.engine_duration_secs;
-        request.continuation = Some(Audio { sample_rate: audio.sample_rate, channels: prompt });
-        let head = (plan.head_frames > 0).then_some(Audio { sample_rate: audio.sample_rate, channels: head });
+        request.continuation = Some(prompt);
         Ok((request, head))
     }
 
