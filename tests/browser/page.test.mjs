@@ -1,6 +1,6 @@
 // The page at `/` of `dgx-music serve`, used the way a person would in Debian's headless Chromium:
-// make a track with the tiny fixture model, hear it, cancel one, get an error explained, and leave
-// screenshots at laptop and phone widths for a human to look at.
+// make a track with the tiny fixture model, hear it, extend it, continue a file of one's own, cancel
+// one, get an error explained, and leave screenshots at laptop and phone widths for a human to look at.
 //
 // Environment:
 //   DGX_MUSIC_BIN      the built `dgx-music` binary (required unless DGX_MUSIC_URL is set)
@@ -246,6 +246,86 @@ describe('the page of dgx-music serve', () => {
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'prompt');
   });
 
+  it('extends a finished track by the seconds asked', async () => {
+    const prompt = 'bright ukulele melody with hand claps';
+    const source = card(prompt).first();
+    const sourceId = await source.getAttribute('data-id');
+    const extend = source.getByRole('button', { name: /^Extend/ });
+    assert.equal(await extend.getAttribute('aria-expanded'), 'false');
+    await extend.click();
+    assert.equal(await extend.getAttribute('aria-expanded'), 'true');
+    const seconds = source.getByLabel('Seconds to add');
+    assert.equal(await page.evaluate(() => document.activeElement?.className), 'extend-seconds', 'focus moves to the box');
+    await seconds.fill('0');
+    await source.getByRole('button', { name: 'Add', exact: true }).click();
+    assert.match(await source.locator('.extend-error').textContent(), /from 1 to 298/);
+    assert.equal(await seconds.getAttribute('aria-invalid'), 'true');
+    await seconds.fill('3');
+    assert.ok(await source.locator('.extend-error').isHidden(), 'typing clears the complaint');
+    assert.equal(await seconds.getAttribute('aria-invalid'), null);
+    assert.match(await source.locator('.extend-hint').textContent(), /2 s, then 3 s more: 5 s in all/);
+    await source.scrollIntoViewIfNeeded();
+    await shoot('extend-desktop', DESKTOP);
+    await source.getByRole('button', { name: 'Add 3 s' }).click();
+    await page.waitForFunction((id) => document.querySelector('#jobs > li')?.dataset.id !== id, sourceId, { timeout: 10_000 });
+    assert.ok(await source.locator('.extend-form').isHidden(), 'the box closes once the extension is queued');
+    assert.equal(await extend.getAttribute('aria-expanded'), 'false');
+
+    const extended = page.locator('#jobs > li').first();
+    const id = await extended.getAttribute('data-id');
+    await extended.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    assert.equal(await extended.locator('.job-continues').textContent(), `Extends the 2.0 s track “${prompt}”`);
+    const job = await (await page.request.get(`${baseUrl}/api/v1/jobs/${id}`)).json();
+    assert.equal(job.continue_from.source_job, sourceId);
+    assert.equal(job.prompt, prompt);
+    assert.ok(Math.abs(job.duration - 5) < 0.05, `2 s + 3 s asks for 5 s in all, got ${job.duration}`);
+    const audio = extended.locator('audio');
+    await page.waitForFunction((el) => el.readyState >= 1 && el.duration > 0, await audio.elementHandle(), { timeout: 20_000 });
+    const duration = await audio.evaluate((el) => el.duration);
+    assert.ok(Math.abs(duration - 5) < 0.1, `the extended track lasts 5 s, got ${duration}`);
+
+    // "Again" on an extension continues the same copy of the old track.
+    await extended.getByRole('button', { name: /^Again/ }).click();
+    assert.match(await page.locator('#continue_from-status').textContent(), /continues an earlier 2\.0 s track/);
+    await page.getByRole('button', { name: 'Remove' }).click();
+    assert.ok(await page.locator('#continue_from-chosen').isHidden());
+  });
+
+  it('continues a file of your own, and says why a file is refused', async () => {
+    const picker = page.getByLabel(/Continue your own audio/);
+    await picker.setInputFiles({
+      name: 'shopping-list.txt', mimeType: 'text/plain', buffer: Buffer.from('eggs, flour, milk\n'.repeat(20)),
+    });
+    const error = page.locator('#continue_from-error');
+    await error.waitFor({ state: 'visible', timeout: 10_000 });
+    assert.match(await error.textContent(), /shopping-list\.txt: not an audio file/);
+    assert.equal(await picker.getAttribute('aria-invalid'), 'true');
+    assert.ok(await page.locator('#continue_from-chosen').isHidden());
+    assert.equal(await picker.inputValue(), '', 'the refused file is not kept');
+
+    await picker.setInputFiles(path.join(ROOT, 'crates/musicgen/tests/fixtures/audio/sine_44k1_stereo.wav'));
+    await page.waitForFunction(
+      () => /continues “sine_44k1_stereo\.wav” \(0\.2 s\)/.test(document.getElementById('continue_from-status').textContent),
+      null,
+      { timeout: 10_000 },
+    );
+    assert.ok(await error.isHidden(), 'a good file clears the error');
+    assert.equal(await picker.getAttribute('aria-invalid'), null);
+    await shoot('continue-desktop', DESKTOP);
+
+    const job = await generate('my riff, carried on with strings', 2);
+    await job.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    assert.equal(await job.locator('.job-continues').textContent(), 'Continues “sine_44k1_stereo.wav” (0.2 s)');
+    const stored = await (await page.request.get(`${baseUrl}/api/v1/jobs/${await job.getAttribute('data-id')}`)).json();
+    assert.equal(stored.continue_from.filename, 'sine_44k1_stereo.wav');
+    const upload = await page.request.get(`${baseUrl}/api/v1/uploads/${stored.continue_from.upload}`);
+    assert.equal(upload.status(), 200);
+
+    await page.getByRole('button', { name: 'Remove' }).click();
+    assert.ok(await page.locator('#continue_from-chosen').isHidden());
+    assert.equal(await picker.inputValue(), '');
+  });
+
   it('cancels a long job while it runs, then deletes it', async () => {
     const prompt = 'five minute drone for cancelling';
     await page.locator('#seed').fill('');
@@ -310,14 +390,14 @@ describe('the page of dgx-music serve', () => {
 
     await page.reload();
     const order = [];
-    for (let i = 0; i < 5; i += 1) {
+    for (let i = 0; i < 6; i += 1) {
       await page.keyboard.press('Tab');
       order.push(await page.evaluate(() => {
         const el = document.activeElement;
         return el.id || el.className || el.tagName.toLowerCase();
       }));
     }
-    assert.deepEqual(order, ['skip', 'prompt', 'duration', 'summary', 'generate']);
+    assert.deepEqual(order, ['skip', 'prompt', 'duration', 'continue_from', 'summary', 'generate']);
   });
 
   it('raised no script errors', () => {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use musicgen::{DType, DeviceSpec};
 
@@ -29,9 +30,25 @@ pub struct Args {
     /// Queued jobs beyond which new requests get 429 Too Many Requests.
     #[arg(long, env = "DGX_MUSIC_MAX_QUEUE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
-    /// Queued jobs of equal duration generated together in one engine batch.
+    /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
+    /// audio only with jobs continuing the same audio with the same stride).
     #[arg(long, env = "DGX_MUSIC_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_batch: u32,
+    /// Largest audio file accepted by POST /api/v1/uploads, in megabytes (10^6 bytes); larger ones
+    /// get 413 Payload Too Large.
+    #[arg(long, env = "DGX_MUSIC_MAX_UPLOAD_MB", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_upload_mb: u32,
+    /// Uploads that no job continues are deleted once older than this many hours (checked at start-up
+    /// and periodically). An upload a job continues is deleted with the last such job.
+    #[arg(long, env = "DGX_MUSIC_UNUSED_UPLOAD_HOURS", default_value_t = 24.0, value_parser = positive_hours)]
+    unused_upload_hours: f64,
+}
+
+fn positive_hours(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(hours) if hours > 0.0 && hours <= 1e6 => Ok(hours),
+        _ => Err(format!("{text:?} is not a number of hours above 0 (and at most 1000000)")),
+    }
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -41,8 +58,13 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The decoder logs a client's bad upload at ERROR level, yet it is the client's problem and the
+    // 400 answer says what it is; RUST_LOG=symphonia=debug shows those lines again.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("symphonia")) {
+        filter = filter.add_directive("symphonia=off".parse().expect("a valid directive"));
+    }
     // Another subcommand path may already have installed a subscriber; keep it then.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -62,6 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dtype: args.dtype,
         max_queue: args.max_queue as usize,
         max_batch: args.max_batch as usize,
+        max_upload_bytes: u64::from(args.max_upload_mb) * 1_000_000,
+        unused_upload_max_age: Duration::from_secs_f64(args.unused_upload_hours * 3600.0),
     })?;
     Ok(ExitCode::SUCCESS)
 }

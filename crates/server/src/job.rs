@@ -4,7 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use musicgen::request::DEFAULT_EXTEND_STRIDE_SECS;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -55,12 +56,71 @@ impl FromStr for JobStatus {
     }
 }
 
-/// The validated parameters of one generation: the engine's item (prompt, sampling, seed) and
-/// the duration a batch shares. The store keeps `item` as its JSON form.
+/// The validated parameters of one generation: the engine's item (prompt, sampling, seed), the
+/// total duration, the audio it continues and the stride of its windows. A batch shares all but the
+/// item. The store keeps everything but the duration as one JSON object ([`JobParams::to_json`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobParams {
     pub item: musicgen::GenerationItem,
+    /// Seconds of the finished track, the continued audio included.
     pub duration_secs: f64,
+    pub continue_from: Option<Continuation>,
+    pub extend_stride_secs: f64,
+}
+
+/// The audio a job continues, as it was when the job was submitted: an upload, or the snapshot of a
+/// finished job's track (`source_job`) taken then, so that deleting that job changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    pub upload: Uuid,
+    pub source_job: Option<Uuid>,
+    pub filename: String,
+    /// Length of the continued audio: the engine is prompted with its last 30 s at most, and what
+    /// comes before is kept as the head of the new track.
+    pub duration_secs: f64,
+}
+
+/// The `params` column: the item's fields, then what the job continues. Fields added later are
+/// optional here, so rows of older releases still load.
+#[derive(Serialize, Deserialize)]
+struct StoredParams {
+    #[serde(flatten)]
+    item: musicgen::GenerationItem,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    continue_from: Option<Continuation>,
+    #[serde(default = "default_stride")]
+    extend_stride: f64,
+}
+
+fn default_stride() -> f64 {
+    DEFAULT_EXTEND_STRIDE_SECS
+}
+
+impl JobParams {
+    /// A generation from nothing with the default stride.
+    pub fn new(item: musicgen::GenerationItem, duration_secs: f64) -> Self {
+        JobParams { item, duration_secs, continue_from: None, extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS }
+    }
+
+    /// The JSON the store keeps: `{"prompt", "sampling": {..}, "seed", "continue_from"?, "extend_stride"}`.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&StoredParams {
+            item: self.item.clone(),
+            continue_from: self.continue_from.clone(),
+            extend_stride: self.extend_stride_secs,
+        })
+    }
+
+    /// Reads what [`JobParams::to_json`] wrote, or what an older release wrote (the item alone).
+    pub fn from_json(json: &str, duration_secs: f64) -> serde_json::Result<Self> {
+        let stored: StoredParams = serde_json::from_str(json)?;
+        Ok(JobParams {
+            item: stored.item,
+            duration_secs,
+            continue_from: stored.continue_from,
+            extend_stride_secs: stored.extend_stride,
+        })
+    }
 }
 
 /// A job as the store keeps it.
@@ -122,6 +182,13 @@ impl Job {
             temperature: sampling.temperature,
             cfg_coef: sampling.cfg_coef,
             seed: item.seed,
+            continue_from: self.params.continue_from.as_ref().map(|c| ContinueFromView {
+                upload: c.upload.to_string(),
+                source_job: c.source_job.map(|id| id.to_string()),
+                filename: c.filename.clone(),
+                duration_secs: c.duration_secs,
+            }),
+            extend_stride: self.params.extend_stride_secs,
             model: self.model.clone(),
             waiting_reason,
             created_at: timestamp(self.created_at),
@@ -167,6 +234,10 @@ pub struct JobView {
     pub temperature: f64,
     pub cfg_coef: f64,
     pub seed: u64,
+    /// The audio the track continues (its first seconds are that audio); null when it starts from nothing.
+    pub continue_from: Option<ContinueFromView>,
+    /// Seconds each 30 s window of a long track moves on from the last.
+    pub extend_stride: f64,
     /// The model the job runs on: its hub id (`facebook/musicgen-small`), or the canonical path
     /// of a local checkpoint directory. A server only runs jobs of the model it loaded.
     pub model: String,
@@ -191,6 +262,22 @@ pub struct JobView {
     pub audio_url: Option<String>,
 }
 
+/// What a job continues, in the job JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ContinueFromView {
+    /// The stored audio the job continues (`GET /api/v1/uploads/{id}`).
+    #[schema(format = Uuid)]
+    pub upload: String,
+    /// The finished job whose track this extends, when it extends one (it may have been deleted since:
+    /// the upload is a copy of its track).
+    #[schema(format = Uuid)]
+    pub source_job: Option<String>,
+    /// The uploaded file's name, or the extended track's download name.
+    pub filename: String,
+    /// Seconds of audio continued; the new track starts with them.
+    pub duration_secs: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +288,7 @@ mod tests {
             sampling: musicgen::SamplingParams::default(),
             seed: 7,
         };
-        JobParams { item, duration_secs: 8.0 }
+        JobParams::new(item, 8.0)
     }
 
     #[test]
@@ -235,5 +322,30 @@ mod tests {
         let json = serde_json::to_value(&done).unwrap();
         assert_eq!(json["status"], "completed");
         assert!(json["created_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!((&json["continue_from"], json["extend_stride"].as_f64()), (&serde_json::Value::Null, Some(18.0)));
+    }
+
+    #[test]
+    fn stored_params_round_trip_and_older_rows_get_the_defaults() {
+        let mut params = params();
+        assert_eq!(JobParams::from_json(&params.to_json().unwrap(), 8.0).unwrap(), params);
+        params.continue_from = Some(Continuation {
+            upload: Uuid::new_v4(),
+            source_job: Some(Uuid::new_v4()),
+            filename: "riff.flac".into(),
+            duration_secs: 4.5,
+        });
+        params.extend_stride_secs = 10.0;
+        let json = params.to_json().unwrap();
+        assert_eq!(JobParams::from_json(&json, 8.0).unwrap(), params);
+        let view = Job::new(params.clone(), "tiny".into(), Utc::now()).view("tiny");
+        let shown = view.continue_from.unwrap();
+        assert_eq!(shown.upload, params.continue_from.as_ref().unwrap().upload.to_string());
+        assert_eq!((shown.filename.as_str(), shown.duration_secs, view.extend_stride), ("riff.flac", 4.5, 10.0));
+        // A row written before migration 0003: the item alone.
+        let old = r#"{"prompt": "p", "sampling": {"top_k": 5, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0}, "seed": 1}"#;
+        let loaded = JobParams::from_json(old, 3.0).unwrap();
+        assert_eq!((loaded.continue_from, loaded.extend_stride_secs), (None, DEFAULT_EXTEND_STRIDE_SECS));
+        assert_eq!((loaded.item.prompt.as_str(), loaded.item.sampling.top_k), ("p", 5));
     }
 }

@@ -2,8 +2,8 @@
 //! generation history, audio storage, progress events and the web page.
 //!
 //! [`run`] is `dgx-music serve`: it opens the stores in the data directory, requeues jobs a
-//! crash interrupted, loads the model on the worker thread, listens, and on SIGTERM/Ctrl-C
-//! stops accepting, lets the running step finish, requeues its jobs and exits.
+//! crash interrupted, sweeps uploads no job uses, loads the model on the worker thread, listens,
+//! and on SIGTERM/Ctrl-C stops accepting, lets the running step finish, requeues its jobs and exits.
 
 mod api;
 mod error;
@@ -13,11 +13,13 @@ mod metrics;
 pub mod request;
 mod state;
 pub mod store;
+pub mod upload;
 pub mod web;
 mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use musicgen::{DType, DeviceSpec, LoadOptions};
 use tokio::net::TcpListener;
@@ -36,7 +38,7 @@ use crate::store::{AudioStore, JobStore, LocalAudioStore, SqliteJobStore};
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// Holds `dgx-music.db` and `audio/`.
+    /// Holds `dgx-music.db`, `audio/` (tracks), `uploads/` (audio jobs continue) and `incoming/`.
     pub data_dir: PathBuf,
     /// Hub id or checkpoint directory.
     pub model: String,
@@ -44,8 +46,12 @@ pub struct ServerConfig {
     pub dtype: DType,
     /// Queued jobs beyond which `POST /generate` answers 429.
     pub max_queue: usize,
-    /// Jobs of equal duration generated together.
+    /// Jobs of equal duration (and continuation) generated together.
     pub max_batch: usize,
+    /// Largest upload accepted, in bytes of the file.
+    pub max_upload_bytes: u64,
+    /// Uploads no job uses are deleted once this old.
+    pub unused_upload_max_age: Duration,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -64,6 +70,10 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     }
     let jobs: Arc<dyn JobStore> = sqlite.clone();
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("audio"))?);
+    let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("uploads"))?);
+    let incoming = empty_dir(&data_dir.join("incoming"))?;
+    upload::remove_orphan_files(&*jobs, &*uploads).await?;
+    upload::sweep(&*jobs, &*uploads, config.unused_upload_max_age).await?;
     let events = Events::default();
     let metrics = Arc::new(Metrics::default());
 
@@ -79,6 +89,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         worker::WorkerContext {
             jobs: jobs.clone(),
             audio: audio.clone(),
+            uploads: uploads.clone(),
             events: events.clone(),
             metrics: metrics.clone(),
             max_batch: config.max_batch.max(1),
@@ -106,11 +117,15 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     tracing::info!("data in {}", data_dir.display());
     tracing::info!("listening on http://{local} (API at http://{local}/api/v1)");
 
+    upload::spawn_sweeper(jobs.clone(), uploads.clone(), config.unused_upload_max_age);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let worker = spawned.handle.clone();
     let state = AppState::new(Shared {
         jobs,
         audio,
+        uploads,
+        incoming,
+        max_upload_bytes: config.max_upload_bytes,
         model,
         max_queue: config.max_queue,
         events,
@@ -135,6 +150,18 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     sqlite.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Creates `dir` if needed and removes what an interrupted run left in it.
+fn empty_dir(dir: &Path) -> Result<PathBuf, ServerError> {
+    let io_err = |source| ServerError::DataDir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        tracing::info!("removing {}, an upload an interrupted run was receiving", path.display());
+        std::fs::remove_file(&path).map_err(|source| ServerError::DataDir { path: path.clone(), source })?;
+    }
+    Ok(dir.to_path_buf())
 }
 
 async fn shutdown_signal() {

@@ -1,14 +1,16 @@
 //! Turning a `POST /generate` body into validated [`JobParams`]. The body is read by an extractor
 //! ([`Generate`]) that names the field at fault when it does not deserialize (through
 //! `serde_path_to_error`); value ranges are the engine's rules (`GenerationItem::validate`,
-//! `validate_duration_within`), so the server and `dgx-music generate` accept the same requests.
+//! `validate_duration_within`, `validate_extend_stride`), so the server and `dgx-music generate`
+//! accept the same requests. What `continue_from` names is looked up by the handler, which checks it
+//! with `validate_continuation` (`api/uploads.rs`).
 
 use std::ops::RangeInclusive;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
-use musicgen::request::validate_duration_within;
+use musicgen::request::{validate_duration_within, validate_extend_stride, DEFAULT_EXTEND_STRIDE_SECS, WINDOW_SECS};
 use musicgen::{GenerationItem, SamplingParams};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -51,12 +53,21 @@ pub struct GenerateBody {
     /// Random seed, 0..=2^53-1; a random one is chosen (and reported) when absent.
     #[schema(minimum = 0, maximum = 9007199254740991.0)]
     pub seed: Option<u64>,
+    /// Audio the track continues: the id of an upload (`POST /api/v1/uploads`) or of a completed job,
+    /// whose track is then extended (its last 30 s prompt the model, what comes before is kept as it is).
+    /// `duration` stays the length of the whole track, so it must exceed that audio's length.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub continue_from: Option<String>,
+    /// Seconds each 30 s window of a track longer than 30 s moves on from the last, in (0, 30). Default 18.
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 30.0, example = 18.0)]
+    pub extend_stride: Option<f64>,
 }
 
 impl GenerateBody {
     /// Applies the defaults and the engine's rules. `vocab_size` bounds `top_k` (and caps its
-    /// default); `random_seed` is used when the body has no seed.
-    pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
+    /// default); `random_seed` is used when the body has no seed. The continuation is left to the
+    /// handler: [`Generate::continue_from`] is only parsed here.
+    pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<Generate, ApiError> {
         let prompt = self.prompt.ok_or_else(|| {
             ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")
         })?;
@@ -80,8 +91,27 @@ impl GenerateBody {
         if seed > MAX_SEED {
             return Err(ApiError::invalid(Some("seed"), format!("seed {seed} is outside 0..={MAX_SEED}")));
         }
-        Ok(JobParams { item, duration_secs })
+        let extend_stride_secs = self.extend_stride.unwrap_or(DEFAULT_EXTEND_STRIDE_SECS);
+        validate_extend_stride(extend_stride_secs)?;
+        let continue_from = self
+            .continue_from
+            .map(|text| {
+                Uuid::try_parse(&text).map_err(|_| {
+                    let shown: String = text.chars().take(64).collect();
+                    ApiError::invalid(
+                        Some("continue_from"),
+                        format!("continue_from {shown:?} is not an id: {}", accepted_continue_from()),
+                    )
+                })
+            })
+            .transpose()?;
+        let params = JobParams { extend_stride_secs, ..JobParams::new(item, duration_secs) };
+        Ok(Generate { params, continue_from })
     }
+}
+
+fn accepted_continue_from() -> &'static str {
+    "the id (a UUID) of an upload (POST /api/v1/uploads) or of a completed job"
 }
 
 /// What a field accepts, for messages about a value of the wrong type.
@@ -94,6 +124,10 @@ fn accepted(field: &str, vocab_size: usize) -> Option<String> {
         "temperature" => "a number > 0".into(),
         "cfg_coef" => "a number >= 0".into(),
         "seed" => format!("an integer within 0..={MAX_SEED}"),
+        "continue_from" => accepted_continue_from().into(),
+        "extend_stride" => {
+            format!("a number of seconds above 0 and below {WINDOW_SECS} (default {DEFAULT_EXTEND_STRIDE_SECS})")
+        }
         _ => return None,
     })
 }
@@ -138,7 +172,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The validated parameters of a `POST /generate` request.
-pub struct Generate(pub JobParams);
+pub struct Generate {
+    /// Everything but the continuation, which the handler resolves from `continue_from`.
+    pub params: JobParams,
+    /// The upload or completed job named by `continue_from`, not yet looked up.
+    pub continue_from: Option<Uuid>,
+}
 
 impl FromRequest<AppState> for Generate {
     type Rejection = ApiError;
@@ -162,7 +201,7 @@ impl FromRequest<AppState> for Generate {
         let vocab_size = state.model.vocab_size;
         // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
         let random_seed = Uuid::new_v4().as_u64_pair().0;
-        parse_body(&bytes, vocab_size)?.into_params(vocab_size, random_seed).map(Generate)
+        parse_body(&bytes, vocab_size)?.into_params(vocab_size, random_seed)
     }
 }
 
@@ -173,6 +212,10 @@ mod tests {
     use super::*;
 
     fn parse(body: &Value, vocab_size: usize, random_seed: u64) -> Result<JobParams, ApiError> {
+        Ok(parse_request(body, vocab_size, random_seed)?.params)
+    }
+
+    fn parse_request(body: &Value, vocab_size: usize, random_seed: u64) -> Result<Generate, ApiError> {
         parse_body(body.to_string().as_bytes(), vocab_size)?.into_params(vocab_size, random_seed)
     }
 
@@ -194,6 +237,20 @@ mod tests {
         assert_eq!(small_vocab.item.sampling.top_k, 64);
         let big_seed = parse(&json!({"prompt": "x", "duration": 1}), 64, u64::MAX).unwrap();
         assert_eq!(big_seed.item.seed, MAX_SEED, "random seeds stay within MAX_SEED");
+        let plain = parse_request(&json!({"prompt": "x", "duration": 1}), 64, 1).unwrap();
+        assert_eq!(
+            (plain.continue_from, plain.params.continue_from, plain.params.extend_stride_secs),
+            (None, None, 18.0)
+        );
+    }
+
+    #[test]
+    fn continue_from_and_extend_stride_are_parsed_and_kept() {
+        let id = Uuid::new_v4();
+        let body = json!({"prompt": "p", "duration": 40, "continue_from": id.to_string(), "extend_stride": 10});
+        let request = parse_request(&body, 2048, 0).unwrap();
+        assert_eq!((request.continue_from, request.params.extend_stride_secs), (Some(id), 10.0));
+        assert_eq!(request.params.continue_from, None, "the handler resolves the id");
     }
 
     #[test]
@@ -230,6 +287,16 @@ mod tests {
             (json!({"prompt": "p", "duration": 5, "seed": -1}), "seed", "0..="),
             (json!({"prompt": "p", "duration": 5, "seed": MAX_SEED + 1}), "seed", "0..="),
             (json!({"prompt": "p", "duration": 5, "seed": "7"}), "seed", "integer"),
+            (json!({"prompt": "p", "duration": 5, "extend_stride": 0}), "extend_stride", "above 0 and below the 30 s"),
+            (json!({"prompt": "p", "duration": 5, "extend_stride": 30}), "extend_stride", "30"),
+            (json!({"prompt": "p", "duration": 5, "extend_stride": -2.5}), "extend_stride", "-2.5"),
+            (json!({"prompt": "p", "duration": 5, "extend_stride": "x"}), "extend_stride", "below 30"),
+            (
+                json!({"prompt": "p", "duration": 5, "continue_from": "riff.wav"}),
+                "continue_from",
+                "\"riff.wav\" is not an id",
+            ),
+            (json!({"prompt": "p", "duration": 5, "continue_from": 7}), "continue_from", "UUID"),
         ];
         for (body, field, needle) in cases {
             let (got_field, msg) = message(body.clone());

@@ -1,5 +1,6 @@
 //! What every handler shares.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use musicgen::ModelInfo;
@@ -15,7 +16,14 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub jobs: Arc<dyn JobStore>,
+    /// The tracks of completed jobs.
     pub audio: Arc<dyn AudioStore>,
+    /// The audio jobs continue (uploads and snapshots of tracks); records in `jobs`.
+    pub uploads: Arc<dyn AudioStore>,
+    /// Scratch directory where an upload is received and checked before it is stored.
+    pub incoming: PathBuf,
+    /// Largest upload accepted, in bytes of the file.
+    pub max_upload_bytes: u64,
     pub model: ModelInfo,
     pub max_queue: usize,
     pub events: Events,

@@ -1,7 +1,12 @@
 //! The one thread that owns the model. It claims batches of compatible jobs of its own model
-//! (by canonical id: jobs for another model stay queued for a server that runs it) from the store,
-//! runs the (blocking) engine on them and records the outcome; the async runtime only talks to
-//! it through the store, a wake-up [`Notify`] and the registry of the running batch.
+//! (by canonical id: jobs for another model stay queued for a server that runs it; same duration,
+//! continuation and stride) from the store, runs the (blocking) engine on them and records the
+//! outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
+//! registry of the running batch.
+//!
+//! A batch that continues audio reads it from the uploads store: its last 30 s at most prompt the
+//! engine, and what comes before (the head of a long track being extended) is put back in front
+//! of each track, untouched.
 //!
 //! Cancellation: the API marks a job cancelled in the store first, then tells the registry; the
 //! worker registers a batch first, then re-reads its jobs' statuses. Whichever comes second sees
@@ -16,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use musicgen::audio::Normalize;
-use musicgen::{CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
+use musicgen::audio::{Normalize, SampleFormat};
+use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
@@ -26,6 +31,7 @@ use crate::events::Events;
 use crate::job::{Job, JobStatus};
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, Outcome};
+use crate::upload::{Plan, MAX_UPLOAD_SECS};
 
 /// Progress is written and announced at most this often (the SSE contract is ~10 events/s).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -92,6 +98,7 @@ impl WorkerHandle {
 pub struct WorkerContext {
     pub jobs: Arc<dyn JobStore>,
     pub audio: Arc<dyn AudioStore>,
+    pub uploads: Arc<dyn AudioStore>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub max_batch: usize,
@@ -180,10 +187,17 @@ impl Worker {
             ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
         );
 
-        let request = GenerationRequest::new(
-            batch.iter().map(|job| job.params.item.clone()).collect(),
-            batch[0].params.duration_secs,
-        );
+        let (request, head) = match self.request_for(engine, &batch) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.fail_all(&ids, &error);
+                *self.handle.registry() = None;
+                for &id in &ids {
+                    ctx.events.changed(id);
+                }
+                return;
+            }
+        };
         let started = Instant::now();
         let mut last_report: Option<Instant> = None;
         let mut on_progress = |progress: &Progress| {
@@ -203,7 +217,7 @@ impl Worker {
         let took = started.elapsed().as_secs_f64();
 
         match result {
-            Ok(Ok(tracks)) if tracks.len() == batch.len() => self.deliver(&ids, tracks, took),
+            Ok(Ok(tracks)) if tracks.len() == batch.len() => self.deliver(&ids, tracks, head.as_ref(), took),
             Ok(Ok(tracks)) => {
                 let error = format!("the engine returned {} tracks for {} prompts", tracks.len(), batch.len());
                 self.fail_all(&ids, &error);
@@ -228,6 +242,40 @@ impl Worker {
         }
     }
 
+    /// The engine's request for a batch (its jobs share duration, continuation and stride), and the
+    /// head that goes back in front of each track.
+    fn request_for(&self, engine: &MusicGen, batch: &[Job]) -> Result<(GenerationRequest, Option<Audio>), String> {
+        let params = &batch[0].params;
+        let items = batch.iter().map(|job| job.params.item.clone()).collect();
+        let mut request = GenerationRequest::new(items, params.duration_secs);
+        request.extend_stride_secs = params.extend_stride_secs;
+        let Some(continued) = &params.continue_from else { return Ok((request, None)) };
+        let info = engine.info();
+        let audio =
+            match self.context.uploads.read(continued.upload, info.sample_rate, info.audio_channels, MAX_UPLOAD_SECS) {
+                Ok(Some(audio)) => audio,
+                Ok(None) => {
+                    return Err(format!(
+                        "the audio to continue ({}) is missing from the data directory",
+                        continued.filename
+                    ))
+                }
+                Err(err) => {
+                    // Job errors reach clients, store errors may name paths: the details go to the log.
+                    tracing::error!("cannot read upload {}: {err}", continued.upload);
+                    return Err(format!(
+                        "cannot read the audio to continue ({}); the details are in the server log",
+                        continued.filename
+                    ));
+                }
+            };
+        let plan = Plan::new(params.duration_secs, audio.len(), audio.sample_rate);
+        let (head, prompt) = plan.split(audio);
+        request.duration_secs = plan.engine_duration_secs;
+        request.continuation = Some(prompt);
+        Ok((request, head))
+    }
+
     /// Jobs of the running batch that nobody cancelled.
     fn live_ids(&self) -> Vec<Uuid> {
         match self.handle.registry().as_ref() {
@@ -236,7 +284,7 @@ impl Worker {
         }
     }
 
-    fn deliver(&self, ids: &[Uuid], tracks: Vec<musicgen::Audio>, took: f64) {
+    fn deliver(&self, ids: &[Uuid], tracks: Vec<Audio>, head: Option<&Audio>, took: f64) {
         let ctx = &self.context;
         let live = self.live_ids();
         let mut completed = 0;
@@ -245,23 +293,38 @@ impl Worker {
             if !live.contains(&id) {
                 continue;
             }
-            let audio_duration = track.duration_secs();
             // Same listening level as `dgx-music generate`; per track, so batching cannot change it.
+            // The head of an extended track was normalised with that track and stays as it is.
             let stored = musicgen::audio::normalize(&mut track, Normalize::Loudness)
                 .map_err(|err| err.to_string())
-                .and_then(|()| ctx.audio.put(id, &track).map_err(|err| err.to_string()));
+                .map(|()| match head {
+                    Some(head) => prepend(head, track),
+                    None => track,
+                })
+                .and_then(|track| {
+                    let seconds = track.duration_secs();
+                    ctx.audio.put(id, &track, SampleFormat::Pcm16).map(|()| seconds).map_err(|err| {
+                        // Store errors may name paths, and job errors reach clients.
+                        tracing::error!("cannot store the audio of job {id}: {err}");
+                        "the details are in the server log".to_string()
+                    })
+                });
             // The file is complete (renamed) before the store says so: a completed job always has audio.
             let outcome = match stored {
-                Ok(()) => Outcome::Completed { audio_duration, generation_time: took },
+                Ok(audio_duration) => Outcome::Completed { audio_duration, generation_time: took },
                 Err(err) => Outcome::Failed { error: format!("cannot store the audio: {err}") },
             };
-            let is_completed = matches!(outcome, Outcome::Completed { .. });
+            let produced = match &outcome {
+                Outcome::Completed { audio_duration, .. } => Some(*audio_duration),
+                Outcome::Failed { .. } => None,
+            };
             match self.block_on(ctx.jobs.finish(id, outcome, Utc::now())) {
-                Ok(true) if is_completed => {
-                    completed += 1;
-                    audio_seconds += audio_duration;
+                Ok(true) => {
+                    if let Some(seconds) = produced {
+                        completed += 1;
+                        audio_seconds += seconds;
+                    }
                 }
-                Ok(true) => {}
                 Ok(false) => {
                     // Cancelled while the file was being written: nobody may see that audio.
                     if let Err(err) = self.block_on(ctx.audio.delete(id)) {
@@ -294,4 +357,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// `head` followed by `track`, channel by channel.
+fn prepend(head: &Audio, track: Audio) -> Audio {
+    let channels = head
+        .channels
+        .iter()
+        .zip(track.channels)
+        .map(|(head, tail)| head.iter().copied().chain(tail).collect())
+        .collect();
+    Audio { sample_rate: track.sample_rate, channels }
 }

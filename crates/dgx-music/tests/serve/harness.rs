@@ -68,6 +68,29 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Posts `bytes` as the `file` field of a multipart form named `filename`.
+    pub async fn upload(&self, filename: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        reqwest::Client::new().post(self.url("/api/v1/uploads")).multipart(form).send().await.unwrap()
+    }
+
+    /// Uploads a file that must be accepted and returns its JSON.
+    pub async fn upload_ok(&self, filename: &str, bytes: Vec<u8>) -> Value {
+        let response = self.upload(filename, bytes).await;
+        let status = response.status();
+        let upload: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{filename} -> {upload}");
+        upload
+    }
+
+    /// The WAV of a completed job.
+    pub async fn audio(&self, id: &str) -> Vec<u8> {
+        let response = reqwest::get(self.url(&format!("/api/v1/jobs/{id}/audio"))).await.unwrap();
+        assert_eq!(response.status(), 200, "audio of {id}");
+        response.bytes().await.unwrap().to_vec()
+    }
+
     /// Posts a generation and returns its id.
     pub async fn submit(&self, body: Value) -> String {
         let response = reqwest::Client::new().post(self.url("/api/v1/generate")).json(&body).send().await.unwrap();
@@ -182,11 +205,36 @@ pub async fn raw_request(addr: SocketAddr, method: &str, target: &str) -> (u16, 
 
 /// Names of the files in the audio directory, sorted.
 pub fn audio_files(data_dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("audio"))
+    files_in(&data_dir.join("audio"))
+}
+
+/// Names of the files in a directory, sorted (none when it does not exist).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect())
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// A file of crates/musicgen/tests/fixtures/audio (0.2 s of a 440 Hz sine; tools/make_audio_fixtures.sh).
+pub fn audio_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../musicgen/tests/fixtures/audio").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `seconds` of a 440 Hz tone as a 16-bit mono WAV at `rate`.
+pub fn tone_wav(seconds: f64, rate: u32) -> Vec<u8> {
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut bytes = Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+    for i in 0..(seconds * rate as f64) as usize {
+        let t = i as f64 / rate as f64;
+        writer.write_sample(((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    bytes.into_inner()
 }
 
 pub fn wav_pcm(bytes: &[u8]) -> (hound::WavSpec, Vec<i16>) {

@@ -2,6 +2,7 @@
 //! a temporary data directory, HTTP on an ephemeral port.
 
 mod harness;
+mod uploads;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -17,10 +17,13 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::uploads::resolve_continuation;
 use crate::error::{ApiError, ErrorBody};
 use crate::job::{job_path, Job, JobStatus, JobView};
 use crate::request::{Generate, GenerateBody};
 use crate::state::AppState;
+use crate::store::Enqueued;
+use crate::upload;
 
 const DEFAULT_LIMIT: u64 = 20;
 const MAX_LIMIT: u64 = 100;
@@ -36,12 +39,7 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
             .await
             .map_err(|_| ApiError::NotFound("no job at this path; job ids are UUIDs".into()))?
             .0;
-        Uuid::try_parse(&raw).map(JobId).map_err(|_| {
-            let shown: String = raw.chars().take(64).collect();
-            ApiError::NotFound(format!(
-                "no job with id {shown:?}: job ids are UUIDs like 0b6f6c2e-8f0e-4a51-9d7c-2f1f6f0c3a10"
-            ))
-        })
+        super::parse_path_id(&raw, "job").map(JobId)
     }
 }
 
@@ -54,13 +52,19 @@ async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
 }
 
 /// Queue a generation.
+///
+/// With `continue_from` the track continues audio: an upload, or the track of a completed job, which
+/// is then extended (its last 30 s prompt the model and what comes before is kept as it is, so the
+/// new track is the whole old one followed by new music). `duration` is the length of the whole
+/// new track. A job's track is copied when the job is submitted, so deleting that job later changes
+/// nothing.
 #[utoipa::path(
     post, path = "/api/v1/generate", tag = "jobs",
     request_body = GenerateBody,
     responses(
         (status = 202, description = "Queued", body = JobView,
             headers(("Location" = String, description = "URL of the job"))),
-        (status = 400, description = "Malformed JSON or a parameter out of range", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a parameter out of range, or a `continue_from` that names no upload or completed job", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Queue full", body = ErrorBody,
@@ -75,13 +79,34 @@ pub async fn generate(
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
-    let Generate(params) = request?;
+    let Generate { mut params, continue_from } = request?;
+    let mut snapshot = None;
+    if let Some(id) = continue_from {
+        let (upload, is_snapshot) = resolve_continuation(&state, id, params.duration_secs).await?;
+        params.continue_from = Some(upload.continuation());
+        snapshot = is_snapshot.then_some(upload.id);
+    }
     let job = Job::new(params, state.model.id.clone(), Utc::now());
-    if !state.jobs.enqueue(&job, state.max_queue).await? {
-        return Err(ApiError::QueueFull {
-            max_queue: state.max_queue,
-            retry_after_secs: state.metrics.retry_after_secs(),
-        });
+    match state.jobs.enqueue(&job, state.max_queue).await? {
+        Enqueued::Queued => {}
+        Enqueued::QueueFull => {
+            if let Some(id) = snapshot {
+                upload::delete_if_unused(&*state.jobs, &*state.uploads, id).await?;
+            }
+            return Err(ApiError::QueueFull {
+                max_queue: state.max_queue,
+                retry_after_secs: state.metrics.retry_after_secs(),
+            });
+        }
+        Enqueued::UploadGone => {
+            return Err(ApiError::invalid(
+                Some("continue_from"),
+                format!(
+                    "continue_from {}: the upload was deleted while this request was handled; upload it again",
+                    continue_from.unwrap_or_default()
+                ),
+            ))
+        }
     }
     // The answer describes the job as accepted: queued, with its place in the line. The worker may
     // already have claimed it (it also polls), and a later state here would break that contract.
@@ -182,7 +207,8 @@ pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<
     Ok(Json(load(&state, id).await?.view(&state.model.id)))
 }
 
-/// Cancel a queued or running job, or delete a finished one and its audio.
+/// Cancel a queued or running job, or delete a finished one and its audio, and the upload it
+/// continued when no other job continues it.
 #[utoipa::path(
     delete, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, format = Uuid, description = "Job id")),
@@ -210,6 +236,12 @@ pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Resu
     state.audio.delete(id).await?;
     state.events.changed(id);
     tracing::info!("job {id} deleted");
+    if let Some(continued) = &job.params.continue_from {
+        // The job is gone whatever happens here; an upload left behind is swept later.
+        if let Err(err) = upload::delete_if_unused(&*state.jobs, &*state.uploads, continued.upload).await {
+            tracing::warn!("cannot delete upload {} of deleted job {id}: {err}", continued.upload);
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

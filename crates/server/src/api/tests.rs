@@ -17,7 +17,7 @@ use crate::worker::WorkerHandle;
 
 struct TestServer {
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _shutdown: watch::Sender<bool>,
     jobs: Arc<dyn JobStore>,
 }
@@ -26,6 +26,9 @@ async fn start(max_queue: usize) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("audio")).unwrap());
+    let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
+    let incoming = dir.path().join("incoming");
+    std::fs::create_dir(&incoming).unwrap();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let model = ModelInfo {
         source: "tiny".into(),
@@ -45,6 +48,9 @@ async fn start(max_queue: usize) -> TestServer {
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
         audio,
+        uploads,
+        incoming,
+        max_upload_bytes: 1_000_000,
         model,
         max_queue,
         events: Events::default(),
@@ -55,7 +61,7 @@ async fn start(max_queue: usize) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, super::router(state)).await.unwrap() });
-    TestServer { base, _dir: dir, _shutdown: shutdown_tx, jobs }
+    TestServer { base, dir, _shutdown: shutdown_tx, jobs }
 }
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
@@ -99,6 +105,8 @@ async fn generate_queues_and_reports_the_job() {
         "temperature",
         "cfg_coef",
         "seed",
+        "continue_from",
+        "extend_stride",
         "model",
         "waiting_reason",
         "created_at",
@@ -141,9 +149,9 @@ async fn a_job_for_another_model_says_what_it_waits_for() {
         sampling: musicgen::SamplingParams::default(),
         seed: 1,
     };
-    let params = crate::job::JobParams { item, duration_secs: 4.0 };
+    let params = crate::job::JobParams::new(item, 4.0);
     let other = crate::job::Job::new(params, "facebook/musicgen-small".into(), chrono::Utc::now());
-    assert!(server.jobs.enqueue(&other, 10).await.unwrap());
+    assert_eq!(server.jobs.enqueue(&other, 10).await.unwrap(), crate::store::Enqueued::Queued);
     let client = reqwest::Client::new();
     let ours: Value = client
         .post(format!("{}/api/v1/generate", server.base))
@@ -282,4 +290,134 @@ async fn the_openapi_document_describes_every_endpoint() {
     let job = &doc["components"]["schemas"]["JobView"];
     assert!(job["properties"]["real_time_factor"].is_object(), "{job}");
     assert!(job["properties"]["waiting_reason"].is_object(), "{job}");
+    assert!(job["properties"]["continue_from"].is_object() && job["properties"]["extend_stride"].is_object(), "{job}");
+    assert_eq!(body["properties"]["extend_stride"]["exclusiveMaximum"], 30.0, "{body}");
+    assert_eq!(body["properties"]["continue_from"]["format"], "uuid", "{body}");
+
+    let upload = &doc["paths"]["/api/v1/uploads"]["post"];
+    let form = &upload["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert_eq!(form["properties"]["file"]["format"], "binary", "{upload}");
+    assert_eq!(form["required"], json!(["file"]), "{upload}");
+    for status in ["201", "400", "413", "415"] {
+        assert!(upload["responses"][status].is_object(), "{status} missing from {upload}");
+    }
+    assert!(doc["paths"]["/api/v1/uploads/{id}"]["get"]["responses"]["404"].is_object());
+    let view = &doc["components"]["schemas"]["UploadView"];
+    for field in ["id", "filename", "duration_secs", "sample_rate", "channels", "source_job", "created_at"] {
+        assert!(view["properties"][field].is_object(), "{field} missing from {view}");
+    }
+}
+
+/// `seconds` of a 440 Hz tone as a 16-bit mono WAV at `rate`.
+fn tone_wav(seconds: f64, rate: u32) -> Vec<u8> {
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+    for i in 0..(seconds * rate as f64) as usize {
+        let t = i as f64 / rate as f64;
+        writer.write_sample(((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    bytes.into_inner()
+}
+
+async fn upload(server: &TestServer, filename: &str, bytes: Vec<u8>) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()));
+    reqwest::Client::new().post(format!("{}/api/v1/uploads", server.base)).multipart(form).send().await.unwrap()
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn an_upload_is_checked_continued_and_deleted_with_its_last_job() {
+    let server = start(10).await;
+    let client = reqwest::Client::new();
+    let response = upload(&server, "two seconds.wav", tone_wav(2.0, 16000)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let stored: Value = response.json().await.unwrap();
+    let id = stored["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/api/v1/uploads/{id}"));
+    assert_eq!(
+        (stored["filename"].as_str(), stored["sample_rate"].as_u64(), stored["channels"].as_u64()),
+        (Some("two seconds.wav"), Some(32000), Some(1)),
+        "resampled to the model's rate and channels: {stored}"
+    );
+    assert!((stored["duration_secs"].as_f64().unwrap() - 2.0).abs() < 1e-3, "{stored}");
+    assert_eq!(stored["source_job"], Value::Null);
+    let fetched: Value = client.get(format!("{}{location}", server.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fetched, stored);
+    assert_eq!(files_in(&server.dir.path().join("uploads")), vec![format!("{id}.wav")]);
+    assert!(files_in(&server.dir.path().join("incoming")).is_empty(), "the received file is removed");
+
+    let generate = |body: Value| client.post(format!("{}/api/v1/generate", server.base)).json(&body).send();
+    let (status, error) =
+        error_of(generate(json!({"prompt": "p", "duration": 2, "continue_from": id})).await.unwrap()).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("duration")), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("two seconds.wav is already 2.00 s") && message.contains("more than 2.00 s"), "{message}");
+
+    let mut jobs = Vec::new();
+    for stride in [10, 10] {
+        let response = generate(json!({"prompt": "p", "duration": 6, "continue_from": id, "extend_stride": stride}));
+        let job: Value = response.await.unwrap().json().await.unwrap();
+        let continued = &job["continue_from"];
+        assert_eq!(
+            (continued["upload"].as_str(), &continued["source_job"]),
+            (Some(id.as_str()), &Value::Null),
+            "{job}"
+        );
+        assert_eq!(
+            (continued["filename"].as_str(), job["extend_stride"].as_f64()),
+            (Some("two seconds.wav"), Some(10.0))
+        );
+        assert!((continued["duration_secs"].as_f64().unwrap() - 2.0).abs() < 1e-3, "{job}");
+        jobs.push(job["id"].as_str().unwrap().to_string());
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        let url = format!("{}/api/v1/jobs/{job}", server.base);
+        assert_eq!(client.delete(&url).send().await.unwrap().status(), StatusCode::OK, "cancelled");
+        assert_eq!(client.delete(&url).send().await.unwrap().status(), StatusCode::NO_CONTENT, "deleted");
+        let after = client.get(format!("{}{location}", server.base)).send().await.unwrap();
+        if i == 0 {
+            assert_eq!(after.status(), StatusCode::OK, "another job still continues the upload");
+        } else {
+            let (status, error) = error_of(after).await;
+            assert_eq!((status, error["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        }
+    }
+    assert!(files_in(&server.dir.path().join("uploads")).is_empty(), "the upload went with its last job");
+}
+
+#[tokio::test]
+async fn a_refused_upload_names_the_file_and_the_problem_but_no_server_path() {
+    let server = start(10).await;
+    let data_dir = server.dir.path().to_string_lossy().into_owned();
+    let cases = [
+        ("empty.wav", Vec::new(), "empty.wav: the file is empty"),
+        ("notes.mp3", b"these are not the bytes of an mp3".repeat(40), "notes.mp3: "),
+        ("long.wav", tone_wav(31.0, 8000), "31.0 s long, more than the limit of 30 s"),
+    ];
+    for (name, bytes, needle) in cases {
+        let (status, error) = error_of(upload(&server, name, bytes).await).await;
+        assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("file")), "{name}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(needle) && !message.contains(&data_dir), "{name}: {message}");
+    }
+    let (status, error) = error_of(upload(&server, "big.wav", tone_wav(40.0, 16000)).await).await;
+    assert_eq!((status, error["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("1.3 MB") && message.contains("up to 1.0 MB"), "{message}");
+    let json = reqwest::Client::new().post(format!("{}/api/v1/uploads", server.base)).json(&json!({"file": "x"}));
+    let (status, _) = error_of(json.send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(files_in(&server.dir.path().join("uploads")).is_empty());
+    assert!(files_in(&server.dir.path().join("incoming")).is_empty());
 }

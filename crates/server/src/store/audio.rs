@@ -16,6 +16,8 @@ use futures_util::FutureExt;
 use tower_http::services::ServeFile;
 use uuid::Uuid;
 
+use musicgen::audio::SampleFormat;
+
 use super::{AudioStore, StoreError, StoreResult};
 
 const TMP_SUFFIX: &str = ".wav.tmp";
@@ -50,14 +52,14 @@ impl LocalAudioStore {
 }
 
 impl AudioStore for LocalAudioStore {
-    fn put(&self, id: Uuid, audio: &musicgen::Audio) -> StoreResult<()> {
+    fn put(&self, id: Uuid, audio: &musicgen::Audio, format: SampleFormat) -> StoreResult<()> {
         let tmp = self.tmp_path_of(id);
         let done = self.path_of(id);
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::AudioIo { path, source }
         };
-        if let Err(err) = musicgen::audio::write_wav(&tmp, audio, musicgen::audio::SampleFormat::Pcm16) {
+        if let Err(err) = musicgen::audio::write_wav(&tmp, audio, format) {
             // Best effort: a leftover is also removed at the next start.
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::AudioEncoding(err.to_string()));
@@ -67,6 +69,32 @@ impl AudioStore for LocalAudioStore {
         // Make the rename itself durable before the database says the job is complete.
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         Ok(())
+    }
+
+    fn read(&self, id: Uuid, sample_rate: u32, channels: usize, max_secs: f64) -> StoreResult<Option<musicgen::Audio>> {
+        let path = self.path_of(id);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::AudioIo { path, source }),
+        }
+        match musicgen::audio::read_audio(&path, sample_rate, channels, max_secs) {
+            Ok(audio) => Ok(Some(audio)),
+            Err(musicgen::Error::BadAudio { message, .. }) => Err(StoreError::AudioDecoding { id, message }),
+            Err(other) => Err(StoreError::AudioDecoding { id, message: other.to_string() }),
+        }
+    }
+
+    fn ids(&self) -> StoreResult<Vec<Uuid>> {
+        let io_err = |source| StoreError::AudioIo { path: self.dir.clone(), source };
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err)? {
+            let name = entry.map_err(io_err)?.file_name();
+            let id = name.to_str().and_then(|n| n.strip_suffix(".wav")).and_then(|stem| Uuid::try_parse(stem).ok());
+            ids.extend(id);
+        }
+        Ok(ids)
     }
 
     fn serve(&self, id: Uuid, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>> {
@@ -122,7 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalAudioStore::open(dir.path()).unwrap();
         let id = Uuid::new_v4();
-        store.put(id, &tone()).unwrap();
+        store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
         let reader = hound::WavReader::open(store.path_of(id)).unwrap();
         assert_eq!((reader.spec().channels, reader.spec().sample_rate, reader.len()), (2, 32000, 6400));
         let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
@@ -141,7 +169,7 @@ mod tests {
     async fn opening_removes_partial_files_but_keeps_complete_ones() {
         let dir = tempfile::tempdir().unwrap();
         let id = Uuid::new_v4();
-        LocalAudioStore::open(dir.path()).unwrap().put(id, &tone()).unwrap();
+        LocalAudioStore::open(dir.path()).unwrap().put(id, &tone(), SampleFormat::Pcm16).unwrap();
         let partial = dir.path().join(format!("{}{TMP_SUFFIX}", Uuid::new_v4()));
         fs::write(&partial, b"RIFF").unwrap();
         let store = LocalAudioStore::open(dir.path()).unwrap();
@@ -155,7 +183,7 @@ mod tests {
         let store = LocalAudioStore::open(dir.path()).unwrap();
         let id = Uuid::new_v4();
         assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
-        store.put(id, &tone()).unwrap();
+        store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
         let request = Request::builder().header(header::RANGE, "bytes=0-3").body(Body::empty()).unwrap();
         let response = store.serve(id, request).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
@@ -165,5 +193,36 @@ mod tests {
         store.delete(id).await.unwrap();
         store.delete(id).await.unwrap();
         assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn read_decodes_what_put_stored_and_ids_lists_only_complete_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let (f32_id, pcm_id) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(store.read(f32_id, 32000, 2, 30.0).unwrap(), None);
+        store.put(f32_id, &tone(), SampleFormat::F32).unwrap();
+        store.put(pcm_id, &tone(), SampleFormat::Pcm16).unwrap();
+        fs::write(dir.path().join("notes.txt"), b"not audio").unwrap();
+        let mut ids = store.ids().unwrap();
+        ids.sort();
+        let mut expected = vec![f32_id, pcm_id];
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert_eq!(store.read(f32_id, 32000, 2, 30.0).unwrap().unwrap(), tone(), "f32 keeps every sample");
+        // 16-bit audio read back and stored again is the same file: what a snapshot of a track relies on.
+        let pcm = store.read(pcm_id, 32000, 2, 30.0).unwrap().unwrap();
+        let again = Uuid::new_v4();
+        store.put(again, &pcm, SampleFormat::Pcm16).unwrap();
+        assert_eq!(fs::read(store.path_of(again)).unwrap(), fs::read(store.path_of(pcm_id)).unwrap());
+        let mono = store.read(pcm_id, 32000, 1, 30.0).unwrap().unwrap();
+        assert_eq!((mono.channels.len(), mono.len()), (1, 3200));
+        match store.read(pcm_id, 32000, 2, 0.05).unwrap_err() {
+            StoreError::AudioDecoding { id, message } => {
+                assert_eq!(id, pcm_id);
+                assert!(message.contains("0.05") && !message.contains(&*dir.path().to_string_lossy()), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Persistence behind two traits, so that a multi-machine deployment can add PostgreSQL and an
 //! object store as new implementations without touching the API or the worker:
-//! - [`JobStore`]: the queue and the history (SQLite now: [`SqliteJobStore`]).
-//! - [`AudioStore`]: the generated WAV files (a local directory now: [`LocalAudioStore`]).
+//! - [`JobStore`]: the queue, the history and the records of uploads (SQLite now: [`SqliteJobStore`]).
+//! - [`AudioStore`]: audio files by id (a local directory now: [`LocalAudioStore`]); one holds the
+//!   generated tracks, another the uploads that jobs continue.
 //!
 //! Methods return boxed futures so that both traits are object safe (`Arc<dyn JobStore>`).
 
@@ -21,6 +22,7 @@ pub use audio::LocalAudioStore;
 pub use sqlite::SqliteJobStore;
 
 use crate::job::{Job, JobStatus};
+use crate::upload::Upload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +36,9 @@ pub enum StoreError {
     AudioIo { path: std::path::PathBuf, source: std::io::Error },
     #[error("audio encoding: {0}")]
     AudioEncoding(String),
+    /// A stored file that does not decode; the message names no path, since job errors reach clients.
+    #[error("the stored audio {id} cannot be read: {message}")]
+    AudioDecoding { id: Uuid, message: String },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -43,6 +48,16 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct JobPage {
     pub jobs: Vec<Job>,
     pub total: u64,
+}
+
+/// What [`JobStore::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// `max_queue` jobs are already queued.
+    QueueFull,
+    /// The upload the job continues was deleted meanwhile (swept, or its last job deleted).
+    UploadGone,
 }
 
 /// How a running job ended, as the worker reports it.
@@ -56,8 +71,9 @@ pub enum Outcome {
 /// the API (cancel) and the worker (claim, finish) never overwrite each other's decisions:
 /// a job leaves a terminal status only by deletion.
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts a queued job unless `max_queue` jobs are already queued; `false` means full.
-    fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Inserts a queued job unless `max_queue` jobs are already queued or the upload it continues is
+    /// gone, in one atomic step.
+    fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<Enqueued>>;
 
     /// The job with its queue position (among queued jobs of its model), if it exists.
     fn get(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Job>>>;
@@ -66,8 +82,9 @@ pub trait JobStore: Send + Sync + 'static {
     fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>>;
 
     /// Marks the oldest queued job of `model` (a canonical id) and up to `max_batch - 1` later
-    /// queued jobs of that model with the same duration as running, oldest first. Jobs of other
-    /// models are never claimed: they wait for a worker that runs theirs.
+    /// queued jobs of that model with the same duration, continuation (upload or none) and stride as
+    /// running, oldest first. Jobs of other models are never claimed: they wait for a worker that
+    /// runs theirs.
     fn claim_batch<'a>(
         &'a self,
         model: &'a str,
@@ -95,14 +112,36 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Number of jobs per status (every status present, zero included).
     fn count_by_status(&self) -> BoxFuture<'_, StoreResult<HashMap<JobStatus, u64>>>;
+
+    /// Records an upload whose audio is already stored.
+    fn insert_upload(&self, upload: &Upload) -> BoxFuture<'_, StoreResult<()>>;
+
+    fn get_upload(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Upload>>>;
+
+    /// Deletes the record of an upload no job references; `false` if a job does (or it is unknown).
+    fn delete_upload_if_unused(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Deletes the records of the uploads created before `created_before` that no job references,
+    /// returning their ids.
+    fn sweep_unused_uploads(&self, created_before: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Vec<Uuid>>>;
+
+    /// Every recorded upload.
+    fn upload_ids(&self) -> BoxFuture<'_, StoreResult<Vec<Uuid>>>;
 }
 
-/// Where the audio of completed jobs lives. A file becomes visible to `serve` only once it is
-/// complete: `put` writes under a temporary name and renames.
+/// Audio files by id: the tracks of completed jobs, or the uploads jobs continue. A file becomes
+/// visible only once it is complete: `put` writes under a temporary name and renames.
 pub trait AudioStore: Send + Sync + 'static {
-    /// Encodes and stores the track of a job, replacing any previous one. Blocking: called
-    /// from the worker thread.
-    fn put(&self, id: Uuid, audio: &musicgen::Audio) -> StoreResult<()>;
+    /// Encodes and stores audio as a WAV of `format`, replacing any previous one. Blocking: called
+    /// from the worker thread or `spawn_blocking`.
+    fn put(&self, id: Uuid, audio: &musicgen::Audio, format: musicgen::audio::SampleFormat) -> StoreResult<()>;
+
+    /// Decodes the stored audio to `sample_rate` and `channels`; `None` when there is none. Refuses
+    /// audio longer than `max_secs`. Blocking.
+    fn read(&self, id: Uuid, sample_rate: u32, channels: usize, max_secs: f64) -> StoreResult<Option<musicgen::Audio>>;
+
+    /// The ids of every stored file. Blocking.
+    fn ids(&self) -> StoreResult<Vec<Uuid>>;
 
     /// Answers an HTTP request for the WAV of a job (Range requests included);
     /// `None` when there is no audio for it.

@@ -14,8 +14,9 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{JobPage, JobStore, Outcome, StoreError, StoreResult};
+use super::{Enqueued, JobPage, JobStore, Outcome, StoreError, StoreResult};
 use crate::job::{timestamp, Job, JobParams, JobStatus};
+use crate::upload::Upload;
 
 /// Every column a [`Job`] is read from, with the queue position computed from `seq`.
 macro_rules! select_jobs {
@@ -77,12 +78,13 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
             .transpose()
     };
     let params: String = row.try_get("params").map_err(db)?;
-    let item = serde_json::from_str(&params).map_err(|e| corrupt(format!("params {params:?}: {e}")))?;
+    let params = JobParams::from_json(&params, row.try_get("duration").map_err(db)?)
+        .map_err(|e| corrupt(format!("params {params:?}: {e}")))?;
     Ok(Job {
         id,
         status,
         progress: row.try_get("progress").map_err(db)?,
-        params: JobParams { item, duration_secs: row.try_get("duration").map_err(db)? },
+        params,
         model: row.try_get("model").map_err(db)?,
         created_at: time("created_at")?.ok_or_else(|| corrupt("created_at is missing".into()))?,
         started_at: time("started_at")?,
@@ -95,16 +97,21 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
 }
 
 impl JobStore for SqliteJobStore {
-    fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<bool>> {
+    fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<Enqueued>> {
         let job = job.clone();
         async move {
-            let params = serde_json::to_string(&job.params.item)
+            let params = job
+                .params
+                .to_json()
                 .map_err(|e| StoreError::Corrupt { id: job.id.to_string(), message: e.to_string() })?;
-            // One statement, so the capacity check and the insert cannot interleave with another request's.
+            let upload = job.params.continue_from.as_ref().map(|c| c.upload.to_string());
+            // One statement, so neither the capacity check nor the upload's existence can change
+            // between the check and the insert (another request's insert, a sweep).
             let result = sqlx::query(
-                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at) \
-                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5 \
-                 WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?6",
+                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at, upload) \
+                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5, ?7 \
+                 WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?6 \
+                 AND (?7 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?7))",
             )
             .bind(job.id.to_string())
             .bind(job.model.clone())
@@ -112,10 +119,20 @@ impl JobStore for SqliteJobStore {
             .bind(params)
             .bind(timestamp(job.created_at))
             .bind(max_queue as i64)
+            .bind(upload.clone())
             .execute(&self.pool)
             .await
             .map_err(db)?;
-            Ok(result.rows_affected() == 1)
+            if result.rows_affected() == 1 {
+                return Ok(Enqueued::Queued);
+            }
+            let Some(upload) = upload else { return Ok(Enqueued::QueueFull) };
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM uploads WHERE id = ?1")
+                .bind(upload)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(if exists.is_some() { Enqueued::QueueFull } else { Enqueued::UploadGone })
         }
         .boxed()
     }
@@ -161,12 +178,15 @@ impl JobStore for SqliteJobStore {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
         async move {
+            // `IS` compares NULLs as equal: jobs without a continuation batch together.
             let rows = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_at = ?1, progress = 0 \
                  WHERE seq IN ( \
                    SELECT j.seq FROM jobs AS j, \
-                     (SELECT duration FROM jobs WHERE status = 'queued' AND model = ?3 ORDER BY seq LIMIT 1) AS head \
+                     (SELECT duration, upload, json_extract(params, '$.extend_stride') AS stride FROM jobs \
+                      WHERE status = 'queued' AND model = ?3 ORDER BY seq LIMIT 1) AS head \
                    WHERE j.status = 'queued' AND j.model = ?3 AND j.duration = head.duration \
+                     AND j.upload IS head.upload AND json_extract(j.params, '$.extend_stride') IS head.stride \
                    ORDER BY j.seq LIMIT ?2) \
                  RETURNING seq, id, status, model, duration, params, progress, \
                    created_at, started_at, finished_at, audio_duration, generation_time, error, \
@@ -300,6 +320,105 @@ impl JobStore for SqliteJobStore {
         }
         .boxed()
     }
+
+    fn insert_upload(&self, upload: &Upload) -> BoxFuture<'_, StoreResult<()>> {
+        let upload = upload.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO uploads (id, filename, frames, sample_rate, channels, source_job, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(upload.id.to_string())
+            .bind(upload.filename)
+            .bind(upload.frames.min(i64::MAX as u64) as i64)
+            .bind(upload.sample_rate)
+            .bind(upload.channels)
+            .bind(upload.source_job.map(|id| id.to_string()))
+            .bind(timestamp(upload.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn get_upload(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Upload>>> {
+        async move {
+            let row = sqlx::query(
+                "SELECT id, filename, frames, sample_rate, channels, source_job, created_at FROM uploads WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            row.as_ref().map(upload_from_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn delete_upload_if_unused(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>> {
+        async move {
+            let result =
+                sqlx::query("DELETE FROM uploads WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM jobs WHERE upload = ?1)")
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+            Ok(result.rows_affected() == 1)
+        }
+        .boxed()
+    }
+
+    fn sweep_unused_uploads(&self, created_before: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Vec<Uuid>>> {
+        async move {
+            // Timestamps are RFC 3339 in UTC with milliseconds, so text order is time order.
+            let ids: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM uploads WHERE created_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.upload = uploads.id) RETURNING id",
+            )
+            .bind(timestamp(created_before))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            ids.iter().map(|id| parse_upload_id(id)).collect()
+        }
+        .boxed()
+    }
+
+    fn upload_ids(&self) -> BoxFuture<'_, StoreResult<Vec<Uuid>>> {
+        async move {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM uploads").fetch_all(&self.pool).await.map_err(db)?;
+            ids.iter().map(|id| parse_upload_id(id)).collect()
+        }
+        .boxed()
+    }
+}
+
+fn parse_upload_id(text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt { id: format!("upload {text}"), message: e.to_string() })
+}
+
+fn upload_from_row(row: &SqliteRow) -> StoreResult<Upload> {
+    let id_text: String = row.try_get("id").map_err(db)?;
+    let corrupt = |message: String| StoreError::Corrupt { id: format!("upload {id_text}"), message };
+    let created_at: String = row.try_get("created_at").map_err(db)?;
+    let source_job: Option<String> = row.try_get("source_job").map_err(db)?;
+    let frames: i64 = row.try_get("frames").map_err(db)?;
+    Ok(Upload {
+        id: parse_upload_id(&id_text)?,
+        filename: row.try_get("filename").map_err(db)?,
+        frames: u64::try_from(frames).map_err(|e| corrupt(format!("frames {frames}: {e}")))?,
+        sample_rate: row.try_get("sample_rate").map_err(db)?,
+        channels: row.try_get("channels").map_err(db)?,
+        source_job: source_job
+            .map(|text| Uuid::parse_str(&text).map_err(|e| corrupt(format!("source_job {text:?}: {e}"))))
+            .transpose()?,
+        created_at: DateTime::parse_from_rfc3339(&created_at)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| corrupt(format!("created_at {created_at:?}: {e}")))?,
+    })
 }
 
 #[cfg(test)]
@@ -309,7 +428,28 @@ mod tests {
     fn params(prompt: &str, duration: f64) -> JobParams {
         let sampling = musicgen::SamplingParams { top_k: 250, top_p: 0.25, temperature: 0.7, cfg_coef: 3.5 };
         let item = musicgen::GenerationItem { prompt: prompt.into(), sampling, seed: (1 << 53) - 1 };
-        JobParams { item, duration_secs: duration }
+        JobParams::new(item, duration)
+    }
+
+    fn upload(created_at: DateTime<Utc>) -> Upload {
+        Upload {
+            id: Uuid::new_v4(),
+            filename: "riff.wav".into(),
+            frames: 64000,
+            sample_rate: 32000,
+            channels: 1,
+            source_job: None,
+            created_at,
+        }
+    }
+
+    async fn add_continuing(store: &SqliteJobStore, prompt: &str, upload: &Upload, stride: f64) -> Job {
+        let mut params = params(prompt, 5.0);
+        params.continue_from = Some(upload.continuation());
+        params.extend_stride_secs = stride;
+        let job = Job::new(params, "tiny".into(), Utc::now());
+        assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
+        job
     }
 
     async fn store(dir: &tempfile::TempDir) -> SqliteJobStore {
@@ -318,7 +458,7 @@ mod tests {
 
     async fn add(store: &SqliteJobStore, prompt: &str, duration: f64) -> Job {
         let job = Job::new(params(prompt, duration), "tiny".into(), Utc::now());
-        assert!(store.enqueue(&job, 100).await.unwrap());
+        assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
         job
     }
 
@@ -344,10 +484,10 @@ mod tests {
         let store = store(&dir).await;
         for i in 0..2 {
             let job = Job::new(params(&i.to_string(), 5.0), "tiny".into(), Utc::now());
-            assert!(store.enqueue(&job, 2).await.unwrap());
+            assert_eq!(store.enqueue(&job, 2).await.unwrap(), Enqueued::Queued);
         }
         let third = Job::new(params("c", 5.0), "tiny".into(), Utc::now());
-        assert!(!store.enqueue(&third, 2).await.unwrap());
+        assert_eq!(store.enqueue(&third, 2).await.unwrap(), Enqueued::QueueFull);
         assert_eq!(store.get(third.id).await.unwrap(), None);
     }
 
@@ -370,11 +510,86 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_jobs_continuing_the_same_audio_with_the_same_stride_share_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let (u, v) = (upload(Utc::now()), upload(Utc::now()));
+        store.insert_upload(&u).await.unwrap();
+        store.insert_upload(&v).await.unwrap();
+        let a = add_continuing(&store, "a", &u, 18.0).await;
+        let plain = add(&store, "plain", 5.0).await;
+        let b = add_continuing(&store, "b", &v, 18.0).await;
+        let c = add_continuing(&store, "c", &u, 10.0).await;
+        let d = add_continuing(&store, "d", &u, 18.0).await;
+        let plain2 = add(&store, "plain 2", 5.0).await;
+        let mut strided = params("strided", 5.0);
+        strided.extend_stride_secs = 10.0;
+        let strided = Job::new(strided, "tiny".into(), Utc::now());
+        assert_eq!(store.enqueue(&strided, 100).await.unwrap(), Enqueued::Queued);
+        let mut batches = Vec::new();
+        loop {
+            let batch = store.claim_batch("tiny", 8, Utc::now()).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            batches.push(batch.iter().map(|j| j.id).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            batches,
+            vec![vec![a.id, d.id], vec![plain.id, plain2.id], vec![b.id], vec![c.id], vec![strided.id]]
+        );
+        let claimed = store.get(a.id).await.unwrap().unwrap();
+        assert_eq!(claimed.params.continue_from, Some(u.continuation()), "the claim reads what the job continues");
+    }
+
+    #[tokio::test]
+    async fn an_upload_lives_while_a_job_references_it_and_unused_ones_are_swept_when_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let now = Utc::now();
+        let (used, old, fresh) =
+            (upload(now - chrono::Duration::days(3)), upload(now - chrono::Duration::days(2)), upload(now));
+        for u in [&used, &old, &fresh] {
+            store.insert_upload(u).await.unwrap();
+        }
+        let mut got = store.get_upload(used.id).await.unwrap().unwrap();
+        got.created_at = used.created_at;
+        assert_eq!(got, used);
+        assert_eq!(store.get_upload(Uuid::new_v4()).await.unwrap(), None);
+        let first = add_continuing(&store, "first", &used, 18.0).await;
+        let second = add_continuing(&store, "second", &used, 18.0).await;
+
+        let swept = store.sweep_unused_uploads(now - chrono::Duration::hours(24)).await.unwrap();
+        assert_eq!(swept, vec![old.id], "only the old upload no job uses");
+        let mut left = store.upload_ids().await.unwrap();
+        left.sort();
+        let mut expected = vec![used.id, fresh.id];
+        expected.sort();
+        assert_eq!(left, expected);
+
+        assert!(!store.delete_upload_if_unused(used.id).await.unwrap(), "two jobs use it");
+        for job in [&first, &second] {
+            store.cancel(job.id, Utc::now()).await.unwrap();
+            assert!(store.delete_finished(job.id).await.unwrap());
+        }
+        assert!(store.delete_upload_if_unused(used.id).await.unwrap(), "its last job is gone");
+        assert_eq!(store.get_upload(used.id).await.unwrap(), None);
+
+        let orphan = Job::new(
+            JobParams { continue_from: Some(used.continuation()), ..params("gone", 5.0) },
+            "tiny".into(),
+            Utc::now(),
+        );
+        assert_eq!(store.enqueue(&orphan, 100).await.unwrap(), Enqueued::UploadGone);
+        assert_eq!(store.get(orphan.id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn a_worker_claims_only_jobs_of_its_model() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let other = Job::new(params("other", 5.0), "facebook/musicgen-small".into(), Utc::now());
-        assert!(store.enqueue(&other, 100).await.unwrap());
+        assert_eq!(store.enqueue(&other, 100).await.unwrap(), Enqueued::Queued);
         let a = add(&store, "a", 5.0).await;
         let b = add(&store, "b", 5.0).await;
         assert_eq!(store.get(other.id).await.unwrap().unwrap().queue_position, Some(0));

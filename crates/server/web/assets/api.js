@@ -1,18 +1,24 @@
 // The JSON API under /api/v1, and the translation of its errors into words for people.
 
 export class ApiError extends Error {
-  constructor({ status, code, message, field = null, retryAfter = null }) {
+  constructor({ status, code, message, field = null, retryAfter = null, path = '' }) {
     super(message);
     this.status = status;
     this.code = code;
     this.field = field;
     this.retryAfter = retryAfter;
+    this.path = path;
   }
 }
 
+const UPLOADS = '/api/v1/uploads';
+
 async function request(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
+  if (body instanceof FormData) {
+    // The browser writes the multipart Content-Type with its boundary.
+    init.body = body;
+  } else if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
@@ -24,6 +30,7 @@ async function request(method, path, body) {
       status: 0,
       code: 'network',
       message: "Can't reach the DGX Music server. Check that `dgx-music serve` is still running.",
+      path,
     });
   }
   if (response.status === 204) return null;
@@ -42,6 +49,7 @@ async function request(method, path, body) {
       message: error.message ?? `The server answered ${response.status} ${response.statusText}.`,
       field: error.field ?? null,
       retryAfter: response.headers.get('Retry-After'),
+      path,
     });
   }
   return data;
@@ -54,6 +62,12 @@ export const api = {
   models: () => request('GET', '/api/v1/models'),
   jobs: ({ limit, offset }) => request('GET', `/api/v1/jobs?limit=${limit}&offset=${offset}`),
   generate: (params) => request('POST', '/api/v1/generate', params),
+  // 201 with {id, filename, duration_secs, sample_rate, channels}: pass the id as continue_from.
+  upload: (file) => {
+    const form = new FormData();
+    form.append('file', file, file.name);
+    return request('POST', UPLOADS, form);
+  },
   // 200 with the cancelled job while it was queued or running, 204 (null here) once deleted.
   remove: (id) => request('DELETE', jobPath(id)),
   eventsUrl: (id) => `${jobPath(id)}/events`,
@@ -67,6 +81,8 @@ const FIELD_LABELS = {
   temperature: 'Temperature',
   cfg_coef: 'Prompt strength (CFG)',
   seed: 'The seed',
+  continue_from: 'The audio to continue',
+  extend_stride: 'The window step',
 };
 
 // The API writes ranges the way programmers read them; people read "between 0 and 1".
@@ -98,12 +114,16 @@ export function plainWords(error) {
       return `The queue is full right now. Try again ${when}.`;
     }
     case 'payload_too_large':
+      // The server names the file's size and its limit.
+      if (error.path === UPLOADS) return sentence(error.message);
       return 'That request is too large. Shorten the description to at most 2000 characters.';
     case 'not_found':
       return 'That track no longer exists; it may have been deleted elsewhere.';
     default:
       break;
   }
+  // "riff.mp3: the file is empty": a file's name keeps its case.
+  if (error.field === 'file') return /[.!?]$/.test(error.message) ? error.message : `${error.message}.`;
   let message = REWRITES.reduce((text, [pattern, words]) => text.replace(pattern, words), error.message ?? '');
   const label = FIELD_LABELS[error.field];
   if (label && message.startsWith(`${error.field} `)) {

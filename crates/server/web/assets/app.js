@@ -30,6 +30,7 @@ const jobs = new JobList({
   template: byId('job-template'),
   announce,
   onAgain: (job) => form.fill(job),
+  onCreated: () => refreshHealth(),
 });
 
 const form = new GenerateForm({

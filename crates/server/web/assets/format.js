@@ -48,3 +48,16 @@ export function slug(text) {
   const words = text.toLowerCase().normalize('NFKD').replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
   return words.slice(0, 48).replace(/-+$/, '') || 'track';
 }
+
+/**
+ * What a track continues, as a phrase: “riff.wav” (4.2 s) for an upload; for a copy of an earlier
+ * track, that track's prompt when `sourcePrompt` knows it.
+ */
+export function describeContinuation(continued, sourcePrompt = null) {
+  const seconds = continued.duration_secs;
+  const length = seconds < 10 ? `${seconds.toFixed(1)} s` : formatLength(seconds);
+  if (continued.source_job) {
+    return sourcePrompt ? `the ${length} track “${sourcePrompt}”` : `an earlier ${length} track`;
+  }
+  return `“${continued.filename}” (${length})`;
+}

@@ -1,8 +1,10 @@
 // The live list of jobs: newest first, refreshed from GET /api/v1/jobs and kept current by one
-// Server-Sent Events stream per active job.
+// Server-Sent Events stream per active job. A finished track can be extended from its card.
 
 import { api, plainWords } from './api.js';
-import { formatAgo, formatLength, formatModel, formatSpeed, formatTook, slug } from './format.js';
+import {
+  describeContinuation, formatAgo, formatLength, formatModel, formatSpeed, formatTook, slug,
+} from './format.js';
 import { attachWaveform } from './waveform.js';
 
 const PAGE = 20;
@@ -18,6 +20,9 @@ const STATUS_WORDS = {
   cancelled: 'Cancelled',
 };
 const CONFIRM_MS = 4000;
+// The longest track the server makes; an extension adds at least a second.
+const MAX_DURATION = 300;
+const DEFAULT_EXTENSION = 10;
 
 const isActive = (job) => ACTIVE.has(job.status);
 const newerFirst = (a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? 1 : -1);
@@ -75,15 +80,20 @@ function describeState(job) {
   }
 }
 
+/** Seconds of audio a finished job has: what an extension starts from. */
+const lengthOf = (job) => Math.round((job.audio_duration ?? job.duration) * 100) / 100;
+
 class JobCard {
   constructor(template, job, handlers) {
     this.el = template.content.firstElementChild.cloneNode(true);
     this.el.dataset.id = job.id;
+    this.handlers = handlers;
     const $ = (selector) => this.el.querySelector(selector);
     this.parts = {
       badge: $('.badge'),
       prompt: $('.job-prompt'),
       params: $('.job-params'),
+      continues: $('.job-continues'),
       bar: $('.bar'),
       fill: $('.bar-fill'),
       state: $('.job-state'),
@@ -93,9 +103,29 @@ class JobCard {
       audio: $('audio'),
       download: $('.download'),
       again: $('.again'),
+      extend: $('.extend'),
+      extendForm: $('.extend-form'),
+      extendSeconds: $('.extend-seconds'),
+      extendSubmit: $('.extend-submit'),
+      extendHint: $('.extend-hint'),
+      extendError: $('.extend-error'),
       cancel: $('.cancel'),
       remove: $('.delete'),
     };
+    this.parts.extendForm.id = `extend-${job.id}`;
+    this.parts.extend.setAttribute('aria-controls', this.parts.extendForm.id);
+    this.parts.extend.addEventListener('click', () => this.toggleExtend());
+    $('.extend-close').addEventListener('click', () => this.closeExtend());
+    this.parts.extendSeconds.addEventListener('input', () => {
+      // Typing clears the last complaint, as in the form.
+      this.parts.extendError.hidden = true;
+      this.parts.extendSeconds.removeAttribute('aria-invalid');
+      this.showExtension();
+    });
+    this.parts.extendForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.submitExtend();
+    });
     this.actionError = null;
     this.playerReady = false;
     this.confirmTimer = 0;
@@ -125,6 +155,67 @@ class JobCard {
     this.parts.remove.textContent = 'Delete';
   }
 
+  /** Seconds an extension may add: up to the server's longest track. */
+  room() {
+    return Math.floor(MAX_DURATION - lengthOf(this.job));
+  }
+
+  toggleExtend() {
+    if (this.parts.extendForm.hidden) this.openExtend();
+    else this.closeExtend();
+  }
+
+  openExtend() {
+    const p = this.parts;
+    p.extendForm.hidden = false;
+    p.extend.setAttribute('aria-expanded', 'true');
+    p.extendSeconds.max = String(this.room());
+    p.extendSeconds.value = String(Math.min(DEFAULT_EXTENSION, this.room()));
+    p.extendError.hidden = true;
+    this.showExtension();
+    p.extendSeconds.focus();
+    p.extendSeconds.select();
+  }
+
+  closeExtend() {
+    this.parts.extendForm.hidden = true;
+    this.parts.extend.setAttribute('aria-expanded', 'false');
+    this.parts.extend.focus();
+  }
+
+  showExtension() {
+    const p = this.parts;
+    const add = Number(p.extendSeconds.value);
+    p.extendHint.textContent = Number.isFinite(add) && add > 0
+      ? `The new track is this one, ${formatLength(lengthOf(this.job))}, then ${formatLength(add)} more: ${formatLength(lengthOf(this.job) + add)} in all.`
+      : `Up to ${this.room()} seconds.`;
+    p.extendSubmit.textContent = Number.isFinite(add) && add > 0 ? `Add ${formatLength(add)}` : 'Add';
+  }
+
+  async submitExtend() {
+    const p = this.parts;
+    const add = Number(p.extendSeconds.value);
+    if (!Number.isInteger(add) || add < 1 || add > this.room()) {
+      p.extendError.textContent = `Enter a whole number of seconds from 1 to ${this.room()}.`;
+      p.extendError.hidden = false;
+      p.extendSeconds.setAttribute('aria-invalid', 'true');
+      p.extendSeconds.focus();
+      return;
+    }
+    p.extendSeconds.removeAttribute('aria-invalid');
+    p.extendSubmit.disabled = true;
+    try {
+      await this.handlers.extend(this.job, add);
+      p.extendError.hidden = true;
+      this.closeExtend();
+    } catch (error) {
+      p.extendError.textContent = `Could not extend. ${plainWords(error)}`;
+      p.extendError.hidden = false;
+    } finally {
+      p.extendSubmit.disabled = false;
+    }
+  }
+
   update(job) {
     this.job = job;
     this.updatedAt = performance.now();
@@ -134,6 +225,12 @@ class JobCard {
     p.prompt.textContent = job.prompt;
     p.prompt.title = job.prompt;
     p.params.textContent = describeParams(job);
+    p.continues.hidden = !job.continue_from;
+    if (job.continue_from) {
+      const source = job.continue_from.source_job;
+      const words = describeContinuation(job.continue_from, source ? this.handlers.promptOf(source) : null);
+      p.continues.textContent = `${source ? 'Extends' : 'Continues'} ${words}`;
+    }
     const percent = job.status === 'completed' ? 100 : Math.floor((job.progress ?? 0) * 100);
     p.bar.setAttribute('aria-valuenow', String(percent));
     p.bar.setAttribute('aria-valuetext', `${percent}%, ${STATUS_WORDS[job.status] ?? job.status}`);
@@ -146,6 +243,9 @@ class JobCard {
     p.cancel.hidden = !isActive(job);
     p.remove.hidden = isActive(job);
     p.download.hidden = job.status !== 'completed' || !job.audio_url;
+    p.extend.hidden = job.status !== 'completed' || this.room() < 1;
+    if (p.extend.hidden && !p.extendForm.hidden) p.extendForm.hidden = true;
+    p.extend.setAttribute('aria-label', `Extend “${job.prompt.slice(0, 60)}”: make it longer`);
     p.again.setAttribute('aria-label', `Again: fill the form with the settings of “${job.prompt.slice(0, 60)}”`);
     if (job.status === 'completed' && job.audio_url && !this.playerReady) this.showPlayer(job);
   }
@@ -164,8 +264,8 @@ class JobCard {
 }
 
 export class JobList {
-  constructor({ list, empty, count, more, error, heading, template, announce, onAgain }) {
-    Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain });
+  constructor({ list, empty, count, more, error, heading, template, announce, onAgain, onCreated }) {
+    Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain, onCreated });
     this.cards = new Map();
     this.streams = new Map();
     this.total = 0;
@@ -232,6 +332,8 @@ export class JobList {
     if (!card) {
       const fresh = new JobCard(this.template, job, {
         again: (j) => this.onAgain(j),
+        extend: (j, seconds) => this.extend(j, seconds),
+        promptOf: (id) => this.cards.get(id)?.job.prompt ?? null,
         cancel: (c) => this.cancel(c),
         remove: (c) => this.remove(c),
       });
@@ -271,6 +373,24 @@ export class JobList {
     this.closeStream(card.job.id);
     card.el.remove();
     this.cards.delete(card.job.id);
+  }
+
+  /** Queues a track that is `job`'s followed by `seconds` more, with its prompt and settings. */
+  async extend(job, seconds) {
+    const body = {
+      prompt: job.prompt,
+      duration: lengthOf(job) + seconds,
+      continue_from: job.id,
+      top_k: job.top_k,
+      top_p: job.top_p,
+      temperature: job.temperature,
+      cfg_coef: job.cfg_coef,
+      extend_stride: job.extend_stride,
+    };
+    const created = await api.generate(body);
+    this.added(created);
+    this.onCreated(created);
+    this.announce(`Queued “${job.prompt.slice(0, 80)}”, ${formatLength(seconds)} longer.`);
   }
 
   async cancel(card) {
