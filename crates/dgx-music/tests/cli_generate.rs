@@ -62,10 +62,41 @@ fn reference_f32(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
     (view.shape().to_vec(), values)
 }
 
-fn prompts(name: &str) -> Vec<String> {
+/// The prompt list at JSON `pointer` of the fixture's reference.json (`/prompts`, `/continuation/prompts`).
+fn prompts_at(name: &str, pointer: &str) -> Vec<String> {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture(name).join("reference.json")).unwrap()).unwrap();
-    json["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    json.pointer(pointer).unwrap().as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+/// Runs the issue checker's command: greedy guided generation of `texts` on fixture `name`'s
+/// checkpoint with `extra` options, `samples` per channel, f32 WAVs at `output` (numbered when
+/// several prompts).
+fn generate_greedy(name: &str, texts: &[String], extra: &[&str], samples: usize, output: &Path) {
+    let model = fixture(name).join("checkpoint");
+    let duration = (samples as f64 / 32000.0).to_string();
+    let mut args: Vec<&str> = vec!["generate"];
+    args.extend(texts.iter().map(String::as_str));
+    args.extend(["--model", model.to_str().unwrap(), "--duration", &duration]);
+    args.extend(extra);
+    args.extend(["--top-k", "1", "--cfg-coef", "3", "--seed", "0", "--normalize", "none", "--device", "cpu"]);
+    args.extend(["--sample-format", "f32", "-o", output.to_str().unwrap(), "--quiet"]);
+    let out = dgx_music(&args);
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+}
+
+/// Largest |ours − expected| of an interleaved 32 kHz f32 WAV against planar `expected` (C, S).
+fn wav_error(path: &Path, expected: &[f32], channels: usize) -> f32 {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    assert_eq!(reader.spec().channels as usize, channels, "{}", path.display());
+    assert_eq!(reader.spec().sample_rate, 32000);
+    let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
+    assert_eq!(ours.len(), expected.len(), "{}", path.display());
+    let samples = expected.len() / channels;
+    (0..samples)
+        .flat_map(|i| (0..channels).map(move |c| (i, c)))
+        .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
+        .fold(0.0f32, f32::max)
 }
 
 /// The command the issue's checker runs, on each fixture, compared sample by sample.
@@ -73,52 +104,12 @@ fn prompts(name: &str) -> Vec<String> {
 fn generate_matches_transformers_sample_by_sample() {
     for name in ["tiny-mono", "tiny-stereo"] {
         let (shape, reference) = reference_f32(name, "audio_single");
-        let (channels, samples) = (shape[1], shape[2]);
-        let duration = samples as f64 / 32000.0;
         let dir = tempfile::tempdir().unwrap();
         let wav = dir.path().join("x.wav");
-        let model = fixture(name).join("checkpoint");
-        let out = dgx_music(&[
-            "generate",
-            &prompts(name)[0],
-            "--model",
-            model.to_str().unwrap(),
-            "--duration",
-            &duration.to_string(),
-            "--top-k",
-            "1",
-            "--cfg-coef",
-            "3",
-            "--seed",
-            "0",
-            "--normalize",
-            "none",
-            "--device",
-            "cpu",
-            "--sample-format",
-            "f32",
-            "--output",
-            wav.to_str().unwrap(),
-            "--quiet",
-        ]);
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
-        let mut reader = hound::WavReader::open(&wav).unwrap();
-        assert_eq!(reader.spec().channels as usize, channels, "{name}");
-        assert_eq!(reader.spec().sample_rate, 32000);
-        let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
-        assert_eq!(ours.len(), channels * samples, "{name}");
-        let max_err = (0..samples)
-            .flat_map(|i| (0..channels).map(move |c| (i, c)))
-            .map(|(i, c)| (ours[i * channels + c] - reference[c * samples + i]).abs())
-            .fold(0.0f32, f32::max);
+        generate_greedy(name, &prompts_at(name, "/prompts")[..1], &[], shape[2], &wav);
+        let max_err = wav_error(&wav, &reference, shape[1]);
         assert!(max_err < 1e-4, "{name}: max abs error {max_err}");
     }
-}
-
-fn continuation_prompts(name: &str) -> Vec<String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture(name).join("reference.json")).unwrap()).unwrap();
-    json["continuation"]["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
 }
 
 /// The issue's check for continuation: `--continue prompt.wav` with both reference prompts, each
@@ -128,51 +119,14 @@ fn continuation_prompts(name: &str) -> Vec<String> {
 fn continue_matches_transformers_sample_by_sample() {
     for name in ["tiny-mono", "tiny-stereo"] {
         let (shape, reference) = reference_f32(name, "continuation_audio");
-        let (channels, samples) = (shape[1], shape[2]);
+        let item_len = shape[1] * shape[2];
         let dir = tempfile::tempdir().unwrap();
-        let wav = dir.path().join("x.wav");
-        let model = fixture(name).join("checkpoint");
         let prompt = fixture(name).join("prompt.wav");
-        let texts = continuation_prompts(name);
-        let duration = (samples as f64 / 32000.0).to_string();
-        let mut args = vec!["generate"];
-        args.extend(texts.iter().map(String::as_str));
-        args.extend([
-            "--model",
-            model.to_str().unwrap(),
-            "--continue",
-            prompt.to_str().unwrap(),
-            "--duration",
-            &duration,
-            "--top-k",
-            "1",
-            "--cfg-coef",
-            "3",
-            "--seed",
-            "0",
-            "--normalize",
-            "none",
-            "--device",
-            "cpu",
-            "--sample-format",
-            "f32",
-            "-o",
-            wav.to_str().unwrap(),
-            "--quiet",
-        ]);
-        let out = dgx_music(&args);
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let texts = prompts_at(name, "/continuation/prompts");
+        generate_greedy(name, &texts, &["--continue", prompt.to_str().unwrap()], shape[2], &dir.path().join("x.wav"));
         for item in 0..texts.len() {
-            let path = dir.path().join(format!("x-{}.wav", item + 1));
-            let mut reader = hound::WavReader::open(&path).unwrap();
-            assert_eq!(reader.spec().channels as usize, channels, "{name}");
-            let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
-            assert_eq!(ours.len(), channels * samples, "{name}");
-            let expected = &reference[item * channels * samples..(item + 1) * channels * samples];
-            let max_err = (0..samples)
-                .flat_map(|i| (0..channels).map(move |c| (i, c)))
-                .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
-                .fold(0.0f32, f32::max);
+            let expected = &reference[item * item_len..(item + 1) * item_len];
+            let max_err = wav_error(&dir.path().join(format!("x-{}.wav", item + 1)), expected, shape[1]);
             assert!(max_err < 2e-4, "{name} item {item}: max abs error {max_err}");
         }
     }
@@ -230,51 +184,16 @@ fn melody_matches_transformers_sample_by_sample() {
     for name in ["tiny-melody", "tiny-stereo-melody"] {
         let (shape, reference) = reference_f32(name, "audio");
         let (_, other) = reference_f32(name, "audio_melody2");
-        let (channels, samples) = (shape[1], shape[2]);
+        let item_len = shape[1] * shape[2];
         let dir = tempfile::tempdir().unwrap();
-        let model = fixture(name).join("checkpoint");
-        let texts = prompts(name);
-        let duration = (samples as f64 / 32000.0).to_string();
+        let texts = prompts_at(name, "/prompts");
         for (tune, expected) in [("melody.wav", &reference), ("melody2.wav", &other)] {
-            let wav = dir.path().join(format!("{tune}-out.wav"));
             let melody = fixture(name).join(tune);
-            let mut args = vec!["generate"];
-            args.extend(texts.iter().map(String::as_str));
-            args.extend([
-                "--model",
-                model.to_str().unwrap(),
-                "--melody",
-                melody.to_str().unwrap(),
-                "--duration",
-                &duration,
-                "--top-k",
-                "1",
-                "--cfg-coef",
-                "3",
-                "--seed",
-                "0",
-                "--normalize",
-                "none",
-                "--device",
-                "cpu",
-                "--sample-format",
-                "f32",
-                "-o",
-                wav.to_str().unwrap(),
-                "--quiet",
-            ]);
-            let out = dgx_music(&args);
-            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            let wav = dir.path().join(format!("{tune}-out.wav"));
+            generate_greedy(name, &texts, &["--melody", melody.to_str().unwrap()], shape[2], &wav);
             for item in 0..texts.len() {
                 let path = dir.path().join(format!("{tune}-out-{}.wav", item + 1));
-                let mut reader = hound::WavReader::open(&path).unwrap();
-                let ours: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
-                assert_eq!(ours.len(), channels * samples, "{name}");
-                let expected = &expected[item * channels * samples..(item + 1) * channels * samples];
-                let max_err = (0..samples)
-                    .flat_map(|i| (0..channels).map(move |c| (i, c)))
-                    .map(|(i, c)| (ours[i * channels + c] - expected[c * samples + i]).abs())
-                    .fold(0.0f32, f32::max);
+                let max_err = wav_error(&path, &expected[item * item_len..(item + 1) * item_len], shape[1]);
                 assert!(max_err < 2e-4, "{name} {tune} item {item}: max abs error {max_err}");
             }
         }
