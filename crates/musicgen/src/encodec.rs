@@ -58,13 +58,7 @@ impl EncodecDecoder {
     /// at the codec (`audio_encoder` in a MusicGen checkpoint). Weights are read as f32 on
     /// `vb`'s device whatever `vb`'s dtype.
     pub fn load(vb: VarBuilder, cfg: &EncodecConfig, num_codebooks: usize) -> Result<Self> {
-        let style = check_config(cfg)?;
-        if num_codebooks == 0 {
-            return Err(Error::Unsupported("EnCodec with 0 codebooks".into()));
-        }
-        let vb = vb.set_dtype(DType::F32);
-        let quantizer =
-            ResidualVectorQuantizer::load(&vb.pp("quantizer"), num_codebooks, cfg.codebook_size, cfg.codebook_dim())?;
+        let (vb, style, quantizer) = open_codec(vb, cfg, num_codebooks)?;
         let decoder = SeanetDecoder::load(&vb.pp("decoder"), cfg, style)?;
         Ok(Self {
             quantizer,
@@ -156,13 +150,7 @@ impl EncodecEncoder {
     /// Loads the SEANet encoder and the first `num_codebooks` codebooks from `vb` (at
     /// `audio_encoder`), as f32 whatever `vb`'s dtype.
     pub fn load(vb: VarBuilder, cfg: &EncodecConfig, num_codebooks: usize) -> Result<Self> {
-        let style = check_config(cfg)?;
-        if num_codebooks == 0 {
-            return Err(Error::Unsupported("EnCodec with 0 codebooks".into()));
-        }
-        let vb = vb.set_dtype(DType::F32);
-        let quantizer =
-            ResidualVectorQuantizer::load(&vb.pp("quantizer"), num_codebooks, cfg.codebook_size, cfg.codebook_dim())?;
+        let (vb, style, quantizer) = open_codec(vb, cfg, num_codebooks)?;
         let encoder = SeanetEncoder::load(&vb.pp("encoder"), cfg, style)?;
         Ok(Self { encoder, quantizer, audio_channels: cfg.audio_channels, hop_length: cfg.hop_length() })
     }
@@ -231,6 +219,23 @@ impl EncodecEncoder {
     pub fn num_codebooks(&self) -> usize {
         self.quantizer.num_codebooks()
     }
+}
+
+/// What both halves start from: the checked settings, `vb` reading f32, and the first
+/// `num_codebooks` codebooks.
+fn open_codec<'a>(
+    vb: VarBuilder<'a>,
+    cfg: &EncodecConfig,
+    num_codebooks: usize,
+) -> Result<(VarBuilder<'a>, ConvStyle, ResidualVectorQuantizer)> {
+    let style = check_config(cfg)?;
+    if num_codebooks == 0 {
+        return Err(Error::Unsupported("EnCodec with 0 codebooks".into()));
+    }
+    let vb = vb.set_dtype(DType::F32);
+    let quantizer =
+        ResidualVectorQuantizer::load(&vb.pp("quantizer"), num_codebooks, cfg.codebook_size, cfg.codebook_dim())?;
+    Ok((vb, style, quantizer))
 }
 
 /// Refuses settings transformers refuses or this decoder does not implement, naming them.
