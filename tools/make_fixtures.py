@@ -104,6 +104,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import argparse
 import collections
+import contextlib
 import copy
 import json
 import shutil
@@ -449,9 +450,10 @@ def build_model(name, seed, text_vocab_size):
     return model
 
 
-def run_generate(model, tok, prompts, steps):
-    inputs = tok(prompts, padding=True, return_tensors="pt")
-    device_inputs = inputs.to(model.device)
+@contextlib.contextmanager
+def sequences_of(model):
+    """While the block runs, keeps the token grid GenerationMixin._sample returns (the delayed codes,
+    before generate decodes them to audio) as captured["sequences"]."""
     captured = {}
     original_sample = model._sample
 
@@ -462,19 +464,25 @@ def run_generate(model, tok, prompts, steps):
 
     model._sample = sample_and_capture
     try:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=device_inputs.input_ids,
-                attention_mask=device_inputs.attention_mask,
-                do_sample=False,
-                guidance_scale=GUIDANCE_SCALE,
-                max_new_tokens=steps,
-                return_dict_in_generate=True,
-                output_scores=True,
-                output_logits=True,
-            )
+        yield captured
     finally:
         del model._sample
+
+
+def run_generate(model, tok, prompts, steps):
+    inputs = tok(prompts, padding=True, return_tensors="pt")
+    device_inputs = inputs.to(model.device)
+    with sequences_of(model) as captured, torch.no_grad():
+        out = model.generate(
+            input_ids=device_inputs.input_ids,
+            attention_mask=device_inputs.attention_mask,
+            do_sample=False,
+            guidance_scale=GUIDANCE_SCALE,
+            max_new_tokens=steps,
+            return_dict_in_generate=True,
+            output_scores=True,
+            output_logits=True,
+        )
 
     inputs = inputs.to("cpu")
     b = inputs.input_ids.shape[0]
@@ -508,29 +516,17 @@ def generate_codes(model, inputs, steps, prompt_codes=None, **extra):
     `prompt_codes` (b, K, n) the decoder is given (through `extra`: input_values or decoder_input_ids).
     Returns the undelayed codes (b, K, frames), prompt included, the waveform generate returned, and
     the smallest top-1 margin over the positions whose token was kept (absolute, relative)."""
-    captured = {}
-    original_sample = model._sample
-
-    def sample_and_capture(*args, **kwargs):
-        out = original_sample(*args, **kwargs)
-        captured["sequences"] = out.sequences.cpu()
-        return out
-
-    model._sample = sample_and_capture
-    try:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=inputs.input_ids.to(model.device),
-                attention_mask=inputs.attention_mask.to(model.device),
-                do_sample=False,
-                guidance_scale=GUIDANCE_SCALE,
-                max_new_tokens=steps,
-                return_dict_in_generate=True,
-                output_scores=True,
-                **{k: v.to(model.device) for k, v in extra.items()},
-            )
-    finally:
-        del model._sample
+    with sequences_of(model) as captured, torch.no_grad():
+        out = model.generate(
+            input_ids=inputs.input_ids.to(model.device),
+            attention_mask=inputs.attention_mask.to(model.device),
+            do_sample=False,
+            guidance_scale=GUIDANCE_SCALE,
+            max_new_tokens=steps,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **{k: v.to(model.device) for k, v in extra.items()},
+        )
     b = inputs.input_ids.shape[0]
     k = model.decoder.num_codebooks
     raw = captured["sequences"]

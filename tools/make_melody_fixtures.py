@@ -153,30 +153,22 @@ def build_model(sibling, seed):
 
 def run(model, tok, steps, features=None):
     inputs = tok(PROMPTS, padding=True, return_tensors="pt", return_token_type_ids=False)
-    captured = {}
-    original_sample = model._sample
     original_forward = model.decoder.forward
-
-    def sample_and_capture(*args, **kwargs):
-        out = original_sample(*args, **kwargs)
-        captured["sequences"] = out.sequences
-        return out
+    prefix = {}
 
     def forward_and_capture(*args, **kwargs):
-        captured.setdefault("prefix", kwargs.get("encoder_hidden_states"))
+        prefix.setdefault("states", kwargs.get("encoder_hidden_states"))
         return original_forward(*args, **kwargs)
 
-    model._sample = sample_and_capture
     model.decoder.forward = forward_and_capture
     extra = {} if features is None else {"input_features": features.repeat(len(PROMPTS), 1, 1)}
     try:
-        with torch.no_grad():
+        with mf.sequences_of(model) as captured, torch.no_grad():
             out = model.generate(
                 **inputs, do_sample=False, guidance_scale=mf.GUIDANCE_SCALE, max_new_tokens=steps,
                 return_dict_in_generate=True, output_scores=True, output_logits=True, **extra,
             )
     finally:
-        del model._sample
         del model.decoder.forward
     b, k = len(PROMPTS), model.decoder.num_codebooks
     raw = captured["sequences"]
@@ -190,7 +182,7 @@ def run(model, tok, steps, features=None):
     return {
         "input_ids": inputs.input_ids,
         "attention_mask": inputs.attention_mask,
-        "prefix": captured["prefix"],
+        "prefix": prefix["states"],
         "logits": torch.stack(out.logits),
         "scores": scores,
         "sequences": grid.reshape(b, k, steps + 1),
