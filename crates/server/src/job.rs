@@ -57,25 +57,29 @@ impl FromStr for JobStatus {
 }
 
 /// The validated parameters of one generation: the engine's item (prompt, sampling, seed), the
-/// total duration, the audio it continues and the stride of its windows. A batch shares all but the
-/// item. The store keeps everything but the duration as one JSON object ([`JobParams::to_json`]).
+/// total duration, the audio it continues, the melody it follows and the stride of its windows. A
+/// batch shares all but the item. The store keeps everything but the duration as one JSON object
+/// ([`JobParams::to_json`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobParams {
     pub item: musicgen::GenerationItem,
     /// Seconds of the finished track, the continued audio included.
     pub duration_secs: f64,
-    pub continue_from: Option<Continuation>,
+    pub continue_from: Option<UploadRef>,
+    /// The tune a melody checkpoint follows (mixed to mono when the worker reads it).
+    pub melody: Option<UploadRef>,
     pub extend_stride_secs: f64,
 }
 
-/// The audio a job continues, as it was when the job was submitted: an upload, or the snapshot of a
-/// finished job's track (`source_job`) taken then, so that deleting that job changes nothing.
+/// Stored audio a job uses (what it continues, or the melody it follows) as it was when the job was
+/// submitted: an upload, or the snapshot of a finished job's track (`source_job`) taken then, so that
+/// deleting that job changes nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Continuation {
+pub struct UploadRef {
     pub upload: Uuid,
     pub source_job: Option<Uuid>,
     pub filename: String,
-    /// Length of the continued audio: the engine is prompted with its last 30 s at most, and what
+    /// Length of the audio. A continued one prompts the engine with its last 30 s at most, and what
     /// comes before is kept as the head of the new track.
     pub duration_secs: f64,
 }
@@ -87,7 +91,9 @@ struct StoredParams {
     #[serde(flatten)]
     item: musicgen::GenerationItem,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    continue_from: Option<Continuation>,
+    continue_from: Option<UploadRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    melody: Option<UploadRef>,
     #[serde(default = "default_stride")]
     extend_stride: f64,
 }
@@ -99,14 +105,29 @@ fn default_stride() -> f64 {
 impl JobParams {
     /// A generation from nothing with the default stride.
     pub fn new(item: musicgen::GenerationItem, duration_secs: f64) -> Self {
-        JobParams { item, duration_secs, continue_from: None, extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS }
+        JobParams {
+            item,
+            duration_secs,
+            continue_from: None,
+            melody: None,
+            extend_stride_secs: DEFAULT_EXTEND_STRIDE_SECS,
+        }
     }
 
-    /// The JSON the store keeps: `{"prompt", "sampling": {..}, "seed", "continue_from"?, "extend_stride"}`.
+    /// The uploads the job references, each once.
+    pub fn uploads(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.continue_from.iter().chain(&self.melody).map(|used| used.upload).collect();
+        ids.dedup();
+        ids
+    }
+
+    /// The JSON the store keeps:
+    /// `{"prompt", "sampling": {..}, "seed", "continue_from"?, "melody"?, "extend_stride"}`.
     pub fn to_json(&self) -> serde_json::Result<String> {
         serde_json::to_string(&StoredParams {
             item: self.item.clone(),
             continue_from: self.continue_from.clone(),
+            melody: self.melody.clone(),
             extend_stride: self.extend_stride_secs,
         })
     }
@@ -118,6 +139,7 @@ impl JobParams {
             item: stored.item,
             duration_secs,
             continue_from: stored.continue_from,
+            melody: stored.melody,
             extend_stride_secs: stored.extend_stride,
         })
     }
@@ -182,12 +204,8 @@ impl Job {
             temperature: sampling.temperature,
             cfg_coef: sampling.cfg_coef,
             seed: item.seed,
-            continue_from: self.params.continue_from.as_ref().map(|c| ContinueFromView {
-                upload: c.upload.to_string(),
-                source_job: c.source_job.map(|id| id.to_string()),
-                filename: c.filename.clone(),
-                duration_secs: c.duration_secs,
-            }),
+            continue_from: self.params.continue_from.as_ref().map(UploadRef::view),
+            melody: self.params.melody.as_ref().map(UploadRef::view),
             extend_stride: self.params.extend_stride_secs,
             model: self.model.clone(),
             waiting_reason,
@@ -235,7 +253,9 @@ pub struct JobView {
     pub cfg_coef: f64,
     pub seed: u64,
     /// The audio the track continues (its first seconds are that audio); null when it starts from nothing.
-    pub continue_from: Option<ContinueFromView>,
+    pub continue_from: Option<UploadRefView>,
+    /// The tune the track follows (melody checkpoints); null when it follows the text alone.
+    pub melody: Option<UploadRefView>,
     /// Seconds each 30 s window of a long track moves on from the last.
     pub extend_stride: f64,
     /// The model the job runs on: its hub id (`facebook/musicgen-small`), or the canonical path
@@ -262,19 +282,30 @@ pub struct JobView {
     pub audio_url: Option<String>,
 }
 
-/// What a job continues, in the job JSON.
+impl UploadRef {
+    fn view(&self) -> UploadRefView {
+        UploadRefView {
+            upload: self.upload.to_string(),
+            source_job: self.source_job.map(|id| id.to_string()),
+            filename: self.filename.clone(),
+            duration_secs: self.duration_secs,
+        }
+    }
+}
+
+/// Stored audio a job uses (what it continues, or the melody it follows), in the job JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct ContinueFromView {
-    /// The stored audio the job continues (`GET /api/v1/uploads/{id}`).
+pub struct UploadRefView {
+    /// The stored audio (`GET /api/v1/uploads/{id}`).
     #[schema(format = Uuid)]
     pub upload: String,
-    /// The finished job whose track this extends, when it extends one (it may have been deleted since:
-    /// the upload is a copy of its track).
+    /// The finished job whose track this is a copy of, when the request named a job (it may have been
+    /// deleted since: the upload is a copy of its track).
     #[schema(format = Uuid)]
     pub source_job: Option<String>,
-    /// The uploaded file's name, or the extended track's download name.
+    /// The uploaded file's name, or the track's download name.
     pub filename: String,
-    /// Seconds of audio continued; the new track starts with them.
+    /// Seconds of audio. A continued track starts with them.
     pub duration_secs: f64,
 }
 
@@ -329,7 +360,7 @@ mod tests {
     fn stored_params_round_trip_and_older_rows_get_the_defaults() {
         let mut params = params();
         assert_eq!(JobParams::from_json(&params.to_json().unwrap(), 8.0).unwrap(), params);
-        params.continue_from = Some(Continuation {
+        params.continue_from = Some(UploadRef {
             upload: Uuid::new_v4(),
             source_job: Some(Uuid::new_v4()),
             filename: "riff.flac".into(),

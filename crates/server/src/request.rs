@@ -2,8 +2,8 @@
 //! ([`Generate`]) that names the field at fault when it does not deserialize (through
 //! `serde_path_to_error`); value ranges are the engine's rules (`GenerationItem::validate`,
 //! `validate_duration_within`, `validate_extend_stride`), so the server and `dgx-music generate`
-//! accept the same requests. What `continue_from` names is looked up by the handler, which checks it
-//! with `validate_continuation` (`api/uploads.rs`).
+//! accept the same requests. What `continue_from` and `melody` name is looked up by the handler,
+//! which checks a continuation with `validate_continuation` (`api/uploads.rs`).
 
 use std::ops::RangeInclusive;
 
@@ -58,6 +58,12 @@ pub struct GenerateBody {
     /// `duration` stays the length of the whole track, so it must exceed that audio's length.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub continue_from: Option<String>,
+    /// The tune to follow, for a melody model (`GET /api/v1/models` says `melody`): the id of an upload
+    /// or of a completed job ("in the style of this track"). It is mixed to mono; each 30 s window
+    /// follows the 30 s of melody from its start in the track, and a short melody loops. Without it a
+    /// melody model follows the text alone.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub melody: Option<String>,
     /// Seconds each 30 s window of a track longer than 30 s moves on from the last, in (0, 30). Default 18.
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 30.0, example = 18.0)]
     pub extend_stride: Option<f64>,
@@ -65,8 +71,8 @@ pub struct GenerateBody {
 
 impl GenerateBody {
     /// Applies the defaults and the engine's rules. `vocab_size` bounds `top_k` (and caps its
-    /// default); `random_seed` is used when the body has no seed. The continuation is left to the
-    /// handler: [`Generate::continue_from`] is only parsed here.
+    /// default); `random_seed` is used when the body has no seed. The stored audio is left to the
+    /// handler: [`Generate::continue_from`] and [`Generate::melody`] are only parsed here.
     pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<Generate, ApiError> {
         let prompt = self.prompt.ok_or_else(|| {
             ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")
@@ -93,25 +99,22 @@ impl GenerateBody {
         }
         let extend_stride_secs = self.extend_stride.unwrap_or(DEFAULT_EXTEND_STRIDE_SECS);
         validate_extend_stride(extend_stride_secs)?;
-        let continue_from = self
-            .continue_from
-            .map(|text| {
-                Uuid::try_parse(&text).map_err(|_| {
-                    let shown: String = text.chars().take(64).collect();
-                    ApiError::invalid(
-                        Some("continue_from"),
-                        format!("continue_from {shown:?} is not an id: {}", accepted_continue_from()),
-                    )
-                })
-            })
-            .transpose()?;
+        let continue_from = self.continue_from.map(|text| parse_upload_id("continue_from", &text)).transpose()?;
+        let melody = self.melody.map(|text| parse_upload_id("melody", &text)).transpose()?;
         let params = JobParams { extend_stride_secs, ..JobParams::new(item, duration_secs) };
-        Ok(Generate { params, continue_from })
+        Ok(Generate { params, continue_from, melody })
     }
 }
 
-fn accepted_continue_from() -> &'static str {
+fn accepted_upload_id() -> &'static str {
     "the id (a UUID) of an upload (POST /api/v1/uploads) or of a completed job"
+}
+
+fn parse_upload_id(field: &'static str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(text).map_err(|_| {
+        let shown: String = text.chars().take(64).collect();
+        ApiError::invalid(Some(field), format!("{field} {shown:?} is not an id: {}", accepted_upload_id()))
+    })
 }
 
 /// What a field accepts, for messages about a value of the wrong type.
@@ -124,7 +127,7 @@ fn accepted(field: &str, vocab_size: usize) -> Option<String> {
         "temperature" => "a number > 0".into(),
         "cfg_coef" => "a number >= 0".into(),
         "seed" => format!("an integer within 0..={MAX_SEED}"),
-        "continue_from" => accepted_continue_from().into(),
+        "continue_from" | "melody" => accepted_upload_id().into(),
         "extend_stride" => {
             format!("a number of seconds above 0 and below {WINDOW_SECS} (default {DEFAULT_EXTEND_STRIDE_SECS})")
         }
@@ -177,6 +180,8 @@ pub struct Generate {
     pub params: JobParams,
     /// The upload or completed job named by `continue_from`, not yet looked up.
     pub continue_from: Option<Uuid>,
+    /// The upload or completed job named by `melody`, not yet looked up.
+    pub melody: Option<Uuid>,
 }
 
 impl FromRequest<AppState> for Generate {
@@ -247,10 +252,15 @@ mod tests {
     #[test]
     fn continue_from_and_extend_stride_are_parsed_and_kept() {
         let id = Uuid::new_v4();
-        let body = json!({"prompt": "p", "duration": 40, "continue_from": id.to_string(), "extend_stride": 10});
+        let tune = Uuid::new_v4();
+        let body = json!({"prompt": "p", "duration": 40, "continue_from": id.to_string(), "extend_stride": 10,
+            "melody": tune.to_string()});
         let request = parse_request(&body, 2048, 0).unwrap();
-        assert_eq!((request.continue_from, request.params.extend_stride_secs), (Some(id), 10.0));
-        assert_eq!(request.params.continue_from, None, "the handler resolves the id");
+        assert_eq!(
+            (request.continue_from, request.melody, request.params.extend_stride_secs),
+            (Some(id), Some(tune), 10.0)
+        );
+        assert_eq!((request.params.continue_from, request.params.melody), (None, None), "the handler resolves the ids");
     }
 
     #[test]
@@ -297,6 +307,8 @@ mod tests {
                 "\"riff.wav\" is not an id",
             ),
             (json!({"prompt": "p", "duration": 5, "continue_from": 7}), "continue_from", "UUID"),
+            (json!({"prompt": "p", "duration": 5, "melody": "hum.wav"}), "melody", "\"hum.wav\" is not an id"),
+            (json!({"prompt": "p", "duration": 5, "melody": ["a"]}), "melody", "completed job"),
         ];
         for (body, field, needle) in cases {
             let (got_field, msg) = message(body.clone());

@@ -1,5 +1,5 @@
-//! Stored audio that jobs continue: a client's upload, or the snapshot of a finished job's track that
-//! a job extends. The record lives in the job database (so that no upload a job references can be
+//! Stored audio that jobs continue or follow as a melody: a client's upload, or the snapshot of a
+//! finished job's track that a job extends or follows. The record lives in the job database (so that no upload a job references can be
 //! deleted: a foreign key), the audio in the uploads [`AudioStore`](crate::store::AudioStore).
 //!
 //! Lifetime: an upload is deleted with the last job that references it; one that no job references is
@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::job::{timestamp, Continuation};
+use crate::job::{timestamp, UploadRef};
 use crate::request::DURATION_LIMITS;
 use crate::store::{AudioStore, JobStore, StoreResult};
 
@@ -47,9 +47,9 @@ impl Upload {
         self.frames as f64 / self.sample_rate as f64
     }
 
-    /// What a job that continues this upload records.
-    pub fn continuation(&self) -> Continuation {
-        Continuation {
+    /// What a job that uses this upload records.
+    pub fn reference(&self) -> UploadRef {
+        UploadRef {
             upload: self.id,
             source_job: self.source_job,
             filename: self.filename.clone(),
@@ -78,7 +78,7 @@ pub fn upload_path(id: Uuid) -> String {
 /// The upload JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct UploadView {
-    /// Pass it as `continue_from` to `POST /api/v1/generate`.
+    /// Pass it as `continue_from` (or, to a melody model, as `melody`) to `POST /api/v1/generate`.
     #[schema(format = Uuid, example = "9d0c7b7e-3c55-4f59-8a7e-1b2a3c4d5e6f")]
     pub id: String,
     /// The name the file was uploaded with.
@@ -89,7 +89,7 @@ pub struct UploadView {
     pub sample_rate: u32,
     /// The stored audio's channels: the model's (the file was mixed to them).
     pub channels: u16,
-    /// For a snapshot of a finished track that a job extends: that job. Null for a client's upload.
+    /// For a snapshot of a finished track that a job extends or follows: that job. Null for a client's upload.
     #[schema(format = Uuid)]
     pub source_job: Option<String>,
     #[schema(format = DateTime)]
@@ -190,9 +190,31 @@ impl Plan {
     }
 }
 
+/// The melody for the engine when it generates a track from `skip` frames on (after the head of
+/// an extended track): the engine's window at time t follows `melody[t..t + 30 s]`, looping a short
+/// melody, so starting it `skip` frames on (modulo its length) keeps it lined up with the whole track.
+pub fn melody_from(mut melody: Audio, skip: usize) -> Audio {
+    for samples in &mut melody.channels {
+        if !samples.is_empty() {
+            let shift = skip % samples.len();
+            samples.rotate_left(shift);
+        }
+    }
+    melody
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_melody_is_lined_up_with_the_whole_track() {
+        let melody = Audio { sample_rate: 10, channels: vec![(0..50).map(|i| i as f32).collect()] };
+        assert_eq!(melody_from(melody.clone(), 0), melody, "a track without a head starts the melody at 0");
+        let later = melody_from(melody.clone(), 120);
+        assert_eq!(later.channels[0][..3], [20.0, 21.0, 22.0], "120 frames on is 20 frames into the third loop");
+        assert_eq!(later.channels[0][29..31], [49.0, 0.0], "and it loops from there");
+    }
 
     #[test]
     fn a_plan_prompts_with_the_last_window_and_keeps_the_head() {

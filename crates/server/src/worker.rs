@@ -1,12 +1,12 @@
 //! The one thread that owns the model. It claims batches of compatible jobs of its own model
 //! (by canonical id: jobs for another model stay queued for a server that runs it; same duration,
-//! continuation and stride) from the store, runs the (blocking) engine on them and records the
+//! continuation, melody and stride) from the store, runs the (blocking) engine on them and records the
 //! outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
 //! registry of the running batch.
 //!
 //! A batch that continues audio reads it from the uploads store: its last 30 s at most prompt the
 //! engine, and what comes before (the head of a long track being extended) is put back in front
-//! of each track, untouched.
+//! of each track, untouched. A melody is read mixed to mono and lined up with the whole track.
 //!
 //! Cancellation: the API marks a job cancelled in the store first, then tells the registry; the
 //! worker registers a batch first, then re-reads its jobs' statuses. Whichever comes second sees
@@ -22,16 +22,17 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use musicgen::audio::{Normalize, SampleFormat};
+use musicgen::request::MAX_MELODY_SECS;
 use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
 use crate::events::Events;
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobStatus, UploadRef};
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, Outcome};
-use crate::upload::{Plan, MAX_UPLOAD_SECS};
+use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
 
 /// Progress is written and announced at most this often (the SSE contract is ~10 events/s).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -242,38 +243,56 @@ impl Worker {
         }
     }
 
-    /// The engine's request for a batch (its jobs share duration, continuation and stride), and the
-    /// head that goes back in front of each track.
+    /// The engine's request for a batch (its jobs share duration, continuation, melody and stride),
+    /// and the head that goes back in front of each track.
     fn request_for(&self, engine: &MusicGen, batch: &[Job]) -> Result<(GenerationRequest, Option<Audio>), String> {
         let params = &batch[0].params;
         let items = batch.iter().map(|job| job.params.item.clone()).collect();
         let mut request = GenerationRequest::new(items, params.duration_secs);
         request.extend_stride_secs = params.extend_stride_secs;
-        let Some(continued) = &params.continue_from else { return Ok((request, None)) };
         let info = engine.info();
-        let audio =
-            match self.context.uploads.read(continued.upload, info.sample_rate, info.audio_channels, MAX_UPLOAD_SECS) {
-                Ok(Some(audio)) => audio,
-                Ok(None) => {
-                    return Err(format!(
-                        "the audio to continue ({}) is missing from the data directory",
-                        continued.filename
-                    ))
-                }
-                Err(err) => {
-                    // Job errors reach clients, store errors may name paths: the details go to the log.
-                    tracing::error!("cannot read upload {}: {err}", continued.upload);
-                    return Err(format!(
-                        "cannot read the audio to continue ({}); the details are in the server log",
-                        continued.filename
-                    ));
-                }
-            };
-        let plan = Plan::new(params.duration_secs, audio.len(), audio.sample_rate);
-        let (head, prompt) = plan.split(audio);
-        request.duration_secs = plan.engine_duration_secs;
-        request.continuation = Some(prompt);
+        let mut head = None;
+        if let Some(continued) = &params.continue_from {
+            let audio = self.read_upload(
+                continued,
+                "the audio to continue",
+                info.sample_rate,
+                info.audio_channels,
+                MAX_UPLOAD_SECS,
+            )?;
+            let plan = Plan::new(params.duration_secs, audio.len(), audio.sample_rate);
+            let (kept, prompt) = plan.split(audio);
+            request.duration_secs = plan.engine_duration_secs;
+            request.continuation = Some(prompt);
+            head = kept;
+        }
+        if let Some(melody) = &params.melody {
+            let audio = self.read_upload(melody, "the melody", info.sample_rate, 1, MAX_MELODY_SECS)?;
+            // The melody runs with the whole track; the engine starts after the head.
+            let skip = head.as_ref().map_or(0, Audio::len);
+            request.melody = Some(melody_from(audio, skip));
+        }
         Ok((request, head))
+    }
+
+    /// An upload a batch uses, at `rate` with `channels`; `what` names it in job errors.
+    fn read_upload(
+        &self,
+        used: &UploadRef,
+        what: &str,
+        rate: u32,
+        channels: usize,
+        max_secs: f64,
+    ) -> Result<Audio, String> {
+        match self.context.uploads.read(used.upload, rate, channels, max_secs) {
+            Ok(Some(audio)) => Ok(audio),
+            Ok(None) => Err(format!("{what} ({}) is missing from the data directory", used.filename)),
+            Err(err) => {
+                // Job errors reach clients, store errors may name paths: the details go to the log.
+                tracing::error!("cannot read upload {}: {err}", used.upload);
+                Err(format!("cannot read {what} ({}); the details are in the server log", used.filename))
+            }
+        }
     }
 
     /// Jobs of the running batch that nobody cancelled.

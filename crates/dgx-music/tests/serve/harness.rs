@@ -15,8 +15,17 @@ pub const LONG_DURATION: f64 = 120.0;
 const WAIT: Duration = Duration::from_secs(600);
 
 pub fn fixture() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../musicgen/tests/fixtures/tiny-mono/checkpoint");
+    fixture_checkpoint("tiny-mono")
+}
+
+/// The canonical path of the checkpoint of fixture `name` (crates/musicgen/tests/fixtures/<name>).
+pub fn fixture_checkpoint(name: &str) -> String {
+    let dir = fixture_dir(name).join("checkpoint");
     dir.canonicalize().unwrap_or_else(|e| panic!("fixture {}: {e}", dir.display())).display().to_string()
+}
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../musicgen/tests/fixtures").join(name)
 }
 
 pub struct Server {
@@ -29,8 +38,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_model(data_dir, &fixture(), extra).await
+    }
+
+    /// A server of another checkpoint.
+    pub async fn start_model(data_dir: &Path, model: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--model", &fixture()])
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--model", model])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

@@ -2,6 +2,7 @@
 //! a temporary data directory, HTTP on an ephemeral port.
 
 mod harness;
+mod melody;
 mod uploads;
 
 use std::collections::HashSet;

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::uploads::resolve_continuation;
+use super::uploads::{resolve_continuation, resolve_melody};
 use crate::error::{ApiError, ErrorBody};
 use crate::job::{job_path, Job, JobStatus, JobView};
 use crate::request::{Generate, GenerateBody};
@@ -58,13 +58,16 @@ async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
 /// new track is the whole old one followed by new music). `duration` is the length of the whole
 /// new track. A job's track is copied when the job is submitted, so deleting that job later changes
 /// nothing.
+///
+/// With `melody` (melody models only: `GET /api/v1/models` says `melody`) the track follows a tune:
+/// an upload, or a completed job's track ("in the style of this track"), copied the same way.
 #[utoipa::path(
     post, path = "/api/v1/generate", tag = "jobs",
     request_body = GenerateBody,
     responses(
         (status = 202, description = "Queued", body = JobView,
             headers(("Location" = String, description = "URL of the job"))),
-        (status = 400, description = "Malformed JSON, a parameter out of range, or a `continue_from` that names no upload or completed job", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a parameter out of range, a `continue_from` or `melody` that names no upload or completed job, or a `melody` for a model that takes none", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Queue full", body = ErrorBody,
@@ -79,33 +82,57 @@ pub async fn generate(
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
-    let Generate { mut params, continue_from } = request?;
-    let mut snapshot = None;
+    let Generate { mut params, continue_from, melody } = request?;
+    if melody.is_some() && !state.model.melody {
+        return Err(ApiError::invalid(
+            Some("melody"),
+            format!(
+                "melody: this server runs {}, a text-to-music model that takes no melody; start it with \
+                 --model facebook/musicgen-melody (or -melody-large, -stereo-melody, -stereo-melody-large), \
+                 or leave melody out",
+                state.model.id
+            ),
+        ));
+    }
+    // Snapshots of finished tracks made for this request, deleted again if it is refused.
+    let mut snapshots = Vec::new();
     if let Some(id) = continue_from {
         let (upload, is_snapshot) = resolve_continuation(&state, id, params.duration_secs).await?;
-        params.continue_from = Some(upload.continuation());
-        snapshot = is_snapshot.then_some(upload.id);
+        params.continue_from = Some(upload.reference());
+        snapshots.extend(is_snapshot.then_some(upload.id));
+    }
+    if let Some(id) = melody {
+        let resolved = resolve_melody(&state, id).await;
+        let (upload, is_snapshot) = match resolved {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                discard(&state, &snapshots).await;
+                return Err(err);
+            }
+        };
+        params.melody = Some(upload.reference());
+        snapshots.extend(is_snapshot.then_some(upload.id));
     }
     let job = Job::new(params, state.model.id.clone(), Utc::now());
-    match state.jobs.enqueue(&job, state.max_queue).await? {
+    let enqueued = state.jobs.enqueue(&job, state.max_queue).await;
+    if !matches!(enqueued, Ok(Enqueued::Queued)) {
+        discard(&state, &snapshots).await;
+    }
+    match enqueued? {
         Enqueued::Queued => {}
         Enqueued::QueueFull => {
-            if let Some(id) = snapshot {
-                upload::delete_if_unused(&*state.jobs, &*state.uploads, id).await?;
-            }
             return Err(ApiError::QueueFull {
                 max_queue: state.max_queue,
                 retry_after_secs: state.metrics.retry_after_secs(),
             });
         }
-        Enqueued::UploadGone => {
+        Enqueued::UploadGone(gone) => {
+            let field =
+                if job.params.melody.as_ref().is_some_and(|m| m.upload == gone) { "melody" } else { "continue_from" };
             return Err(ApiError::invalid(
-                Some("continue_from"),
-                format!(
-                    "continue_from {}: the upload was deleted while this request was handled; upload it again",
-                    continue_from.unwrap_or_default()
-                ),
-            ))
+                Some(field),
+                format!("{field} {gone}: the upload was deleted while this request was handled; upload it again"),
+            ));
         }
     }
     // The answer describes the job as accepted: queued, with its place in the line. The worker may
@@ -119,6 +146,15 @@ pub async fn generate(
     state.events.changed(job.id);
     let location = job_path(job.id, "");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view(&state.model.id))).into_response())
+}
+
+/// Deletes the snapshots made for a refused request (unless another job uses them meanwhile).
+async fn discard(state: &AppState, snapshots: &[Uuid]) {
+    for &id in snapshots {
+        if let Err(err) = upload::delete_if_unused(&*state.jobs, &*state.uploads, id).await {
+            tracing::warn!("cannot delete snapshot upload {id} of a refused request: {err}");
+        }
+    }
 }
 
 /// Query of `GET /jobs`.
@@ -207,8 +243,8 @@ pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<
     Ok(Json(load(&state, id).await?.view(&state.model.id)))
 }
 
-/// Cancel a queued or running job, or delete a finished one and its audio, and the upload it
-/// continued when no other job continues it.
+/// Cancel a queued or running job, or delete a finished one and its audio, and the uploads it used
+/// (what it continued, its melody) when no other job uses them.
 #[utoipa::path(
     delete, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, format = Uuid, description = "Job id")),
@@ -236,10 +272,10 @@ pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Resu
     state.audio.delete(id).await?;
     state.events.changed(id);
     tracing::info!("job {id} deleted");
-    if let Some(continued) = &job.params.continue_from {
+    for used in job.params.uploads() {
         // The job is gone whatever happens here; an upload left behind is swept later.
-        if let Err(err) = upload::delete_if_unused(&*state.jobs, &*state.uploads, continued.upload).await {
-            tracing::warn!("cannot delete upload {} of deleted job {id}: {err}", continued.upload);
+        if let Err(err) = upload::delete_if_unused(&*state.jobs, &*state.uploads, used).await {
+            tracing::warn!("cannot delete upload {used} of deleted job {id}: {err}");
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())

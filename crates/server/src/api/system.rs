@@ -59,6 +59,8 @@ pub struct ModelEntry {
     pub parameters: u64,
     pub device: String,
     pub dtype: String,
+    /// A melody checkpoint: `POST /generate` takes `melody`, the tune it follows.
+    pub melody: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -81,6 +83,7 @@ pub async fn models(State(state): State<AppState>) -> Json<Models> {
             parameters: m.parameters as u64,
             device: m.device.clone(),
             dtype: m.dtype.clone(),
+            melody: m.melody,
         }],
     })
 }

@@ -23,6 +23,11 @@ struct TestServer {
 }
 
 async fn start(max_queue: usize) -> TestServer {
+    start_model(max_queue, false).await
+}
+
+/// A server whose model is a melody checkpoint when `melody`.
+async fn start_model(max_queue: usize, melody: bool) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("audio")).unwrap());
@@ -43,7 +48,7 @@ async fn start(max_queue: usize) -> TestServer {
         vocab_size: 99,
         parameters: 1000,
         step_mode: "growing".into(),
-        melody: false,
+        melody,
     };
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
@@ -106,6 +111,7 @@ async fn generate_queues_and_reports_the_job() {
         "cfg_coef",
         "seed",
         "continue_from",
+        "melody",
         "extend_stride",
         "model",
         "waiting_reason",
@@ -420,4 +426,70 @@ async fn a_refused_upload_names_the_file_and_the_problem_but_no_server_path() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(files_in(&server.dir.path().join("uploads")).is_empty());
     assert!(files_in(&server.dir.path().join("incoming")).is_empty());
+}
+
+#[tokio::test]
+async fn a_melody_is_an_upload_or_a_job_and_only_a_melody_model_takes_one() {
+    let text_only = start(10).await;
+    let client = reqwest::Client::new();
+    let models: Value =
+        client.get(format!("{}/api/v1/models", text_only.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["models"][0]["melody"], false);
+    let hum: Value = upload(&text_only, "hum.wav", tone_wav(2.0, 16000)).await.json().await.unwrap();
+    let body = json!({"prompt": "p", "duration": 4, "melody": hum["id"]});
+    let response = client.post(format!("{}/api/v1/generate", text_only.base)).json(&body).send().await.unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("melody")), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("tiny") && message.contains("--model facebook/musicgen-melody"), "{message}");
+
+    let server = start_model(10, true).await;
+    let models: Value =
+        client.get(format!("{}/api/v1/models", server.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["models"][0]["melody"], true);
+    let generate = |body: Value| client.post(format!("{}/api/v1/generate", server.base)).json(&body).send();
+    let unknown = uuid::Uuid::new_v4();
+    let (status, error) =
+        error_of(generate(json!({"prompt": "p", "duration": 4, "melody": unknown})).await.unwrap()).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("melody")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains(&format!("melody {unknown}: no upload or job")), "{error}");
+
+    let hum: Value = upload(&server, "hum.wav", tone_wav(2.0, 16000)).await.json().await.unwrap();
+    let hum_id = hum["id"].as_str().unwrap().to_string();
+    let job: Value =
+        generate(json!({"prompt": "p", "duration": 40, "melody": hum_id})).await.unwrap().json().await.unwrap();
+    let melody = &job["melody"];
+    assert_eq!(
+        (melody["upload"].as_str(), melody["filename"].as_str(), &melody["source_job"], &job["continue_from"]),
+        (Some(hum_id.as_str()), Some("hum.wav"), &Value::Null, &Value::Null),
+        "{job}"
+    );
+    // A melody longer than the track is fine, and the same upload may be continued and followed at once.
+    let both: Value = generate(json!({"prompt": "p", "duration": 3, "melody": hum_id, "continue_from": hum_id}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (both["melody"]["upload"].as_str(), both["continue_from"]["upload"].as_str()),
+        (Some(hum_id.as_str()), Some(hum_id.as_str()))
+    );
+
+    // A job's track can be followed only once it is finished.
+    let queued = job["id"].as_str().unwrap();
+    let (status, error) =
+        error_of(generate(json!({"prompt": "p", "duration": 4, "melody": queued})).await.unwrap()).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("melody")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("only a completed job's track can be followed"), "{error}");
+
+    // Deleting the jobs deletes the upload with the last of them.
+    let url = |id: &Value| format!("{}/api/v1/jobs/{}", server.base, id.as_str().unwrap());
+    for job in [&job, &both] {
+        assert_eq!(client.delete(url(&job["id"])).send().await.unwrap().status(), StatusCode::OK, "cancelled");
+        assert_eq!(client.delete(url(&job["id"])).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    let gone = client.get(format!("{}/api/v1/uploads/{hum_id}", server.base)).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert!(files_in(&server.dir.path().join("uploads")).is_empty(), "the melody went with its last job");
 }

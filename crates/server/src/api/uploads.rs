@@ -1,4 +1,4 @@
-//! Upload endpoints, and what `continue_from` of `POST /generate` resolves to.
+//! Upload endpoints, and what `continue_from` and `melody` of `POST /generate` resolve to.
 //!
 //! An upload is received into `incoming/` (a scratch directory emptied at start), decoded there with
 //! the engine's `read_audio` to the model's rate and channels (refusing what is not audio, is cut off
@@ -185,12 +185,13 @@ fn is_multipart_form(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("multipart/form-data"))
 }
 
-/// Upload audio that a generation can continue.
+/// Upload audio that a generation can continue or follow as a melody.
 ///
 /// The file is checked now: decoded (WAV, FLAC, MP3, OGG/Vorbis), mixed to the model's channels,
 /// resampled to its rate, and refused when it is not audio, is cut off, or lasts more than 30 s
-/// (one window of the model: what a continuation can hold). Pass the returned id as `continue_from`.
-/// An upload is deleted with the last job that continues it; one no job uses is deleted after 24 h
+/// (one window of the model: what a continuation can hold). Pass the returned id as `continue_from`,
+/// or to a melody model as `melody` (a melody is mixed to mono; a short one loops in long tracks).
+/// An upload is deleted with the last job that uses it; one no job uses is deleted after 24 h
 /// (the server's --unused-upload-hours).
 #[utoipa::path(
     post, path = "/api/v1/uploads", tag = "uploads",
@@ -315,28 +316,70 @@ pub async fn get_upload(State(state): State<AppState>, UploadId(id): UploadId) -
     Ok(Json(upload.view()))
 }
 
-/// What `continue_from` names, checked against the request: an upload as it is, or a completed
-/// job's track, copied now into a new upload (a snapshot, so that deleting the job later changes
-/// nothing). The bool says whether the upload is such a new snapshot.
+/// What `continue_from` names, checked against the request: see [`resolve`].
 pub async fn resolve_continuation(state: &AppState, id: Uuid, total: f64) -> Result<(Upload, bool), ApiError> {
+    resolve(state, id, Use::Continuation { total }).await
+}
+
+/// What `melody` names: see [`resolve`]. Any stored audio is a melody (the engine takes 30 s of it
+/// per window and loops a short one), so nothing is checked here beyond its existence.
+pub async fn resolve_melody(state: &AppState, id: Uuid) -> Result<(Upload, bool), ApiError> {
+    resolve(state, id, Use::Melody).await
+}
+
+/// The two ways a job uses stored audio.
+#[derive(Clone, Copy)]
+enum Use {
+    /// Continued, into a track of `total` seconds.
+    Continuation {
+        total: f64,
+    },
+    Melody,
+}
+
+impl Use {
+    fn field(self) -> &'static str {
+        match self {
+            Use::Continuation { .. } => "continue_from",
+            Use::Melody => "melody",
+        }
+    }
+
+    fn check(self, upload: &Upload) -> Result<(), ApiError> {
+        match self {
+            Use::Continuation { total } => check(upload, total),
+            Use::Melody => Ok(()),
+        }
+    }
+}
+
+/// An upload as it is, or a completed job's track, copied now into a new upload (a snapshot, so that
+/// deleting the job later changes nothing), checked for its use. The bool says whether the upload is
+/// such a new snapshot.
+async fn resolve(state: &AppState, id: Uuid, usage: Use) -> Result<(Upload, bool), ApiError> {
+    let field = usage.field();
     if let Some(upload) = state.jobs.get_upload(id).await? {
-        check(&upload, total)?;
+        usage.check(&upload)?;
         return Ok((upload, false));
     }
     let unknown = || {
         ApiError::invalid(
-            Some("continue_from"),
+            Some(field),
             format!(
-                "continue_from {id}: no upload or job has this id; it never existed or was deleted \
-                 (an upload goes with the last job that continued it, or unused after a while)"
+                "{field} {id}: no upload or job has this id; it never existed or was deleted \
+                 (an upload goes with the last job that used it, or unused after a while)"
             ),
         )
     };
     let Some(job) = state.jobs.get(id).await? else { return Err(unknown()) };
     if job.status != JobStatus::Completed {
+        let done_with = match usage {
+            Use::Continuation { .. } => "extended",
+            Use::Melody => "followed as a melody",
+        };
         return Err(ApiError::invalid(
-            Some("continue_from"),
-            format!("continue_from {id}: that job is {}; only a completed job's track can be extended", job.status),
+            Some(field),
+            format!("{field} {id}: that job is {}; only a completed job's track can be {done_with}", job.status),
         ));
     }
     let (rate, channels) = (state.model.sample_rate, state.model.audio_channels);
@@ -355,7 +398,7 @@ pub async fn resolve_continuation(state: &AppState, id: Uuid, total: f64) -> Res
             source_job: Some(job.id),
             created_at: Utc::now(),
         };
-        check(&upload, total)?;
+        usage.check(&upload)?;
         // The track is 16-bit PCM already: stored as such, the copy is exact.
         uploads.put(snapshot_id, &audio, SampleFormat::Pcm16)?;
         Ok::<_, ApiError>(Some(upload))
@@ -367,7 +410,7 @@ pub async fn resolve_continuation(state: &AppState, id: Uuid, total: f64) -> Res
         let _ = state.uploads.delete(upload.id).await;
         return Err(err.into());
     }
-    tracing::info!("track of job {id} copied to upload {} to be extended", upload.id);
+    tracing::info!("track of job {id} copied to upload {} for {field}", upload.id);
     Ok((upload, true))
 }
 

@@ -56,8 +56,8 @@ pub enum Enqueued {
     Queued,
     /// `max_queue` jobs are already queued.
     QueueFull,
-    /// The upload the job continues was deleted meanwhile (swept, or its last job deleted).
-    UploadGone,
+    /// An upload the job uses (this one) was deleted meanwhile (swept, or its last job deleted).
+    UploadGone(Uuid),
 }
 
 /// How a running job ended, as the worker reports it.
@@ -71,8 +71,8 @@ pub enum Outcome {
 /// the API (cancel) and the worker (claim, finish) never overwrite each other's decisions:
 /// a job leaves a terminal status only by deletion.
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts a queued job unless `max_queue` jobs are already queued or the upload it continues is
-    /// gone, in one atomic step.
+    /// Inserts a queued job unless `max_queue` jobs are already queued or an upload it uses is gone,
+    /// in one atomic step.
     fn enqueue(&self, job: &Job, max_queue: usize) -> BoxFuture<'_, StoreResult<Enqueued>>;
 
     /// The job with its queue position (among queued jobs of its model), if it exists.

@@ -105,13 +105,15 @@ impl JobStore for SqliteJobStore {
                 .to_json()
                 .map_err(|e| StoreError::Corrupt { id: job.id.to_string(), message: e.to_string() })?;
             let upload = job.params.continue_from.as_ref().map(|c| c.upload.to_string());
-            // One statement, so neither the capacity check nor the upload's existence can change
+            let melody = job.params.melody.as_ref().map(|m| m.upload.to_string());
+            // One statement, so neither the capacity check nor the uploads' existence can change
             // between the check and the insert (another request's insert, a sweep).
             let result = sqlx::query(
-                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at, upload) \
-                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5, ?7 \
+                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at, upload, melody) \
+                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5, ?7, ?8 \
                  WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?6 \
-                 AND (?7 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?7))",
+                 AND (?7 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?7)) \
+                 AND (?8 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?8))",
             )
             .bind(job.id.to_string())
             .bind(job.model.clone())
@@ -119,20 +121,25 @@ impl JobStore for SqliteJobStore {
             .bind(params)
             .bind(timestamp(job.created_at))
             .bind(max_queue as i64)
-            .bind(upload.clone())
+            .bind(upload)
+            .bind(melody)
             .execute(&self.pool)
             .await
             .map_err(db)?;
             if result.rows_affected() == 1 {
                 return Ok(Enqueued::Queued);
             }
-            let Some(upload) = upload else { return Ok(Enqueued::QueueFull) };
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM uploads WHERE id = ?1")
-                .bind(upload)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-            Ok(if exists.is_some() { Enqueued::QueueFull } else { Enqueued::UploadGone })
+            for id in job.params.uploads() {
+                let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM uploads WHERE id = ?1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db)?;
+                if exists.is_none() {
+                    return Ok(Enqueued::UploadGone(id));
+                }
+            }
+            Ok(Enqueued::QueueFull)
         }
         .boxed()
     }
@@ -178,15 +185,16 @@ impl JobStore for SqliteJobStore {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
         async move {
-            // `IS` compares NULLs as equal: jobs without a continuation batch together.
+            // `IS` compares NULLs as equal: jobs without a continuation (or melody) batch together.
             let rows = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_at = ?1, progress = 0 \
                  WHERE seq IN ( \
                    SELECT j.seq FROM jobs AS j, \
-                     (SELECT duration, upload, json_extract(params, '$.extend_stride') AS stride FROM jobs \
+                     (SELECT duration, upload, melody, json_extract(params, '$.extend_stride') AS stride FROM jobs \
                       WHERE status = 'queued' AND model = ?3 ORDER BY seq LIMIT 1) AS head \
                    WHERE j.status = 'queued' AND j.model = ?3 AND j.duration = head.duration \
-                     AND j.upload IS head.upload AND json_extract(j.params, '$.extend_stride') IS head.stride \
+                     AND j.upload IS head.upload AND j.melody IS head.melody \
+                     AND json_extract(j.params, '$.extend_stride') IS head.stride \
                    ORDER BY j.seq LIMIT ?2) \
                  RETURNING seq, id, status, model, duration, params, progress, \
                    created_at, started_at, finished_at, audio_duration, generation_time, error, \
@@ -359,12 +367,14 @@ impl JobStore for SqliteJobStore {
 
     fn delete_upload_if_unused(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>> {
         async move {
-            let result =
-                sqlx::query("DELETE FROM uploads WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM jobs WHERE upload = ?1)")
-                    .bind(id.to_string())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db)?;
+            let result = sqlx::query(
+                "DELETE FROM uploads WHERE id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE upload = ?1 OR melody = ?1)",
+            )
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
             Ok(result.rows_affected() == 1)
         }
         .boxed()
@@ -375,7 +385,8 @@ impl JobStore for SqliteJobStore {
             // Timestamps are RFC 3339 in UTC with milliseconds, so text order is time order.
             let ids: Vec<String> = sqlx::query_scalar(
                 "DELETE FROM uploads WHERE created_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.upload = uploads.id) RETURNING id",
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.upload = uploads.id OR jobs.melody = uploads.id) \
+                 RETURNING id",
             )
             .bind(timestamp(created_before))
             .fetch_all(&self.pool)
@@ -445,7 +456,7 @@ mod tests {
 
     async fn add_continuing(store: &SqliteJobStore, prompt: &str, upload: &Upload, stride: f64) -> Job {
         let mut params = params(prompt, 5.0);
-        params.continue_from = Some(upload.continuation());
+        params.continue_from = Some(upload.reference());
         params.extend_stride_secs = stride;
         let job = Job::new(params, "tiny".into(), Utc::now());
         assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
@@ -539,7 +550,7 @@ mod tests {
             vec![vec![a.id, d.id], vec![plain.id, plain2.id], vec![b.id], vec![c.id], vec![strided.id]]
         );
         let claimed = store.get(a.id).await.unwrap().unwrap();
-        assert_eq!(claimed.params.continue_from, Some(u.continuation()), "the claim reads what the job continues");
+        assert_eq!(claimed.params.continue_from, Some(u.reference()), "the claim reads what the job continues");
     }
 
     #[tokio::test]
@@ -576,12 +587,71 @@ mod tests {
         assert_eq!(store.get_upload(used.id).await.unwrap(), None);
 
         let orphan = Job::new(
-            JobParams { continue_from: Some(used.continuation()), ..params("gone", 5.0) },
+            JobParams { continue_from: Some(used.reference()), ..params("gone", 5.0) },
             "tiny".into(),
             Utc::now(),
         );
-        assert_eq!(store.enqueue(&orphan, 100).await.unwrap(), Enqueued::UploadGone);
+        assert_eq!(store.enqueue(&orphan, 100).await.unwrap(), Enqueued::UploadGone(used.id));
         assert_eq!(store.get(orphan.id).await.unwrap(), None);
+    }
+
+    async fn add_following(store: &SqliteJobStore, prompt: &str, melody: &Upload) -> Job {
+        let params = JobParams { melody: Some(melody.reference()), ..params(prompt, 5.0) };
+        let job = Job::new(params, "tiny".into(), Utc::now());
+        assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
+        job
+    }
+
+    #[tokio::test]
+    async fn a_melody_keeps_its_upload_and_only_jobs_of_the_same_melody_share_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let old = Utc::now() - chrono::Duration::days(2);
+        let (m, n) = (upload(old), upload(old));
+        store.insert_upload(&m).await.unwrap();
+        store.insert_upload(&n).await.unwrap();
+        let a = add_following(&store, "a", &m).await;
+        let plain = add(&store, "plain", 5.0).await;
+        let b = add_following(&store, "b", &n).await;
+        let c = add_following(&store, "c", &m).await;
+        let both = Job::new(
+            JobParams { continue_from: Some(n.reference()), melody: Some(m.reference()), ..params("both", 5.0) },
+            "tiny".into(),
+            Utc::now(),
+        );
+        assert_eq!(store.enqueue(&both, 100).await.unwrap(), Enqueued::Queued);
+        assert_eq!(store.sweep_unused_uploads(Utc::now()).await.unwrap(), Vec::<Uuid>::new(), "jobs follow both");
+        assert!(!store.delete_upload_if_unused(m.id).await.unwrap(), "a melody in use stays");
+
+        let mut batches = Vec::new();
+        loop {
+            let batch = store.claim_batch("tiny", 8, Utc::now()).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            batches.push(batch.iter().map(|j| j.id).collect::<Vec<_>>());
+        }
+        assert_eq!(batches, vec![vec![a.id, c.id], vec![plain.id], vec![b.id], vec![both.id]]);
+        let claimed = store.get(both.id).await.unwrap().unwrap();
+        assert_eq!((claimed.params.melody, claimed.params.continue_from), (Some(m.reference()), Some(n.reference())));
+
+        for job in [&a, &b, &c, &plain] {
+            store.finish(job.id, Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
+            assert!(store.delete_finished(job.id).await.unwrap());
+        }
+        assert!(!store.delete_upload_if_unused(m.id).await.unwrap(), "`both` follows it");
+        assert!(!store.delete_upload_if_unused(n.id).await.unwrap(), "`both` continues it");
+        store.finish(both.id, Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
+        assert!(store.delete_finished(both.id).await.unwrap());
+        let mut swept = store.sweep_unused_uploads(Utc::now()).await.unwrap();
+        swept.sort();
+        let mut expected = vec![m.id, n.id];
+        expected.sort();
+        assert_eq!(swept, expected);
+
+        let orphan =
+            Job::new(JobParams { melody: Some(m.reference()), ..params("gone", 5.0) }, "tiny".into(), Utc::now());
+        assert_eq!(store.enqueue(&orphan, 100).await.unwrap(), Enqueued::UploadGone(m.id));
     }
 
     #[tokio::test]

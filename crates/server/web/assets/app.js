@@ -30,6 +30,7 @@ const jobs = new JobList({
   template: byId('job-template'),
   announce,
   onAgain: (job) => form.fill(job),
+  onUseAsMelody: (job) => form.useAsMelody(job),
   onCreated: () => refreshHealth(),
 });
 
@@ -74,9 +75,14 @@ async function pollJobs() {
   setTimeout(pollJobs, jobs.hasActive() ? JOBS_EVERY_MS : IDLE_JOBS_EVERY_MS);
 }
 
-// Without an answer the form keeps the usual defaults, and the server explains any top-k it refuses.
+// Without an answer the form keeps the usual defaults (and no melody picker), and the server
+// explains any top-k it refuses.
 api.models().then(
-  ({ models }) => form.setVocabulary(models?.[0]?.vocab_size),
+  ({ models }) => {
+    form.setVocabulary(models?.[0]?.vocab_size);
+    form.setMelodyModel(models?.[0]?.melody === true);
+    jobs.setMelodyModel(models?.[0]?.melody === true);
+  },
   () => {},
 );
 refreshHealth();

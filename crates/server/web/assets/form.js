@@ -1,15 +1,16 @@
 // The "make a track" form: collects the request, shows the API's errors beside the field they name,
-// uploads a file to continue (POST /api/v1/uploads, then continue_from), and can be refilled from an
-// earlier job ("again").
+// uploads a file to continue and, on a melody model, a melody to follow (pickers of picker.js), and
+// can be refilled from an earlier job ("again").
 
 import { api, plainWords } from './api.js';
-import { describeContinuation, formatLength } from './format.js';
+import { formatLength } from './format.js';
+import { UploadPicker } from './picker.js';
 
 // The server's defaults; an empty box sends nothing and gets these. top_k is capped by the model's vocabulary.
 const SAMPLING_DEFAULTS = { top_k: 250, top_p: 0, temperature: 1, cfg_coef: 3, extend_stride: 18 };
 const SAMPLING_FIELDS = Object.keys(SAMPLING_DEFAULTS);
 const NUMBER_FIELDS = [...SAMPLING_FIELDS, 'seed'];
-const FIELDS = ['prompt', 'duration', 'continue_from', ...NUMBER_FIELDS];
+const FIELDS = ['prompt', 'duration', 'continue_from', 'melody', ...NUMBER_FIELDS];
 const MAX_DURATION = 300;
 
 export class GenerateForm {
@@ -23,18 +24,25 @@ export class GenerateForm {
     this.formError = form.querySelector('#form-error');
     this.durationOutput = form.querySelector('#duration-output');
     this.defaults = { ...SAMPLING_DEFAULTS };
-    this.chosen = form.querySelector('#continue_from-chosen');
-    this.chosenText = form.querySelector('#continue_from-status');
-    // The upload the next track continues ({id, filename, duration_secs, source_job}), and the one on its way.
-    this.continuation = null;
-    this.uploading = null;
-
-    this.inputs.continue_from.addEventListener('change', () => this.uploadChosenFile());
-    form.querySelector('#continue_from-remove').addEventListener('click', () => {
-      this.setContinuation(null);
-      this.inputs.continue_from.focus();
-      this.announce('The next track starts from nothing.');
+    const errors = { showError: (name, text) => this.showError(name, text), clearError: (name) => this.clearError(name) };
+    this.continuation = new UploadPicker({
+      form,
+      name: 'continue_from',
+      announce,
+      sentence: (words) => `the track continues ${words}`,
+      cleared: 'The next track starts from nothing.',
+      onChosen: (upload) => this.makeRoomAfter(upload),
+      ...errors,
     });
+    this.melody = new UploadPicker({
+      form,
+      name: 'melody',
+      announce,
+      sentence: (words) => `the track follows the melody of ${words}`,
+      cleared: 'The next track follows the words alone.',
+      ...errors,
+    });
+    this.melodyField = form.querySelector('[data-field="melody"]');
 
     this.inputs.duration.addEventListener('input', () => this.showDuration());
     for (const name of FIELDS) this.inputs[name].addEventListener('input', () => this.clearError(name));
@@ -74,54 +82,32 @@ export class GenerateForm {
     this.inputs.duration.setAttribute('aria-valuetext', this.durationOutput.value);
   }
 
-  /** Uploads the file just chosen; the server checks it at once and says what is wrong with it. */
-  uploadChosenFile() {
-    const file = this.inputs.continue_from.files?.[0];
-    this.clearError('continue_from');
-    if (!file) {
-      this.setContinuation(null);
-      return;
-    }
-    this.continuation = null;
-    this.chosen.hidden = false;
-    this.chosenText.textContent = `Uploading “${file.name}”…`;
-    const uploading = api.upload(file).then(
-      (upload) => {
-        if (this.uploading !== uploading) return true;
-        this.setContinuation(upload);
-        this.announce(`Uploaded “${upload.filename}”: the next track continues it.`);
-        return true;
-      },
-      (error) => {
-        if (this.uploading !== uploading) return true;
-        this.setContinuation(null);
-        this.showError('continue_from', plainWords(error));
-        this.announce(`The file was refused. ${plainWords(error)}`);
-        return false;
-      },
-    ).finally(() => {
-      if (this.uploading === uploading) this.uploading = null;
-    });
-    this.uploading = uploading;
+  /** Shows the melody picker when the server's model follows melodies (`/api/v1/models` says `melody`). */
+  setMelodyModel(melody) {
+    this.melodyField.hidden = !melody;
+    if (!melody) this.melody.set(null);
   }
 
-  /** The audio the next track continues (an upload's JSON or a job's `continue_from`), or none. */
-  setContinuation(upload) {
-    this.uploading = null;
-    this.continuation = upload
-      ? { id: upload.id ?? upload.upload, filename: upload.filename, duration_secs: upload.duration_secs, source_job: upload.source_job ?? null }
-      : null;
-    if (!upload) this.inputs.continue_from.value = '';
-    this.chosen.hidden = !upload;
-    this.chosenText.textContent = upload ? `The track continues ${describeContinuation(this.continuation)}.` : '';
-    if (upload) {
-      // The length is the whole track: leave room after the continued audio.
-      const duration = this.inputs.duration;
-      const least = Math.ceil(this.continuation.duration_secs) + 1;
-      if (Number(duration.value) < least) {
-        duration.value = String(Math.min(MAX_DURATION, least + 9));
-        this.showDuration();
-      }
+  get takesMelody() {
+    return !this.melodyField.hidden;
+  }
+
+  /** "Use as melody" on a finished track: the next track follows it. */
+  useAsMelody(job) {
+    this.clearError('melody');
+    this.melody.set({ id: job.id, source_job: job.id, filename: 'track', duration_secs: job.audio_duration ?? job.duration }, job.prompt);
+    this.melodyField.scrollIntoView({ behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth', block: 'center' });
+    this.inputs.prompt.focus({ preventScroll: true });
+    this.announce(`The next track follows the melody of “${job.prompt.slice(0, 80)}”. Describe it and press Generate.`);
+  }
+
+  /** The length is the whole track: leave room after the continued audio. */
+  makeRoomAfter(continued) {
+    const duration = this.inputs.duration;
+    const least = Math.ceil(continued.duration_secs) + 1;
+    if (Number(duration.value) < least) {
+      duration.value = String(Math.min(MAX_DURATION, least + 9));
+      this.showDuration();
     }
   }
 
@@ -131,7 +117,8 @@ export class GenerateForm {
       prompt: this.inputs.prompt.value.trim(),
       duration: Number(this.inputs.duration.value),
     };
-    if (this.continuation) body.continue_from = this.continuation.id;
+    if (this.continuation.value) body.continue_from = this.continuation.value.id;
+    if (this.melody.value && this.takesMelody) body.melody = this.melody.value.id;
     const unreadable = [];
     for (const name of NUMBER_FIELDS) {
       const input = this.inputs[name];
@@ -153,9 +140,11 @@ export class GenerateForm {
     this.submitButton.textContent = 'Sending…';
     try {
       // A file still uploading is waited for; a refused one stops here, its error beside the picker.
-      if (this.uploading && !(await this.uploading)) {
-        this.focusField('continue_from');
-        return;
+      for (const picker of [this.continuation, this.melody]) {
+        if (!(await picker.settled())) {
+          this.focusField(picker.name);
+          return;
+        }
       }
       const { body } = this.collect();
       const job = await api.generate(body);
@@ -201,11 +190,12 @@ export class GenerateForm {
     for (const name of FIELDS) this.clearError(name);
   }
 
-  /** "Again": the same prompt and settings, seed and continued audio included, so the same track can be made again. */
+  /** "Again": the same prompt and settings, seed, continued audio and melody included, so the same track can be made again. */
   fill(job) {
     this.clearAllErrors();
     this.inputs.prompt.value = job.prompt;
-    this.setContinuation(job.continue_from ?? null);
+    this.continuation.set(job.continue_from ?? null);
+    this.melody.set(this.takesMelody ? job.melody ?? null : null);
     this.inputs.duration.value = String(Math.round(job.duration));
     this.showDuration();
     // Settings equal to the defaults stay empty, so what was changed stands out.

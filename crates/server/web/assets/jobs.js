@@ -1,5 +1,6 @@
 // The live list of jobs: newest first, refreshed from GET /api/v1/jobs and kept current by one
-// Server-Sent Events stream per active job. A finished track can be extended from its card.
+// Server-Sent Events stream per active job. A finished track can be extended from its card, and on a
+// melody model be the melody of the next one.
 
 import { api, plainWords } from './api.js';
 import {
@@ -94,6 +95,7 @@ class JobCard {
       prompt: $('.job-prompt'),
       params: $('.job-params'),
       continues: $('.job-continues'),
+      melody: $('.job-melody'),
       bar: $('.bar'),
       fill: $('.bar-fill'),
       state: $('.job-state'),
@@ -104,6 +106,7 @@ class JobCard {
       download: $('.download'),
       again: $('.again'),
       extend: $('.extend'),
+      useMelody: $('.use-melody'),
       extendForm: $('.extend-form'),
       extendSeconds: $('.extend-seconds'),
       extendSubmit: $('.extend-submit'),
@@ -130,6 +133,7 @@ class JobCard {
     this.playerReady = false;
     this.confirmTimer = 0;
     this.parts.again.addEventListener('click', () => handlers.again(this.job));
+    this.parts.useMelody.addEventListener('click', () => handlers.useAsMelody(this.job));
     this.parts.cancel.addEventListener('click', () => handlers.cancel(this));
     this.parts.remove.addEventListener('click', () => {
       if (this.parts.remove.dataset.confirm) {
@@ -231,6 +235,11 @@ class JobCard {
       const words = describeContinuation(job.continue_from, source ? this.handlers.promptOf(source) : null);
       p.continues.textContent = `${source ? 'Extends' : 'Continues'} ${words}`;
     }
+    p.melody.hidden = !job.melody;
+    if (job.melody) {
+      const source = job.melody.source_job;
+      p.melody.textContent = `Follows the melody of ${describeContinuation(job.melody, source ? this.handlers.promptOf(source) : null)}`;
+    }
     const percent = job.status === 'completed' ? 100 : Math.floor((job.progress ?? 0) * 100);
     p.bar.setAttribute('aria-valuenow', String(percent));
     p.bar.setAttribute('aria-valuetext', `${percent}%, ${STATUS_WORDS[job.status] ?? job.status}`);
@@ -246,6 +255,8 @@ class JobCard {
     p.extend.hidden = job.status !== 'completed' || this.room() < 1;
     if (p.extend.hidden && !p.extendForm.hidden) p.extendForm.hidden = true;
     p.extend.setAttribute('aria-label', `Extend “${job.prompt.slice(0, 60)}”: make it longer`);
+    p.useMelody.hidden = job.status !== 'completed' || !this.handlers.takesMelody();
+    p.useMelody.setAttribute('aria-label', `Use as melody: the next track follows the tune of “${job.prompt.slice(0, 60)}”`);
     p.again.setAttribute('aria-label', `Again: fill the form with the settings of “${job.prompt.slice(0, 60)}”`);
     if (job.status === 'completed' && job.audio_url && !this.playerReady) this.showPlayer(job);
   }
@@ -264,8 +275,10 @@ class JobCard {
 }
 
 export class JobList {
-  constructor({ list, empty, count, more, error, heading, template, announce, onAgain, onCreated }) {
-    Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain, onCreated });
+  constructor({ list, empty, count, more, error, heading, template, announce, onAgain, onUseAsMelody, onCreated }) {
+    Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain, onUseAsMelody, onCreated });
+    // Whether the server's model follows melodies: finished cards then offer "Use as melody".
+    this.melodyModel = false;
     this.cards = new Map();
     this.streams = new Map();
     this.total = 0;
@@ -332,6 +345,8 @@ export class JobList {
     if (!card) {
       const fresh = new JobCard(this.template, job, {
         again: (j) => this.onAgain(j),
+        useAsMelody: (j) => this.onUseAsMelody(j),
+        takesMelody: () => this.melodyModel,
         extend: (j, seconds) => this.extend(j, seconds),
         promptOf: (id) => this.cards.get(id)?.job.prompt ?? null,
         cancel: (c) => this.cancel(c),
@@ -376,6 +391,11 @@ export class JobList {
   }
 
   /** Queues a track that is `job`'s followed by `seconds` more, with its prompt and settings. */
+  setMelodyModel(melody) {
+    this.melodyModel = Boolean(melody);
+    for (const card of this.cards.values()) card.update(card.job);
+  }
+
   async extend(job, seconds) {
     const body = {
       prompt: job.prompt,
@@ -387,6 +407,8 @@ export class JobList {
       cfg_coef: job.cfg_coef,
       extend_stride: job.extend_stride,
     };
+    // The longer track keeps following the tune the first part followed.
+    if (job.melody) body.melody = job.melody.upload;
     const created = await api.generate(body);
     this.added(created);
     this.onCreated(created);
