@@ -1,10 +1,12 @@
 // The page at `/` of `dgx-music serve`, used the way a person would in Debian's headless Chromium:
 // make a track with the tiny fixture model, hear it, extend it, continue a file of one's own, cancel
-// one, get an error explained, and leave screenshots at laptop and phone widths for a human to look at.
+// one, get an error explained, follow a melody on a melody model, and leave screenshots at laptop and
+// phone widths for a human to look at.
 //
 // Environment:
 //   DGX_MUSIC_BIN      the built `dgx-music` binary (required unless DGX_MUSIC_URL is set)
-//   DGX_MUSIC_MODEL    the checkpoint directory to serve (default: the tiny-mono fixture)
+//   DGX_MUSIC_MODEL    the checkpoint directory to serve (default: the tiny-mono fixture); the
+//                      melody tests always start a second server on the tiny-melody fixture
 //   DGX_MUSIC_URL      test an already running server instead of starting one
 //   SCREENSHOT_DIR     where screenshots go (default: target/browser-screenshots)
 //   CHROMIUM           the browser (default: /usr/bin/chromium)
@@ -22,6 +24,7 @@ import { chromium } from 'playwright-core';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const MODEL = process.env.DGX_MUSIC_MODEL
   ?? path.join(ROOT, 'crates/musicgen/tests/fixtures/tiny-mono/checkpoint');
+const MELODY_FIXTURE = path.join(ROOT, 'crates/musicgen/tests/fixtures/tiny-melody');
 const SCREENSHOTS = path.resolve(process.env.SCREENSHOT_DIR ?? path.join(ROOT, 'target/browser-screenshots'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -41,7 +44,6 @@ const PHONE = { width: 390, height: 844 };
 const GENERATION_TIMEOUT_MS = 240_000;
 
 let server = null;
-let serverLog = '';
 let baseUrl = process.env.DGX_MUSIC_URL ?? '';
 const scratch = mkdtempSync(path.join(tmpdir(), 'dgx-music-browser-'));
 let context;
@@ -59,38 +61,48 @@ function freePort() {
   });
 }
 
-async function startServer() {
+/** Starts `dgx-music serve` on `model` with its own data directory; resolves once it answers. */
+async function startServer(model, name) {
   const bin = process.env.DGX_MUSIC_BIN;
   assert.ok(bin, 'set DGX_MUSIC_BIN to the dgx-music binary (tools/browser-test.sh does) or DGX_MUSIC_URL to a running server');
   const port = await freePort();
-  const dataDir = path.join(scratch, 'data');
+  const dataDir = path.join(scratch, name);
   mkdirSync(dataDir);
-  server = spawn(bin, [
+  const child = spawn(bin, [
     'serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir,
-    '--model', MODEL, '--device', 'cpu',
+    '--model', model, '--device', 'cpu',
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
+  const started = { child, url: `http://127.0.0.1:${port}`, log: '' };
   const keep = (chunk) => {
-    serverLog = (serverLog + chunk).slice(-20_000);
+    started.log = (started.log + chunk).slice(-20_000);
   };
-  server.stdout.on('data', keep);
-  server.stderr.on('data', keep);
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
   let exited = null;
-  server.once('exit', (code, signal) => {
+  child.once('exit', (code, signal) => {
     exited = `exited with ${signal ?? code}`;
   });
-  baseUrl = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 180_000;
   while (Date.now() < deadline) {
-    assert.equal(exited, null, `dgx-music serve ${exited} before it answered:\n${serverLog}`);
+    assert.equal(exited, null, `dgx-music serve ${exited} before it answered:\n${started.log}`);
     try {
-      const response = await fetch(`${baseUrl}/api/v1/health`);
-      if (response.ok) return;
+      const response = await fetch(`${started.url}/api/v1/health`);
+      if (response.ok) return started;
     } catch {
       // Not listening yet.
     }
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
-  assert.fail(`dgx-music serve did not answer /api/v1/health within 180 s:\n${serverLog}`);
+  assert.fail(`dgx-music serve did not answer /api/v1/health within 180 s:\n${started.log}`);
+}
+
+async function stopServer(started) {
+  if (!started || started.child.exitCode !== null) return;
+  const exited = new Promise((resolve) => started.child.once('exit', resolve));
+  started.child.kill('SIGTERM');
+  const timer = setTimeout(() => started.child.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(timer);
 }
 
 async function shoot(name, viewport, { fullPage = false } = {}) {
@@ -123,7 +135,10 @@ async function generate(prompt, seconds) {
 describe('the page of dgx-music serve', () => {
   before(async () => {
     mkdirSync(SCREENSHOTS, { recursive: true });
-    if (!baseUrl) await startServer();
+    if (!baseUrl) {
+      server = await startServer(MODEL, 'data');
+      baseUrl = server.url;
+    }
     context = await chromium.launchPersistentContext(path.join(scratch, 'profile'), {
       executablePath: CHROMIUM,
       headless: true,
@@ -143,14 +158,7 @@ describe('the page of dgx-music serve', () => {
 
   after(async () => {
     await context?.close();
-    if (server && server.exitCode === null) {
-      const exited = new Promise((resolve) => server.once('exit', resolve));
-      server.kill('SIGTERM');
-      const timer = setTimeout(() => server.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(timer);
-    }
-    rmSync(scratch, { recursive: true, force: true });
+    await stopServer(server);
   });
 
   it('shows the model, the device and the queue in the status line', async () => {
@@ -163,6 +171,9 @@ describe('the page of dgx-music serve', () => {
     const { models } = await (await page.request.get(`${baseUrl}/api/v1/models`)).json();
     const topK = String(Math.min(250, models[0].vocab_size));
     await page.waitForFunction((want) => document.getElementById('top_k').placeholder === want, topK);
+    assert.equal(models[0].melody, false);
+    assert.ok(await page.locator('[data-field="melody"]').isHidden(), 'a text-to-music model has no melody picker');
+    assert.equal(await page.locator('.use-melody:visible').count(), 0);
   });
 
   it('explains an API error next to the field it concerns', async () => {
@@ -403,4 +414,75 @@ describe('the page of dgx-music serve', () => {
   it('raised no script errors', () => {
     assert.deepEqual(pageErrors, []);
   });
+});
+
+describe('the page of a melody model', () => {
+  let melodyServer = null;
+  let tuneJobId = null;
+
+  before(async () => {
+    melodyServer = await startServer(path.join(MELODY_FIXTURE, 'checkpoint'), 'melody-data');
+    baseUrl = melodyServer.url;
+    context = await chromium.launchPersistentContext(path.join(scratch, 'melody-profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: DESKTOP,
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(`uncaught (melody page): ${error.message}`));
+    await page.goto(`${baseUrl}/`);
+  });
+
+  after(async () => {
+    await context?.close();
+    await stopServer(melodyServer);
+  });
+
+  it('follows an uploaded melody, and says so on the card', async () => {
+    const picker = page.getByLabel(/Follow a melody/);
+    await picker.waitFor({ state: 'visible', timeout: 15_000 });
+    await picker.setInputFiles(path.join(MELODY_FIXTURE, 'melody.wav'));
+    await page.waitForFunction(
+      () => /follows the melody of “melody\.wav” \(2\.0 s\)/.test(document.getElementById('melody-status').textContent),
+      null,
+      { timeout: 10_000 },
+    );
+    await shoot('melody-desktop', DESKTOP);
+    const job = await generate('synth pop following a hummed tune', 2);
+    await job.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    assert.equal(await job.locator('.job-melody').textContent(), 'Follows the melody of “melody.wav” (2.0 s)');
+    tuneJobId = await job.getAttribute('data-id');
+    const stored = await (await page.request.get(`${baseUrl}/api/v1/jobs/${tuneJobId}`)).json();
+    assert.equal(stored.melody.filename, 'melody.wav');
+    assert.equal(stored.melody.source_job, null);
+  });
+
+  it('makes a finished track the melody of the next one', async () => {
+    const source = page.locator(`#jobs > li[data-id="${tuneJobId}"]`);
+    await source.getByRole('button', { name: /Use as melody/ }).click();
+    assert.match(
+      await page.locator('#melody-status').textContent(),
+      /follows the melody of the 2\.0 s track “synth pop following a hummed tune”/,
+    );
+    const job = await generate('the same tune on a music box', 2);
+    await job.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    const stored = await (await page.request.get(`${baseUrl}/api/v1/jobs/${await job.getAttribute('data-id')}`)).json();
+    assert.equal(stored.melody.source_job, tuneJobId, 'the request named the finished job');
+    assert.match(await job.locator('.job-melody').textContent(), /Follows the melody of the 2\.0 s track “synth pop/);
+
+    await page.locator('#melody-remove').click();
+    assert.ok(await page.locator('#melody-chosen').isHidden());
+    const plain = await generate('no tune this time', 1);
+    await plain.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    assert.ok(await plain.locator('.job-melody').isHidden(), 'without a melody the track follows the words alone');
+  });
+
+  it('raised no script errors', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
+after(() => {
+  rmSync(scratch, { recursive: true, force: true });
 });

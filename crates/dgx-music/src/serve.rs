@@ -18,7 +18,9 @@ pub struct Args {
     /// directory + dgx-music, e.g. ~/.local/share/dgx-music].
     #[arg(long, env = "DGX_MUSIC_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Hugging Face hub id or local checkpoint directory.
+    /// Hugging Face hub id, short name (small, medium, large, stereo-*, melody, melody-large,
+    /// stereo-melody, stereo-melody-large) or local checkpoint directory. With a melody checkpoint,
+    /// POST /generate takes `melody` and the page shows a melody picker.
     #[arg(long, env = "DGX_MUSIC_MODEL", default_value = "facebook/musicgen-small")]
     model: String,
     /// cpu, cuda or cuda:N.
@@ -31,15 +33,16 @@ pub struct Args {
     #[arg(long, env = "DGX_MUSIC_MAX_QUEUE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
     /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
-    /// audio only with jobs continuing the same audio with the same stride).
+    /// audio only with jobs continuing the same audio with the same stride; jobs that follow a
+    /// melody only with jobs following the same melody).
     #[arg(long, env = "DGX_MUSIC_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_batch: u32,
     /// Largest audio file accepted by POST /api/v1/uploads, in megabytes (10^6 bytes); larger ones
     /// get 413 Payload Too Large.
     #[arg(long, env = "DGX_MUSIC_MAX_UPLOAD_MB", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     max_upload_mb: u32,
-    /// Uploads that no job continues are deleted once older than this many hours (checked at start-up
-    /// and periodically). An upload a job continues is deleted with the last such job.
+    /// Uploads that no job uses (to continue or as its melody) are deleted once older than this many
+    /// hours (checked at start-up and periodically). An upload a job uses is deleted with the last such job.
     #[arg(long, env = "DGX_MUSIC_UNUSED_UPLOAD_HOURS", default_value_t = 24.0, value_parser = positive_hours)]
     unused_upload_hours: f64,
 }

@@ -29,7 +29,7 @@ export class GenerateForm {
       form,
       name: 'continue_from',
       announce,
-      sentence: (words) => `the track continues ${words}`,
+      sentence: (words) => `The track continues ${words}`,
       cleared: 'The next track starts from nothing.',
       onChosen: (upload) => this.makeRoomAfter(upload),
       ...errors,
@@ -38,7 +38,7 @@ export class GenerateForm {
       form,
       name: 'melody',
       announce,
-      sentence: (words) => `the track follows the melody of ${words}`,
+      sentence: (words) => `The track follows the melody of ${words}`,
       cleared: 'The next track follows the words alone.',
       ...errors,
     });

@@ -40,7 +40,7 @@ export class UploadPicker {
       (upload) => {
         if (this.uploading !== uploading) return true;
         this.set(upload);
-        this.announce(`Uploaded “${upload.filename}”: ${this.sentence(`“${upload.filename}”`)}.`);
+        this.announce(`Uploaded “${upload.filename}”. ${this.sentence(`“${upload.filename}”`)}.`);
         return true;
       },
       (error) => {
