@@ -298,6 +298,10 @@ async fn the_openapi_document_describes_every_endpoint() {
     assert!(job["properties"]["waiting_reason"].is_object(), "{job}");
     assert!(job["properties"]["continue_from"].is_object() && job["properties"]["extend_stride"].is_object(), "{job}");
     assert_eq!(body["properties"]["extend_stride"]["exclusiveMaximum"], 30.0, "{body}");
+    assert_eq!(body["properties"]["melody"]["format"], "uuid", "{body}");
+    assert!(job["properties"]["melody"].is_object(), "{job}");
+    let models = &doc["components"]["schemas"]["ModelEntry"];
+    assert_eq!(models["properties"]["melody"]["type"], "boolean", "{models}");
     assert_eq!(body["properties"]["continue_from"]["format"], "uuid", "{body}");
 
     let upload = &doc["paths"]["/api/v1/uploads"]["post"];
