@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API from its own OpenAPI document (/api/v1/openapi.json) with schemathesis:
 # generated valid and invalid requests against `dgx-music serve` running the tiny fixture model
-# on the CPU. Fails on any 5xx, on responses that contradict the document, and on crashes.
+# on the CPU, with an API key. Fails on any 5xx, on responses that contradict the document, and on
+# crashes.
 #
 # Usage: tools/schemathesis.sh            (builds the binary with cargo unless DGX_MUSIC_BIN is set)
 # Env:   DGX_MUSIC_BIN          path to a built dgx-music binary
@@ -26,6 +27,8 @@ fi
 
 data=$(mktemp -d)
 log="$data/server.log"
+# The server needs a key once one exists: schemathesis sends it with every request.
+token=$("$DGX_MUSIC_BIN" keys create --name schemathesis --data-dir "$data" 2>/dev/null)
 # A small queue keeps the generated POSTs from piling up minutes of work: the rest get 429.
 "$DGX_MUSIC_BIN" serve --host 127.0.0.1 --port 0 --data-dir "$data" --model "$model" --device cpu \
     --max-queue 3 --max-batch 4 2>"$log" &
@@ -49,6 +52,7 @@ status=0
 "$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --max-examples "$examples" \
+    --header "Authorization: Bearer $token" \
     --workers 1 \
     --request-timeout 30 \
     --max-response-time 30 \

@@ -13,7 +13,7 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -62,12 +62,12 @@ function freePort() {
 }
 
 /** Starts `dgx-music serve` on `model` with its own data directory; resolves once it answers. */
-async function startServer(model, name) {
+async function startServer(model, name, { existing = false } = {}) {
   const bin = process.env.DGX_MUSIC_BIN;
   assert.ok(bin, 'set DGX_MUSIC_BIN to the dgx-music binary (tools/browser-test.sh does) or DGX_MUSIC_URL to a running server');
   const port = await freePort();
   const dataDir = path.join(scratch, name);
-  mkdirSync(dataDir);
+  if (!existing) mkdirSync(dataDir);
   const child = spawn(bin, [
     'serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir,
     '--model', model, '--device', 'cpu',
@@ -87,7 +87,8 @@ async function startServer(model, name) {
     assert.equal(exited, null, `dgx-music serve ${exited} before it answered:\n${started.log}`);
     try {
       const response = await fetch(`${started.url}/api/v1/health`);
-      if (response.ok) return started;
+      // A server that needs a key answers 401: it is up.
+      if (response.ok || response.status === 401) return started;
     } catch {
       // Not listening yet.
     }
@@ -476,6 +477,66 @@ describe('the page of a melody model', () => {
     const plain = await generate('no tune this time', 1);
     await plain.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
     assert.ok(await plain.locator('.job-melody').isHidden(), 'without a melody the track follows the words alone');
+  });
+
+  it('raised no script errors', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
+describe('the page of a server that needs a key', () => {
+  let keyedServer = null;
+  let token = '';
+
+  before(async () => {
+    const dataDir = path.join(scratch, 'keyed-data');
+    mkdirSync(dataDir);
+    const made = spawnSync(process.env.DGX_MUSIC_BIN, ['keys', 'create', '--name', 'browser', '--data-dir', dataDir]);
+    assert.equal(made.status, 0, String(made.stderr));
+    token = String(made.stdout).trim();
+    keyedServer = await startServer(MODEL, 'keyed-data', { existing: true });
+    baseUrl = keyedServer.url;
+    context = await chromium.launchPersistentContext(path.join(scratch, 'keyed-profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: DESKTOP,
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(`uncaught (keyed page): ${error.message}`));
+    await page.goto(`${baseUrl}/`);
+  });
+
+  after(async () => {
+    await context?.close();
+    await stopServer(keyedServer);
+  });
+
+  it('asks for the key, refuses a wrong one, and then works, audio included', async () => {
+    const dialog = page.locator('#key-dialog');
+    await dialog.waitFor({ state: 'visible', timeout: 15_000 });
+    await shoot('key-desktop', DESKTOP);
+    await page.getByLabel('Your key').fill('dgxm_not-a-key');
+    await page.getByRole('button', { name: 'Use this key' }).click();
+    const error = page.locator('#api-key-error');
+    await error.waitFor({ state: 'visible', timeout: 10_000 });
+    assert.match(await error.textContent(), /not known to this server/);
+
+    await page.getByLabel('Your key').fill(token);
+    await page.getByRole('button', { name: 'Use this key' }).click();
+    await dialog.waitFor({ state: 'hidden', timeout: 10_000 });
+    await page.locator('#server-status[data-state="ok"]').waitFor({ timeout: 15_000 });
+    const job = await generate('a track behind a key', 1);
+    await job.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    // The waveform is drawn from the audio, which the browser fetched with the session cookie.
+    await job.locator('canvas[data-drawn="true"]').waitFor({ timeout: 30_000 });
+    assert.equal(await page.evaluate(() => localStorage.getItem('dgx-music-api-key')), token);
+
+    await page.reload();
+    await page.locator('#server-status[data-state="ok"]').waitFor({ timeout: 15_000 });
+    assert.ok(await dialog.isHidden(), 'the kept key is used after a reload');
+    await page.getByRole('button', { name: 'Forget my key' }).click();
+    await dialog.waitFor({ state: 'visible', timeout: 15_000 });
   });
 
   it('raised no script errors', () => {

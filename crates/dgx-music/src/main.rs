@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod generate;
+mod keys;
 mod models;
 mod progress;
 mod serve;
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::Args),
     /// List, download or remove cached checkpoints.
     Models(models::Args),
+    /// Create, list or revoke the API keys of a server's data directory.
+    Keys(keys::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Models(args) => models::run(args),
+        Command::Keys(args) => keys::run(args),
     };
     match result {
         Ok(code) => code,

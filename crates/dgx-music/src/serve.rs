@@ -45,6 +45,25 @@ pub struct Args {
     /// hours (checked at start-up and periodically). An upload a job uses is deleted with the last such job.
     #[arg(long, env = "DGX_MUSIC_UNUSED_UPLOAD_HOURS", default_value_t = 24.0, value_parser = positive_hours)]
     unused_upload_hours: f64,
+    /// Serve a non-loopback --host without API keys, and check none even when keys exist: anyone who
+    /// reaches the port can use and delete every job. Without it, such a server needs a key
+    /// (`dgx-music keys create`) to start.
+    #[arg(long, env = "DGX_MUSIC_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Answer GET /api/v1/health without a key (for load balancers and uptime checks).
+    #[arg(long, env = "DGX_MUSIC_PUBLIC_HEALTH")]
+    public_health: bool,
+    /// Answer /metrics and /api/v1/metrics without a key (for a Prometheus scraper).
+    #[arg(long, env = "DGX_MUSIC_PUBLIC_METRICS")]
+    public_metrics: bool,
+    /// POST /generate requests a key may make per minute (bursts up to as many); 0 for no limit.
+    /// Past it: 429 with Retry-After.
+    #[arg(long, env = "DGX_MUSIC_RATE_LIMIT", value_name = "PER_MINUTE", default_value_t = 30)]
+    rate_limit: u32,
+    /// Jobs one key may have waiting in the queue, so that no client fills it; 0 for no limit.
+    /// Past it: 429 with Retry-After (when its next job should start).
+    #[arg(long, env = "DGX_MUSIC_MAX_QUEUED_PER_KEY", default_value_t = 20)]
+    max_queued_per_key: u64,
 }
 
 fn positive_hours(text: &str) -> Result<f64, String> {
@@ -54,7 +73,7 @@ fn positive_hours(text: &str) -> Result<f64, String> {
     }
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     dirs::data_dir()
         .map(|dir| dir.join("dgx-music"))
         .ok_or_else(|| anyhow::anyhow!("this system has no data directory for the current user; pass --data-dir DIR"))
@@ -89,6 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_batch: args.max_batch as usize,
         max_upload_bytes: u64::from(args.max_upload_mb) * 1_000_000,
         unused_upload_max_age: Duration::from_secs_f64(args.unused_upload_hours * 3600.0),
+        insecure_no_auth: args.insecure_no_auth,
+        public_health: args.public_health,
+        public_metrics: args.public_metrics,
+        rate_limit_per_minute: args.rate_limit,
+        max_queued_per_key: args.max_queued_per_key,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("the queue is full ({max_queue} jobs waiting); retry in {retry_after_secs} s")]
     QueueFull { max_queue: usize, retry_after_secs: u64 },
+    /// A key's request rate or queue share is used up.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_secs: u64 },
+    /// No key, an unknown one or a revoked one, where the server needs a key.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Unavailable(String),
     /// Details go to the log, not to the client.
@@ -46,7 +52,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull { .. } | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,6 +68,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -95,7 +104,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// invalid_request, unsupported_media_type, payload_too_large, not_found, method_not_allowed,
-    /// conflict, queue_full, unavailable or internal.
+    /// conflict, queue_full, rate_limited, unauthorized, unavailable or internal.
     pub code: String,
     /// What was wrong and how to fix it.
     pub message: String,
@@ -119,8 +128,13 @@ impl IntoResponse for ApiError {
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_string(), message, field } };
         let mut response = (self.status(), Json(body)).into_response();
         match self {
-            ApiError::QueueFull { retry_after_secs, .. } => {
+            ApiError::QueueFull { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dgx-music\""));
             }
             // The rest of an oversized body is never read, so the server drops the connection after this
             // answer; saying so stops a client from sending its next request down a closing socket.
@@ -148,4 +162,11 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("the generation worker stopped unexpectedly")]
     WorkerDied,
+    #[error(
+        "--host {host} lets other machines in, and this server has no API key yet: create one with \
+         `dgx-music keys create --name NAME --data-dir {}` (clients send it as Authorization: Bearer), \
+         or serve only this machine with --host 127.0.0.1; --insecure-no-auth serves the network without keys",
+        data_dir.display()
+    )]
+    NoKeys { host: String, data_dir: std::path::PathBuf },
 }

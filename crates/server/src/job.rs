@@ -154,6 +154,8 @@ pub struct Job {
     pub params: JobParams,
     /// The canonical id of the model it runs on ([`musicgen::ModelInfo::id`]).
     pub model: String,
+    /// The API key that made it; `None` on a server without keys.
+    pub owner: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -172,6 +174,7 @@ impl Job {
             progress: 0.0,
             params,
             model,
+            owner: None,
             created_at: now,
             started_at: None,
             finished_at: None,

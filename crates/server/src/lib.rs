@@ -6,9 +6,12 @@
 //! and on SIGTERM/Ctrl-C stops accepting, lets the running step finish, requeues its jobs and exits.
 
 mod api;
+pub mod auth;
 mod error;
 mod events;
 pub mod job;
+pub mod keys;
+mod limits;
 mod metrics;
 pub mod request;
 mod state;
@@ -29,9 +32,11 @@ pub use api::{router, ApiDoc};
 pub use error::{ApiError, ServerError};
 pub use state::{AppState, Shared};
 
+use crate::auth::AuthPolicy;
 use crate::events::Events;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{AudioStore, JobStore, LocalAudioStore, SqliteJobStore};
+use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
 
 /// Everything `dgx-music serve` can be told.
 #[derive(Debug, Clone)]
@@ -52,6 +57,22 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Uploads no job uses are deleted once this old.
     pub unused_upload_max_age: Duration,
+    /// `--insecure-no-auth`: serve a non-loopback address without keys, and check none.
+    pub insecure_no_auth: bool,
+    /// `/api/v1/health` answers without a key.
+    pub public_health: bool,
+    /// The metrics answer without a key.
+    pub public_metrics: bool,
+    /// `POST /generate` requests per minute and key; 0 for no limit.
+    pub rate_limit_per_minute: u32,
+    /// Queued jobs one key may have; 0 for no limit.
+    pub max_queued_per_key: u64,
+}
+
+/// Whether `host` (as given to `--host`) only reaches this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -68,7 +89,15 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     if requeued > 0 {
         tracing::info!("{requeued} job(s) interrupted by the last shutdown or crash are queued again");
     }
+    let network = !is_loopback(&config.host);
+    if network && !config.insecure_no_auth && !sqlite.has_active_keys().await? {
+        return Err(ServerError::NoKeys { host: config.host.clone(), data_dir: data_dir.clone() });
+    }
+    if config.insecure_no_auth {
+        tracing::warn!("--insecure-no-auth: anyone who reaches {} can use and delete every job", config.host);
+    }
     let jobs: Arc<dyn JobStore> = sqlite.clone();
+    let keys: Arc<dyn KeyStore> = sqlite.clone();
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("audio"))?);
     let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("uploads"))?);
     let incoming = empty_dir(&data_dir.join("incoming"))?;
@@ -122,6 +151,14 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let worker = spawned.handle.clone();
     let state = AppState::new(Shared {
         jobs,
+        keys,
+        auth: AuthPolicy {
+            disabled: config.insecure_no_auth,
+            network,
+            public_health: config.public_health,
+            public_metrics: config.public_metrics,
+        },
+        limits: Limits::new(config.rate_limit_per_minute, config.max_queued_per_key),
         audio,
         uploads,
         incoming,

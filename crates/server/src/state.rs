@@ -6,9 +6,11 @@ use std::sync::Arc;
 use musicgen::ModelInfo;
 use tokio::sync::watch;
 
+use crate::auth::AuthPolicy;
 use crate::events::Events;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{AudioStore, JobStore};
+use crate::store::{AudioStore, JobStore, KeyStore};
 use crate::worker::WorkerHandle;
 
 #[derive(Clone)]
@@ -16,6 +18,11 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub jobs: Arc<dyn JobStore>,
+    /// The API keys (in the job database).
+    pub keys: Arc<dyn KeyStore>,
+    pub auth: AuthPolicy,
+    /// Per-key request rate and queue share.
+    pub limits: Limits,
     /// The tracks of completed jobs.
     pub audio: Arc<dyn AudioStore>,
     /// The audio jobs continue (uploads and snapshots of tracks); records in `jobs`.

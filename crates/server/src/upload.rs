@@ -40,6 +40,8 @@ pub struct Upload {
     /// The finished job whose track this is a copy of, for a snapshot.
     pub source_job: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// The API key that uploaded it (or made the job it copies); `None` on a server without keys.
+    pub owner: Option<Uuid>,
 }
 
 impl Upload {

@@ -43,8 +43,13 @@ impl Server {
 
     /// A server of another checkpoint.
     pub async fn start_model(data_dir: &Path, model: &str, extra: &[&str]) -> Server {
+        Server::start_on(data_dir, model, "127.0.0.1", extra).await
+    }
+
+    /// A server bound to `host`.
+    pub async fn start_on(data_dir: &Path, model: &str, host: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--model", model])
+            .args(["serve", "--host", host, "--port", "0", "--device", "cpu", "--model", model])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

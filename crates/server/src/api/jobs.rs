@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,8 @@ use uuid::Uuid;
 use super::uploads::{resolve_continuation, resolve_melody};
 use crate::error::{ApiError, ErrorBody};
 use crate::job::{job_path, Job, JobStatus, JobView};
+use crate::keys::Caller;
+use crate::limits::retry_secs;
 use crate::request::{Generate, GenerateBody};
 use crate::state::AppState;
 use crate::store::Enqueued;
@@ -47,8 +49,9 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no job with id {id}; it never existed or was deleted"))
 }
 
-async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
-    state.jobs.get(id).await?.ok_or_else(|| not_found(id))
+/// The job, if it exists and the caller may see it: another key's job is as unknown as a missing one.
+async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Job, ApiError> {
+    state.jobs.get(id).await?.filter(|job| caller.sees(job.owner)).ok_or_else(|| not_found(id))
 }
 
 /// Queue a generation.
@@ -70,19 +73,24 @@ async fn load(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
         (status = 400, description = "Malformed JSON, a parameter out of range, a `continue_from` or `melody` that names no upload or completed job, or a `melody` for a model that takes none", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 429, description = "Queue full", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 401, description = "No API key, or an unknown or revoked one, where the server needs one", body = ErrorBody),
+        (status = 429, description = "The queue is full (`queue_full`), or this key's request rate or queue share is used up (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, from the queue's real progress"))),
         (status = 503, description = "Shutting down", body = ErrorBody),
     )
 )]
 pub async fn generate(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request: Result<Generate, ApiError>,
 ) -> Result<Response, ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
     let Generate { mut params, continue_from, melody } = request?;
+    let owner = caller.owner();
+    state.limits.take(owner)?;
+    state.limits.check_share(owner, &state.jobs.queue_load(owner).await?)?;
     if melody.is_some() && !state.model.melody {
         return Err(ApiError::invalid(
             Some("melody"),
@@ -97,12 +105,12 @@ pub async fn generate(
     // Snapshots of finished tracks made for this request, deleted again if it is refused.
     let mut snapshots = Vec::new();
     if let Some(id) = continue_from {
-        let (upload, is_snapshot) = resolve_continuation(&state, id, params.duration_secs).await?;
+        let (upload, is_snapshot) = resolve_continuation(&state, &caller, id, params.duration_secs).await?;
         params.continue_from = Some(upload.reference());
         snapshots.extend(is_snapshot.then_some(upload.id));
     }
     if let Some(id) = melody {
-        let resolved = resolve_melody(&state, id).await;
+        let resolved = resolve_melody(&state, &caller, id).await;
         let (upload, is_snapshot) = match resolved {
             Ok(resolved) => resolved,
             Err(err) => {
@@ -113,7 +121,7 @@ pub async fn generate(
         params.melody = Some(upload.reference());
         snapshots.extend(is_snapshot.then_some(upload.id));
     }
-    let job = Job::new(params, state.model.id.clone(), Utc::now());
+    let job = Job { owner, ..Job::new(params, state.model.id.clone(), Utc::now()) };
     let enqueued = state.jobs.enqueue(&job, state.max_queue).await;
     if !matches!(enqueued, Ok(Enqueued::Queued)) {
         discard(&state, &snapshots).await;
@@ -121,9 +129,11 @@ pub async fn generate(
     match enqueued? {
         Enqueued::Queued => {}
         Enqueued::QueueFull => {
+            // A place frees when the running batch ends and the next one is claimed.
+            let load = state.jobs.queue_load(None).await?;
             return Err(ApiError::QueueFull {
                 max_queue: state.max_queue,
-                retry_after_secs: state.metrics.retry_after_secs(),
+                retry_after_secs: retry_secs(load.running_secs_left()),
             });
         }
         Enqueued::UploadGone(gone) => {
@@ -210,6 +220,7 @@ fn parse_count(
 )]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(None, format!("bad query string: {}", e.body_text())))?;
@@ -221,7 +232,7 @@ pub async fn list_jobs(
     };
     let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
-    let page = state.jobs.list(status, limit, offset).await?;
+    let page = state.jobs.list(status, caller.filter(), limit, offset).await?;
     Ok(Json(JobList {
         jobs: page.jobs.iter().map(|job| job.view(&state.model.id)).collect(),
         total: page.total,
@@ -239,8 +250,12 @@ pub async fn list_jobs(
         (status = 404, description = "Unknown id", body = ErrorBody),
     )
 )]
-pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(load(&state, id).await?.view(&state.model.id)))
+pub async fn get_job(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JobId(id): JobId,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(load(&state, &caller, id).await?.view(&state.model.id)))
 }
 
 /// Cancel a queued or running job, or delete a finished one and its audio, and the uploads it used
@@ -254,8 +269,12 @@ pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> Result<
         (status = 404, description = "Unknown id", body = ErrorBody),
     )
 )]
-pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Result<Response, ApiError> {
-    let job = load(&state, id).await?;
+pub async fn delete_job(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    let job = load(&state, &caller, id).await?;
     if !job.status.is_terminal() {
         let job = state.jobs.cancel(id, Utc::now()).await?.ok_or_else(|| not_found(id))?;
         if job.status == JobStatus::Cancelled {
@@ -295,10 +314,11 @@ pub async fn delete_job(State(state): State<AppState>, JobId(id): JobId) -> Resu
 )]
 pub async fn get_audio(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JobId(id): JobId,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let job = load(&state, id).await?;
+    let job = load(&state, &caller, id).await?;
     if job.status != JobStatus::Completed {
         return Err(ApiError::Conflict(format!(
             "job {id} is {}; its audio exists once the status is completed",
@@ -332,11 +352,12 @@ enum EventsState {
 )]
 pub async fn job_events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JobId(id): JobId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before the first read, so that no change between the two is missed.
     let receiver = state.events.subscribe();
-    let job = load(&state, id).await?;
+    let job = load(&state, &caller, id).await?;
     let stream = futures_util::stream::unfold(
         (EventsState::Start(Box::new(job)), receiver, state.shutdown.clone(), state),
         move |(phase, mut receiver, mut shutdown, state)| async move {

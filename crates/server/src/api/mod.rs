@@ -1,11 +1,13 @@
 //! The HTTP surface: `/api/v1/...`, `/metrics`, and the web page's routes merged in.
 
 mod jobs;
+mod session;
 mod system;
 mod uploads;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use utoipa::OpenApi;
@@ -35,14 +37,54 @@ use crate::state::AppState;
         system::models,
         system::metrics,
         system::openapi_json,
+        session::create_session,
+        session::delete_session,
     ),
+    modifiers(&KeyAuth),
     tags(
         (name = "jobs", description = "Generation jobs and their audio"),
         (name = "uploads", description = "Audio to continue: uploaded files, and copies of finished tracks being extended"),
-        (name = "service", description = "Health, models, metrics and this document"),
+        (name = "service", description = "Health, models, metrics, the page's session cookie and this document"),
     )
 )]
 pub struct ApiDoc;
+
+/// Every operation but this document takes an API key (`Authorization: Bearer`) and may answer 401.
+struct KeyAuth;
+
+impl utoipa::Modify for KeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key from `dgx-music keys create`. Needed once any key exists, and always on a server \
+                 bound to a non-loopback address (unless it runs with --insecure-no-auth).",
+            ))
+            .build();
+        components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
+        let unauthorized = ResponseBuilder::new()
+            .description("No API key, or an unknown or revoked one, where the server needs one")
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/api/v1/openapi.json" {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
+                operation.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
+                operation.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+            }
+        }
+    }
+}
 
 /// The whole application: API, metrics, the web page, and JSON errors for everything else.
 pub fn router(state: AppState) -> Router {
@@ -62,12 +104,16 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(system::models))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))
+        .route("/session", post(session::create_session).delete(session::delete_session))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
+    let authenticate = middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
+    let api = api.layer(authenticate.clone());
+    // Where Prometheus looks by default, besides the documented /api/v1/metrics.
+    let metrics = Router::new().route("/metrics", get(system::metrics)).layer(authenticate);
     Router::new()
         .nest("/api/v1", api)
-        // Where Prometheus looks by default, besides the documented /api/v1/metrics.
-        .route("/metrics", get(system::metrics))
+        .merge(metrics)
         .merge(crate::web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -9,10 +9,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::auth::AuthPolicy;
 use crate::events::Events;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
-use crate::store::{AudioStore, JobStore, LocalAudioStore, SqliteJobStore};
+use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
 use crate::worker::WorkerHandle;
 
 struct TestServer {
@@ -20,6 +22,7 @@ struct TestServer {
     dir: tempfile::TempDir,
     _shutdown: watch::Sender<bool>,
     jobs: Arc<dyn JobStore>,
+    keys: Arc<dyn KeyStore>,
 }
 
 async fn start(max_queue: usize) -> TestServer {
@@ -28,8 +31,14 @@ async fn start(max_queue: usize) -> TestServer {
 
 /// A server whose model is a melody checkpoint when `melody`.
 async fn start_model(max_queue: usize, melody: bool) -> TestServer {
+    start_with(max_queue, melody, AuthPolicy::default(), Limits::new(0, 0)).await
+}
+
+async fn start_with(max_queue: usize, melody: bool, auth: AuthPolicy, limits: Limits) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
+    let sqlite = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
+    let jobs: Arc<dyn JobStore> = sqlite.clone();
+    let keys: Arc<dyn KeyStore> = sqlite;
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("audio")).unwrap());
     let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
     let incoming = dir.path().join("incoming");
@@ -52,6 +61,9 @@ async fn start_model(max_queue: usize, melody: bool) -> TestServer {
     };
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
+        keys: keys.clone(),
+        auth,
+        limits,
         audio,
         uploads,
         incoming,
@@ -66,7 +78,7 @@ async fn start_model(max_queue: usize, melody: bool) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, super::router(state)).await.unwrap() });
-    TestServer { base, dir, _shutdown: shutdown_tx, jobs }
+    TestServer { base, dir, _shutdown: shutdown_tx, jobs, keys }
 }
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
@@ -203,10 +215,20 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED);
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED);
     let full = post().await.unwrap();
-    assert_eq!(full.headers()["retry-after"], "5");
+    assert_eq!(full.headers()["retry-after"], "1", "nothing runs: a place frees as soon as the worker claims");
     let (status, error) = error_of(full).await;
     assert_eq!((status, error["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("queue_full")));
     assert_eq!(server.jobs.count_by_status().await.unwrap()[&crate::job::JobStatus::Queued], 2);
+
+    // A job that started 20 s ago and is a quarter done has 60 s to go: that is the wait.
+    let started = chrono::Utc::now() - chrono::Duration::seconds(20);
+    let running = server.jobs.claim_batch("tiny", 1, started).await.unwrap();
+    server.jobs.set_progress(running[0].id, 0.25).await.unwrap();
+    assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED, "the claim freed a place");
+    let full = post().await.unwrap();
+    let wait: u64 = full.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((59..=62).contains(&wait), "Retry-After {wait}");
+    assert!(error_of(full).await.1["message"].as_str().unwrap().contains(&format!("retry in {wait} s")));
 }
 
 #[tokio::test]
@@ -287,6 +309,13 @@ async fn the_openapi_document_describes_every_endpoint() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let generate = &doc["paths"]["/api/v1/generate"]["post"];
     assert!(generate["responses"]["429"]["headers"]["Retry-After"].is_object(), "{generate}");
+    assert_eq!(doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+    for (path, method) in [("/api/v1/generate", "post"), ("/api/v1/jobs/{id}/audio", "get"), ("/api/v1/health", "get")]
+    {
+        let operation = &doc["paths"][path][method];
+        assert!(operation["responses"]["401"].is_object() && operation["security"].is_array(), "{path}: {operation}");
+    }
+    assert!(doc["paths"]["/api/v1/openapi.json"]["get"]["responses"]["401"].is_null(), "the document is open");
     let body = &doc["components"]["schemas"]["GenerateBody"];
     assert_eq!(body["properties"]["duration"]["maximum"], 300.0);
     assert_eq!(body["properties"]["prompt"]["maxLength"], 2000);
@@ -496,4 +525,162 @@ async fn a_melody_is_an_upload_or_a_job_and_only_a_melody_model_takes_one() {
     let gone = client.get(format!("{}/api/v1/uploads/{hum_id}", server.base)).send().await.unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert!(files_in(&server.dir.path().join("uploads")).is_empty(), "the melody went with its last job");
+}
+
+async fn add_key(server: &TestServer, name: &str, admin: bool) -> (crate::keys::ApiKey, String) {
+    let new = crate::keys::NewKey::generate(name, admin).unwrap();
+    server.keys.insert_key(&new).await.unwrap();
+    (new.key, new.token)
+}
+
+/// A request with an optional bearer token.
+fn call(method: reqwest::Method, url: String, token: Option<&str>) -> reqwest::RequestBuilder {
+    let request = reqwest::Client::new().request(method, url);
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn a_network_server_needs_a_key_and_each_key_sees_only_its_own() {
+    let server = start_with(10, false, AuthPolicy { network: true, ..AuthPolicy::default() }, Limits::new(0, 0)).await;
+    let url = |path: &str| format!("{}{path}", server.base);
+    use reqwest::Method;
+
+    // No key exists yet: a network server still refuses, and says how to get one.
+    let refused = call(Method::GET, url("/api/v1/jobs"), None).send().await.unwrap();
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer realm=\"dgx-music\"");
+    let (status, error) = error_of(refused).await;
+    assert_eq!((status, error["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    assert!(error["message"].as_str().unwrap().contains("dgx-music keys create"), "{error}");
+    for open in ["/api/v1/openapi.json", "/", "/assets/app.js"] {
+        assert_eq!(call(Method::GET, url(open), None).send().await.unwrap().status(), StatusCode::OK, "{open}");
+    }
+    for closed in ["/api/v1/health", "/api/v1/models", "/metrics", "/api/v1/metrics", "/api/v1/uploads/x"] {
+        let status = call(Method::GET, url(closed), None).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{closed}");
+    }
+
+    let (alice, alice_token) = add_key(&server, "alice", false).await;
+    let (_, bob_token) = add_key(&server, "bob", false).await;
+    let (_, admin_token) = add_key(&server, "root", true).await;
+    let (alice_t, bob_t, admin_t) = (Some(alice_token.as_str()), Some(bob_token.as_str()), Some(admin_token.as_str()));
+    for (header, needle) in
+        [("Bearer dgxm_0000", "not known"), ("Basic YTpi", "Bearer <key>"), ("Bearer ", "Bearer <key>")]
+    {
+        let response = reqwest::Client::new().get(url("/api/v1/jobs")).header("authorization", header).send();
+        let (status, error) = error_of(response.await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
+        assert!(error["message"].as_str().unwrap().contains(needle), "{header}: {error}");
+    }
+
+    let response = call(Method::POST, url("/api/v1/generate"), alice_t).json(&json!({"prompt": "p", "duration": 2}));
+    let job: Value = response.send().await.unwrap().json().await.unwrap();
+    let job_url = url(&format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()));
+    let stored = server.jobs.get(job["id"].as_str().unwrap().parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.owner, Some(alice.id), "the job belongs to the key that made it");
+    let hum: Value = {
+        let part = reqwest::multipart::Part::bytes(tone_wav(2.0, 16000)).file_name("hum.wav");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        call(Method::POST, url("/api/v1/uploads"), alice_t).multipart(form).send().await.unwrap().json().await.unwrap()
+    };
+    let upload_url = url(&format!("/api/v1/uploads/{}", hum["id"].as_str().unwrap()));
+
+    let total = |token| async move {
+        let page: Value = call(Method::GET, url("/api/v1/jobs"), token).send().await.unwrap().json().await.unwrap();
+        page["total"].as_u64().unwrap()
+    };
+    assert_eq!((total(alice_t).await, total(bob_t).await, total(admin_t).await), (1, 0, 1));
+    for (token, expected) in [(alice_t, StatusCode::OK), (bob_t, StatusCode::NOT_FOUND), (admin_t, StatusCode::OK)] {
+        assert_eq!(call(Method::GET, job_url.clone(), token).send().await.unwrap().status(), expected);
+        assert_eq!(call(Method::GET, upload_url.clone(), token).send().await.unwrap().status(), expected);
+    }
+    let events = call(Method::GET, format!("{job_url}/events"), bob_t).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::NOT_FOUND, "nor its events");
+    assert_eq!(call(Method::DELETE, job_url.clone(), bob_t).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let borrowed = json!({"prompt": "p", "duration": 4, "continue_from": hum["id"]});
+    let response = call(Method::POST, url("/api/v1/generate"), bob_t).json(&borrowed).send().await.unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("continue_from")), "{error}");
+    assert_eq!(
+        call(Method::GET, job_url.clone(), alice_t).send().await.unwrap().status(),
+        StatusCode::OK,
+        "still there"
+    );
+
+    // The page's cookie stands for the key where a browser cannot send the header.
+    let session = call(Method::POST, url("/api/v1/session"), bob_t).send().await.unwrap();
+    assert_eq!(session.status(), StatusCode::NO_CONTENT);
+    let cookie = session.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains(&bob_token),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = reqwest::Client::new().get(url("/api/v1/jobs")).header("cookie", pair).send().await.unwrap();
+    assert_eq!(with_cookie.status(), StatusCode::OK);
+
+    // A revoked key is refused from its next request on, with the reason.
+    assert!(server.keys.revoke_key(alice.id, chrono::Utc::now()).await.unwrap());
+    let (status, error) = error_of(call(Method::GET, job_url, alice_t).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        error["message"].as_str().unwrap().contains("alice") && error["message"].as_str().unwrap().contains("revoked")
+    );
+}
+
+#[tokio::test]
+async fn a_loopback_server_is_open_until_a_key_exists_and_health_can_stay_public() {
+    let server =
+        start_with(10, false, AuthPolicy { public_health: true, ..AuthPolicy::default() }, Limits::new(0, 0)).await;
+    let url = |path: &str| format!("{}{path}", server.base);
+    assert_eq!(reqwest::get(url("/api/v1/jobs")).await.unwrap().status(), StatusCode::OK, "no keys, loopback: open");
+    let (_, token) = add_key(&server, "laptop", false).await;
+    assert_eq!(reqwest::get(url("/api/v1/jobs")).await.unwrap().status(), StatusCode::UNAUTHORIZED, "a key closes it");
+    assert_eq!(reqwest::get(url("/api/v1/health")).await.unwrap().status(), StatusCode::OK, "--public-health");
+    assert_eq!(reqwest::get(url("/metrics")).await.unwrap().status(), StatusCode::UNAUTHORIZED, "metrics are not");
+    let with_key = call(reqwest::Method::GET, url("/api/v1/jobs"), Some(&token)).send().await.unwrap();
+    assert_eq!(with_key.status(), StatusCode::OK);
+
+    let no_checks =
+        start_with(10, false, AuthPolicy { disabled: true, network: true, ..AuthPolicy::default() }, Limits::new(0, 0))
+            .await;
+    add_key(&no_checks, "ignored", false).await;
+    assert_eq!(
+        reqwest::get(format!("{}/api/v1/jobs", no_checks.base)).await.unwrap().status(),
+        StatusCode::OK,
+        "--insecure-no-auth"
+    );
+}
+
+#[tokio::test]
+async fn one_key_cannot_flood_the_queue() {
+    let server = start_with(100, false, AuthPolicy::default(), Limits::new(3, 2)).await;
+    let (_, alice) = add_key(&server, "alice", false).await;
+    let (_, bob) = add_key(&server, "bob", false).await;
+    let post = |token: &str| {
+        call(reqwest::Method::POST, format!("{}/api/v1/generate", server.base), Some(token))
+            .json(&json!({"prompt": "p", "duration": 300}))
+            .send()
+    };
+    assert_eq!(post(&alice).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(post(&alice).await.unwrap().status(), StatusCode::ACCEPTED);
+    // Two 300 s jobs of alice wait: her share. Nothing has run yet, so each audio second counts as one.
+    let share = post(&alice).await.unwrap();
+    let wait: u64 = share.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let (status, error) = error_of(share).await;
+    assert_eq!((status, error["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+    assert!(error["message"].as_str().unwrap().contains("2 jobs waiting"), "{error}");
+    assert_eq!(wait, 1, "her oldest job is next in line");
+    // Her fourth request in a minute is over the rate, whatever the queue.
+    let (status, error) = error_of(post(&alice).await.unwrap()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(error["message"].as_str().unwrap().contains("3 generations a minute"), "{error}");
+    // Bob is not held back by alice, and waits behind her 600 s of audio if he fills his share.
+    assert_eq!(post(&bob).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(post(&bob).await.unwrap().status(), StatusCode::ACCEPTED);
+    let share = post(&bob).await.unwrap();
+    assert_eq!(share.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(share.headers()["retry-after"], "600");
 }

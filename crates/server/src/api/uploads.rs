@@ -14,7 +14,7 @@ use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Request, Sta
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::StreamExt;
 use musicgen::audio::SampleFormat;
@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::job::JobStatus;
+use crate::keys::Caller;
 use crate::state::AppState;
 use crate::upload::{self, upload_path, Upload, UploadView, MAX_UPLOAD_SECS};
 
@@ -206,6 +207,7 @@ fn is_multipart_form(headers: &HeaderMap) -> bool {
     )
 )]
 pub async fn create_upload(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let owner = request.extensions().get::<Caller>().and_then(Caller::owner);
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
@@ -288,6 +290,7 @@ pub async fn create_upload(State(state): State<AppState>, request: Request) -> R
         channels: audio.channels.len() as u16,
         source_job: None,
         created_at: Utc::now(),
+        owner,
     };
     if let Err(err) = state.jobs.insert_upload(&upload).await {
         let _ = state.uploads.delete(id).await;
@@ -306,8 +309,12 @@ pub async fn create_upload(State(state): State<AppState>, request: Request) -> R
         (status = 404, description = "Unknown id, or deleted", body = ErrorBody),
     )
 )]
-pub async fn get_upload(State(state): State<AppState>, UploadId(id): UploadId) -> Result<Json<UploadView>, ApiError> {
-    let upload = state.jobs.get_upload(id).await?.ok_or_else(|| {
+pub async fn get_upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    UploadId(id): UploadId,
+) -> Result<Json<UploadView>, ApiError> {
+    let upload = state.jobs.get_upload(id).await?.filter(|upload| caller.sees(upload.owner)).ok_or_else(|| {
         ApiError::NotFound(format!(
             "no upload with id {id}; it never existed or was deleted (with the last job that continued it, \
              or unused after the server's --unused-upload-hours)"
@@ -317,14 +324,19 @@ pub async fn get_upload(State(state): State<AppState>, UploadId(id): UploadId) -
 }
 
 /// What `continue_from` names, checked against the request: see [`resolve`].
-pub async fn resolve_continuation(state: &AppState, id: Uuid, total: f64) -> Result<(Upload, bool), ApiError> {
-    resolve(state, id, Use::Continuation { total }).await
+pub async fn resolve_continuation(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    total: f64,
+) -> Result<(Upload, bool), ApiError> {
+    resolve(state, caller, id, Use::Continuation { total }).await
 }
 
 /// What `melody` names: see [`resolve`]. Any stored audio is a melody (the engine takes 30 s of it
 /// per window and loops a short one), so nothing is checked here beyond its existence.
-pub async fn resolve_melody(state: &AppState, id: Uuid) -> Result<(Upload, bool), ApiError> {
-    resolve(state, id, Use::Melody).await
+pub async fn resolve_melody(state: &AppState, caller: &Caller, id: Uuid) -> Result<(Upload, bool), ApiError> {
+    resolve(state, caller, id, Use::Melody).await
 }
 
 /// The two ways a job uses stored audio.
@@ -355,10 +367,10 @@ impl Use {
 
 /// An upload as it is, or a completed job's track, copied now into a new upload (a snapshot, so that
 /// deleting the job later changes nothing), checked for its use. The bool says whether the upload is
-/// such a new snapshot.
-async fn resolve(state: &AppState, id: Uuid, usage: Use) -> Result<(Upload, bool), ApiError> {
+/// such a new snapshot. What another key made is as unknown as what does not exist.
+async fn resolve(state: &AppState, caller: &Caller, id: Uuid, usage: Use) -> Result<(Upload, bool), ApiError> {
     let field = usage.field();
-    if let Some(upload) = state.jobs.get_upload(id).await? {
+    if let Some(upload) = state.jobs.get_upload(id).await?.filter(|upload| caller.sees(upload.owner)) {
         usage.check(&upload)?;
         return Ok((upload, false));
     }
@@ -371,7 +383,8 @@ async fn resolve(state: &AppState, id: Uuid, usage: Use) -> Result<(Upload, bool
             ),
         )
     };
-    let Some(job) = state.jobs.get(id).await? else { return Err(unknown()) };
+    let Some(job) = state.jobs.get(id).await?.filter(|job| caller.sees(job.owner)) else { return Err(unknown()) };
+    let owner = caller.owner();
     if job.status != JobStatus::Completed {
         let done_with = match usage {
             Use::Continuation { .. } => "extended",
@@ -397,6 +410,7 @@ async fn resolve(state: &AppState, id: Uuid, usage: Use) -> Result<(Upload, bool
             channels: audio.channels.len() as u16,
             source_job: Some(job.id),
             created_at: Utc::now(),
+            owner,
         };
         usage.check(&upload)?;
         // The track is 16-bit PCM already: stored as such, the copy is exact.

@@ -22,6 +22,7 @@ pub use audio::LocalAudioStore;
 pub use sqlite::SqliteJobStore;
 
 use crate::job::{Job, JobStatus};
+use crate::keys::{ApiKey, NewKey};
 use crate::upload::Upload;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,47 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct JobPage {
     pub jobs: Vec<Job>,
     pub total: u64,
+}
+
+/// The queue as [`JobStore::queue_load`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueLoad {
+    /// Queued jobs of the owner asked about.
+    pub own_queued: u64,
+    /// Audio seconds of the jobs queued before that owner's oldest queued job.
+    pub audio_secs_ahead: f64,
+    /// The oldest running job.
+    pub running: Option<RunningLoad>,
+    /// Generation seconds per audio second over the last completed jobs; `None` before the first.
+    pub secs_per_audio_sec: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningLoad {
+    pub duration_secs: f64,
+    pub progress: f64,
+    pub elapsed_secs: f64,
+}
+
+impl QueueLoad {
+    /// Seconds until the running job ends: from its own pace once it has made progress, else from
+    /// the recent pace (real time when nothing has run yet).
+    pub fn running_secs_left(&self) -> f64 {
+        let Some(running) = &self.running else { return 0.0 };
+        if running.progress >= 0.02 && running.elapsed_secs > 0.0 {
+            return running.elapsed_secs * (1.0 - running.progress) / running.progress;
+        }
+        (running.duration_secs * self.pace() - running.elapsed_secs).max(0.0)
+    }
+
+    /// Seconds until the owner's oldest queued job starts.
+    pub fn secs_until_own_turn(&self) -> f64 {
+        self.running_secs_left() + self.audio_secs_ahead * self.pace()
+    }
+
+    fn pace(&self) -> f64 {
+        self.secs_per_audio_sec.unwrap_or(1.0)
+    }
 }
 
 /// What [`JobStore::enqueue`] did.
@@ -78,8 +120,18 @@ pub trait JobStore: Send + Sync + 'static {
     /// The job with its queue position (among queued jobs of its model), if it exists.
     fn get(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Job>>>;
 
-    /// Newest first, optionally of one status.
-    fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>>;
+    /// Newest first, optionally of one status, optionally only the jobs of one key (`owner`).
+    fn list(
+        &self,
+        status: Option<JobStatus>,
+        owner: Option<Uuid>,
+        limit: u64,
+        offset: u64,
+    ) -> BoxFuture<'_, StoreResult<JobPage>>;
+
+    /// What the queue holds ahead of `owner` (a key; `None` for a server without keys), for its share
+    /// and for `Retry-After`.
+    fn queue_load(&self, owner: Option<Uuid>) -> BoxFuture<'_, StoreResult<QueueLoad>>;
 
     /// Marks the oldest queued job of `model` (a canonical id) and up to `max_batch - 1` later
     /// queued jobs of that model with the same duration, continuation (upload or none) and stride as
@@ -149,4 +201,21 @@ pub trait AudioStore: Send + Sync + 'static {
 
     /// Removes the audio of a job; absent audio is not an error.
     fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+/// API keys ([`crate::keys`]): kept in the job database, so that jobs can reference their owner.
+pub trait KeyStore: Send + Sync + 'static {
+    fn insert_key(&self, key: &NewKey) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Every key, revoked ones included, in the order they were made.
+    fn keys(&self) -> BoxFuture<'_, StoreResult<Vec<ApiKey>>>;
+
+    /// The key whose token hashes to `hash`, revoked or not.
+    fn key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKey>>>;
+
+    /// Revokes a key; `false` when it is unknown or already revoked.
+    fn revoke_key(&self, id: Uuid, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Whether any key is not revoked: then every API request needs one.
+    fn has_active_keys(&self) -> BoxFuture<'_, StoreResult<bool>>;
 }

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Enqueued, JobPage, JobStore, Outcome, StoreError, StoreResult};
+use super::{Enqueued, JobPage, JobStore, Outcome, QueueLoad, RunningLoad, StoreError, StoreResult};
 use crate::job::{timestamp, Job, JobParams, JobStatus};
 use crate::upload::Upload;
 
@@ -22,7 +22,7 @@ use crate::upload::Upload;
 macro_rules! select_jobs {
     ($tail:literal) => {
         concat!(
-            "SELECT seq, id, status, model, duration, params, progress, ",
+            "SELECT seq, id, status, model, duration, params, progress, owner, ",
             "created_at, started_at, finished_at, audio_duration, generation_time, error, ",
             "CASE WHEN status = 'queued' THEN ",
             "(SELECT COUNT(*) FROM jobs AS ahead ",
@@ -62,6 +62,12 @@ fn db(err: sqlx::Error) -> StoreError {
     StoreError::Database(err.to_string())
 }
 
+/// The `owner` column: the key that made the row, if any.
+fn owner_from(row: &SqliteRow) -> Result<Option<Uuid>, String> {
+    let text: Option<String> = row.try_get("owner").map_err(|e| e.to_string())?;
+    text.map(|text| Uuid::parse_str(&text).map_err(|e| format!("owner {text:?}: {e}"))).transpose()
+}
+
 fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
     let id_text: String = row.try_get("id").map_err(db)?;
     let corrupt = |message: String| StoreError::Corrupt { id: id_text.clone(), message };
@@ -86,6 +92,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
         progress: row.try_get("progress").map_err(db)?,
         params,
         model: row.try_get("model").map_err(db)?,
+        owner: owner_from(row).map_err(|message| corrupt(message))?,
         created_at: time("created_at")?.ok_or_else(|| corrupt("created_at is missing".into()))?,
         started_at: time("started_at")?,
         finished_at: time("finished_at")?,
@@ -109,8 +116,8 @@ impl JobStore for SqliteJobStore {
             // One statement, so neither the capacity check nor the uploads' existence can change
             // between the check and the insert (another request's insert, a sweep).
             let result = sqlx::query(
-                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at, upload, melody) \
-                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5, ?7, ?8 \
+                "INSERT INTO jobs (id, status, model, duration, params, progress, created_at, upload, melody, owner) \
+                 SELECT ?1, 'queued', ?2, ?3, ?4, 0, ?5, ?7, ?8, ?9 \
                  WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?6 \
                  AND (?7 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?7)) \
                  AND (?8 IS NULL OR EXISTS (SELECT 1 FROM uploads WHERE id = ?8))",
@@ -123,6 +130,7 @@ impl JobStore for SqliteJobStore {
             .bind(max_queue as i64)
             .bind(upload)
             .bind(melody)
+            .bind(job.owner.map(|id| id.to_string()))
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -156,24 +164,89 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
-    fn list(&self, status: Option<JobStatus>, limit: u64, offset: u64) -> BoxFuture<'_, StoreResult<JobPage>> {
+    fn list(
+        &self,
+        status: Option<JobStatus>,
+        owner: Option<Uuid>,
+        limit: u64,
+        offset: u64,
+    ) -> BoxFuture<'_, StoreResult<JobPage>> {
         async move {
             let status = status.map(|s| s.as_str());
-            let rows =
-                sqlx::query(select_jobs!("WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3"))
-                    .bind(status)
-                    .bind(limit.min(i64::MAX as u64) as i64)
-                    .bind(offset.min(i64::MAX as u64) as i64)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
-            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR status = ?1)")
-                .bind(status)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db)?;
+            let owner = owner.map(|id| id.to_string());
+            let rows = sqlx::query(select_jobs!(
+                "WHERE (?1 IS NULL OR status = ?1) AND (?4 IS NULL OR owner = ?4) ORDER BY seq DESC LIMIT ?2 OFFSET ?3"
+            ))
+            .bind(status)
+            .bind(limit.min(i64::MAX as u64) as i64)
+            .bind(offset.min(i64::MAX as u64) as i64)
+            .bind(owner.clone())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            let total: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR owner = ?2)",
+            )
+            .bind(status)
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
             let jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
             Ok(JobPage { jobs, total: total.max(0) as u64 })
+        }
+        .boxed()
+    }
+
+    fn queue_load(&self, owner: Option<Uuid>) -> BoxFuture<'_, StoreResult<QueueLoad>> {
+        async move {
+            let owner = owner.map(|id| id.to_string());
+            // Audio seconds queued before the owner's oldest queued job (all of them without an owner).
+            let row = sqlx::query(
+                "SELECT \
+                   (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND owner IS ?1) AS own, \
+                   (SELECT COALESCE(SUM(duration), 0.0) FROM jobs WHERE status = 'queued' AND (?1 IS NOT NULL) \
+                      AND seq < (SELECT MIN(seq) FROM jobs WHERE status = 'queued' AND owner = ?1)) AS ahead",
+            )
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            let running = sqlx::query(
+                "SELECT duration, progress, started_at FROM jobs WHERE status = 'running' ORDER BY seq LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            // Seconds of work per second of audio over the last completed jobs (each job records its batch's time).
+            let pace: Option<f64> = sqlx::query_scalar(
+                "SELECT SUM(generation_time) / SUM(audio_duration) FROM \
+                   (SELECT generation_time, audio_duration FROM jobs WHERE status = 'completed' \
+                    AND audio_duration > 0 ORDER BY seq DESC LIMIT 20)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            let running = match running {
+                None => None,
+                Some(row) => {
+                    let started: Option<String> = row.try_get("started_at").map_err(db)?;
+                    let started =
+                        started.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+                    Some(RunningLoad {
+                        duration_secs: row.try_get("duration").map_err(db)?,
+                        progress: row.try_get("progress").map_err(db)?,
+                        elapsed_secs: started
+                            .map_or(0.0, |t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0),
+                    })
+                }
+            };
+            Ok(QueueLoad {
+                own_queued: row.try_get::<i64, _>("own").map_err(db)?.max(0) as u64,
+                audio_secs_ahead: row.try_get("ahead").map_err(db)?,
+                running,
+                secs_per_audio_sec: pace.filter(|p| p.is_finite() && *p > 0.0),
+            })
         }
         .boxed()
     }
@@ -196,7 +269,7 @@ impl JobStore for SqliteJobStore {
                      AND j.upload IS head.upload AND j.melody IS head.melody \
                      AND json_extract(j.params, '$.extend_stride') IS head.stride \
                    ORDER BY j.seq LIMIT ?2) \
-                 RETURNING seq, id, status, model, duration, params, progress, \
+                 RETURNING seq, id, status, model, duration, params, progress, owner, \
                    created_at, started_at, finished_at, audio_duration, generation_time, error, \
                    NULL AS queue_position",
             )
@@ -333,8 +406,8 @@ impl JobStore for SqliteJobStore {
         let upload = upload.clone();
         async move {
             sqlx::query(
-                "INSERT INTO uploads (id, filename, frames, sample_rate, channels, source_job, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO uploads (id, filename, frames, sample_rate, channels, source_job, created_at, owner) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .bind(upload.id.to_string())
             .bind(upload.filename)
@@ -343,6 +416,7 @@ impl JobStore for SqliteJobStore {
             .bind(upload.channels)
             .bind(upload.source_job.map(|id| id.to_string()))
             .bind(timestamp(upload.created_at))
+            .bind(upload.owner.map(|id| id.to_string()))
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -354,7 +428,7 @@ impl JobStore for SqliteJobStore {
     fn get_upload(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<Upload>>> {
         async move {
             let row = sqlx::query(
-                "SELECT id, filename, frames, sample_rate, channels, source_job, created_at FROM uploads WHERE id = ?1",
+                "SELECT id, filename, frames, sample_rate, channels, source_job, created_at, owner FROM uploads WHERE id = ?1",
             )
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -429,8 +503,11 @@ fn upload_from_row(row: &SqliteRow) -> StoreResult<Upload> {
         created_at: DateTime::parse_from_rfc3339(&created_at)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| corrupt(format!("created_at {created_at:?}: {e}")))?,
+        owner: owner_from(row).map_err(corrupt)?,
     })
 }
+
+mod keys;
 
 #[cfg(test)]
 mod tests {
@@ -451,6 +528,7 @@ mod tests {
             channels: 1,
             source_job: None,
             created_at,
+            owner: None,
         }
     }
 
@@ -726,10 +804,10 @@ mod tests {
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 2.5 };
         assert!(store.finish(done, outcome, Utc::now()).await.unwrap());
 
-        let page = store.list(None, 2, 1).await.unwrap();
+        let page = store.list(None, None, 2, 1).await.unwrap();
         assert_eq!(page.total, 5);
         assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3], ids[2]]);
-        let completed = store.list(Some(JobStatus::Completed), 10, 0).await.unwrap();
+        let completed = store.list(Some(JobStatus::Completed), None, 10, 0).await.unwrap();
         assert_eq!(completed.total, 1);
         assert_eq!(completed.jobs[0].generation_time, Some(2.5));
         let counts = store.count_by_status().await.unwrap();

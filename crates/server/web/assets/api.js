@@ -12,9 +12,28 @@ export class ApiError extends Error {
 }
 
 const UPLOADS = '/api/v1/uploads';
+const KEY_STORAGE = 'dgx-music-api-key';
+
+/** The API key this browser keeps for the server (localStorage), or null. */
+export const apiKey = {
+  get: () => {
+    try {
+      return localStorage.getItem(KEY_STORAGE);
+    } catch {
+      return null;
+    }
+  },
+  set: (key) => localStorage.setItem(KEY_STORAGE, key),
+  clear: () => localStorage.removeItem(KEY_STORAGE),
+};
+
+// Every 401 is announced once per answer, so that the page can ask for a key.
+export const unauthorized = new EventTarget();
 
 async function request(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
+  const key = apiKey.get();
+  if (key) init.headers.Authorization = `Bearer ${key}`;
   if (body instanceof FormData) {
     // The browser writes the multipart Content-Type with its boundary.
     init.body = body;
@@ -43,6 +62,7 @@ async function request(method, path, body) {
   }
   if (!response.ok) {
     const error = data?.error ?? {};
+    if (response.status === 401) unauthorized.dispatchEvent(new CustomEvent('unauthorized', { detail: error.message }));
     throw new ApiError({
       status: response.status,
       code: error.code ?? `http_${response.status}`,
@@ -71,6 +91,9 @@ export const api = {
   // 200 with the cancelled job while it was queued or running, 204 (null here) once deleted.
   remove: (id) => request('DELETE', jobPath(id)),
   eventsUrl: (id) => `${jobPath(id)}/events`,
+  // Copies the key into an HttpOnly cookie, which the audio players and event streams carry.
+  startSession: () => request('POST', '/api/v1/session'),
+  endSession: () => request('DELETE', '/api/v1/session'),
 };
 
 const FIELD_LABELS = {
@@ -119,6 +142,13 @@ export function plainWords(error) {
       return 'That request is too large. Shorten the description to at most 2000 characters.';
     case 'not_found':
       return 'That track no longer exists; it may have been deleted elsewhere.';
+    case 'unauthorized':
+      return 'This server needs an API key. Enter yours when asked.';
+    case 'rate_limited': {
+      const wait = Number.parseInt(error.retryAfter ?? '', 10);
+      const when = Number.isFinite(wait) ? `in ${wait} second${wait === 1 ? '' : 's'}` : 'in a moment';
+      return `${sentence(error.message.split(';')[0])} Try again ${when}.`;
+    }
     default:
       break;
   }

@@ -4,6 +4,7 @@ import { api, plainWords } from './api.js';
 import { formatDevice, formatModel } from './format.js';
 import { GenerateForm } from './form.js';
 import { JobList } from './jobs.js';
+import { KeyDialog } from './key.js';
 
 const HEALTH_EVERY_MS = 5000;
 const JOBS_EVERY_MS = 4000;
@@ -77,14 +78,29 @@ async function pollJobs() {
 
 // Without an answer the form keeps the usual defaults (and no melody picker), and the server
 // explains any top-k it refuses.
-api.models().then(
-  ({ models }) => {
-    form.setVocabulary(models?.[0]?.vocab_size);
-    form.setMelodyModel(models?.[0]?.melody === true);
-    jobs.setMelodyModel(models?.[0]?.melody === true);
+function loadModels() {
+  api.models().then(
+    ({ models }) => {
+      form.setVocabulary(models?.[0]?.vocab_size);
+      form.setMelodyModel(models?.[0]?.melody === true);
+      jobs.setMelodyModel(models?.[0]?.melody === true);
+    },
+    () => {},
+  );
+}
+
+const keys = new KeyDialog({
+  dialog: byId('key-dialog'),
+  signOut: byId('sign-out'),
+  announce,
+  onReady: () => {
+    loadModels();
+    refreshHealth();
+    jobs.refresh();
   },
-  () => {},
-);
+});
+await keys.resume();
+loadModels();
 refreshHealth();
 setInterval(() => {
   if (!document.hidden) refreshHealth();
