@@ -92,7 +92,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
         progress: row.try_get("progress").map_err(db)?,
         params,
         model: row.try_get("model").map_err(db)?,
-        owner: owner_from(row).map_err(|message| corrupt(message))?,
+        owner: owner_from(row).map_err(&corrupt)?,
         created_at: time("created_at")?.ok_or_else(|| corrupt("created_at is missing".into()))?,
         started_at: time("started_at")?,
         finished_at: time("finished_at")?,
