@@ -106,6 +106,25 @@ async function stopServer(started) {
   clearTimeout(timer);
 }
 
+/** A fresh browser profile on the page at `baseUrl`; its script errors go to `pageErrors`. */
+async function openPage(profile) {
+  context = await chromium.launchPersistentContext(path.join(scratch, profile), {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: DESKTOP,
+  });
+  page = context.pages()[0] ?? await context.newPage();
+  page.on('pageerror', (error) => pageErrors.push(`uncaught (${profile}): ${error.message}`));
+  page.on('console', (message) => {
+    // Chromium logs every 4xx answer; the tests cause some of those on purpose.
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+      pageErrors.push(`console (${profile}): ${message.text()}`);
+    }
+  });
+  await page.goto(`${baseUrl}/`);
+}
+
 async function shoot(name, viewport, { fullPage = false } = {}) {
   await page.setViewportSize(viewport);
   // Let layout, the waveform's ResizeObserver and CSS transitions settle.
@@ -140,21 +159,7 @@ describe('the page of dgx-music serve', () => {
       server = await startServer(MODEL, 'data');
       baseUrl = server.url;
     }
-    context = await chromium.launchPersistentContext(path.join(scratch, 'profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: DESKTOP,
-    });
-    page = context.pages()[0] ?? await context.newPage();
-    page.on('pageerror', (error) => pageErrors.push(`uncaught: ${error.message}`));
-    page.on('console', (message) => {
-      // Chromium logs every 4xx answer; the tests cause some of those on purpose.
-      if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
-        pageErrors.push(`console: ${message.text()}`);
-      }
-    });
-    await page.goto(`${baseUrl}/`);
+    await openPage('profile');
   });
 
   after(async () => {
@@ -424,15 +429,7 @@ describe('the page of a melody model', () => {
   before(async () => {
     melodyServer = await startServer(path.join(MELODY_FIXTURE, 'checkpoint'), 'melody-data');
     baseUrl = melodyServer.url;
-    context = await chromium.launchPersistentContext(path.join(scratch, 'melody-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: DESKTOP,
-    });
-    page = context.pages()[0] ?? await context.newPage();
-    page.on('pageerror', (error) => pageErrors.push(`uncaught (melody page): ${error.message}`));
-    await page.goto(`${baseUrl}/`);
+    await openPage('melody-profile');
   });
 
   after(async () => {
@@ -496,15 +493,7 @@ describe('the page of a server that needs a key', () => {
     token = String(made.stdout).trim();
     keyedServer = await startServer(MODEL, 'keyed-data', { existing: true });
     baseUrl = keyedServer.url;
-    context = await chromium.launchPersistentContext(path.join(scratch, 'keyed-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: DESKTOP,
-    });
-    page = context.pages()[0] ?? await context.newPage();
-    page.on('pageerror', (error) => pageErrors.push(`uncaught (keyed page): ${error.message}`));
-    await page.goto(`${baseUrl}/`);
+    await openPage('keyed-profile');
   });
 
   after(async () => {

@@ -44,9 +44,15 @@ impl Limits {
         })
     }
 
+    /// Whether `owner` has a queue share to check: a key, on a server with a share set. Without
+    /// one the queue need not be read.
+    pub fn has_share(&self, owner: Option<Uuid>) -> bool {
+        owner.is_some() && self.max_queued_per_key > 0
+    }
+
     /// Refuses a new job of a key that has its share of the queue already.
     pub fn check_share(&self, owner: Option<Uuid>, load: &QueueLoad) -> Result<(), ApiError> {
-        if owner.is_none() || self.max_queued_per_key == 0 || load.own_queued < self.max_queued_per_key {
+        if !self.has_share(owner) || load.own_queued < self.max_queued_per_key {
             return Ok(());
         }
         let wait = retry_secs(load.secs_until_own_turn());

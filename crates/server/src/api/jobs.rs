@@ -90,7 +90,9 @@ pub async fn generate(
     let Generate { mut params, continue_from, melody } = request?;
     let owner = caller.owner();
     state.limits.take(owner)?;
-    state.limits.check_share(owner, &state.jobs.queue_load(owner).await?)?;
+    if state.limits.has_share(owner) {
+        state.limits.check_share(owner, &state.jobs.queue_load(owner).await?)?;
+    }
     if melody.is_some() && !state.model.melody {
         return Err(ApiError::invalid(
             Some("melody"),
