@@ -6,7 +6,7 @@ use std::sync::Arc;
 use musicgen::ModelInfo;
 use tokio::sync::watch;
 
-use crate::events::Events;
+use crate::events::{Events, StreamLimit};
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore};
 use crate::worker::WorkerHandle;
@@ -27,6 +27,8 @@ pub struct Shared {
     pub model: ModelInfo,
     pub max_queue: usize,
     pub events: Events,
+    /// Open SSE streams, bounded.
+    pub event_streams: StreamLimit,
     pub metrics: Arc<Metrics>,
     pub worker: WorkerHandle,
     /// Becomes `true` when the server stops accepting work; open SSE streams end on it.

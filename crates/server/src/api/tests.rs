@@ -9,14 +9,16 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::events::Events;
+use crate::events::{Events, StreamLimit};
 use crate::metrics::Metrics;
+use crate::net::HttpConfig;
 use crate::state::{AppState, Shared};
 use crate::store::{AudioStore, JobStore, LocalAudioStore, SqliteJobStore};
 use crate::worker::WorkerHandle;
 
 struct TestServer {
     base: String,
+    addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
     _shutdown: watch::Sender<bool>,
     jobs: Arc<dyn JobStore>,
@@ -28,10 +30,30 @@ async fn start(max_queue: usize) -> TestServer {
 
 /// A server whose model is a melody checkpoint when `melody`.
 async fn start_model(max_queue: usize, melody: bool) -> TestServer {
+    start_with(Options { max_queue, melody, ..Options::default() }).await
+}
+
+struct Options {
+    max_queue: usize,
+    melody: bool,
+    http: HttpConfig,
+    /// Wraps the uploads store (to inject failures).
+    uploads: fn(LocalAudioStore) -> Arc<dyn AudioStore>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_queue: 10, melody: false, http: HttpConfig::default(), uploads: |store| Arc::new(store) }
+    }
+}
+
+/// The router behind the real connection loop and layers (`net`), as `run` serves it.
+async fn start_with(options: Options) -> TestServer {
+    let Options { max_queue, melody, http, uploads } = options;
     let dir = tempfile::tempdir().unwrap();
     let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("audio")).unwrap());
-    let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
+    let uploads: Arc<dyn AudioStore> = uploads(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
     let incoming = dir.path().join("incoming");
     std::fs::create_dir(&incoming).unwrap();
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -59,14 +81,17 @@ async fn start_model(max_queue: usize, melody: bool) -> TestServer {
         model,
         max_queue,
         events: Events::default(),
+        event_streams: StreamLimit::new(http.max_event_streams),
         metrics: Arc::new(Metrics::default()),
         worker: WorkerHandle::default(),
         shutdown,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, super::router(state)).await.unwrap() });
-    TestServer { base, dir, _shutdown: shutdown_tx, jobs }
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let app = crate::net::layers(super::router(state), &http, addr.ip());
+    tokio::spawn(async move { crate::net::serve(listener, app, &http, std::future::pending()).await.unwrap() });
+    TestServer { base, addr, dir, _shutdown: shutdown_tx, jobs }
 }
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
@@ -497,3 +522,5 @@ async fn a_melody_is_an_upload_or_a_job_and_only_a_melody_model_takes_one() {
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert!(files_in(&server.dir.path().join("uploads")).is_empty(), "the melody went with its last job");
 }
+
+mod edge;
