@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use dgx_music_server::HttpConfig;
 use musicgen::{DType, DeviceSpec};
 
 #[derive(clap::Args)]
@@ -64,6 +65,36 @@ pub struct Args {
     /// Past it: 429 with Retry-After (when its next job should start).
     #[arg(long, env = "DGX_MUSIC_MAX_QUEUED_PER_KEY", default_value_t = 20)]
     max_queued_per_key: u64,
+    /// A host name clients use to reach the server (repeatable; the environment variable takes a
+    /// comma-separated list). Requests whose Host is none of these, localhost, a loopback address,
+    /// the bound address or the address they arrived on get 421: a defence against DNS rebinding.
+    #[arg(long = "allowed-host", value_name = "NAME", env = "DGX_MUSIC_ALLOWED_HOSTS", value_delimiter = ',', value_parser = dgx_music_server::parse_allowed_host)]
+    allowed_hosts: Vec<String>,
+    /// An origin (scheme://host[:port]) whose web pages may call the API from the browser (CORS;
+    /// repeatable). None by default: only the server's own page may.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "DGX_MUSIC_CORS_ORIGINS", value_delimiter = ',', value_parser = dgx_music_server::parse_cors_origin)]
+    cors_origins: Vec<String>,
+    /// Open connections one client IP address may hold; more get 429.
+    #[arg(long, env = "DGX_MUSIC_MAX_CONNECTIONS_PER_CLIENT", default_value_t = HttpConfig::default().max_connections_per_client as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_connections_per_client: u32,
+    /// Open progress streams (GET /api/v1/jobs/{id}/events) of all clients together; more get 503.
+    #[arg(long, env = "DGX_MUSIC_MAX_EVENT_STREAMS", default_value_t = HttpConfig::default().max_event_streams as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_event_streams: u32,
+    /// Seconds a client has to send a request's headers, and an idle connection to start its next request.
+    #[arg(long, env = "DGX_MUSIC_HEADER_TIMEOUT_SECS", default_value_t = HttpConfig::default().header_timeout.as_secs() as u32, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    header_timeout_secs: u32,
+    /// Seconds a request body (an upload) may pause between two pieces before the request fails.
+    #[arg(long, env = "DGX_MUSIC_BODY_TIMEOUT_SECS", default_value_t = HttpConfig::default().body_timeout.as_secs() as u32, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    body_timeout_secs: u32,
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, env = "DGX_MUSIC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn positive_hours(text: &str) -> Result<f64, String> {
@@ -88,11 +119,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         filter = filter.add_directive("symphonia=off".parse().expect("a valid directive"));
     }
     // Another subcommand path may already have installed a subscriber; keep it then.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Json => logs.json().with_current_span(true).try_init(),
+    };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -113,6 +144,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         public_metrics: args.public_metrics,
         rate_limit_per_minute: args.rate_limit,
         max_queued_per_key: args.max_queued_per_key,
+        http: HttpConfig {
+            allowed_hosts: args.allowed_hosts,
+            cors_origins: args.cors_origins,
+            max_connections_per_client: args.max_connections_per_client as usize,
+            max_event_streams: args.max_event_streams as usize,
+            header_timeout: Duration::from_secs(args.header_timeout_secs.into()),
+            body_timeout: Duration::from_secs(args.body_timeout_secs.into()),
+        },
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,21 @@ pub enum ApiError {
     /// Details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A `Host` this server does not answer to (DNS rebinding defence); the message names it and the flag.
+    #[error("{0}")]
+    MisdirectedHost(String),
+    /// A state-changing request from a web page of another origin that `--cors-origin` does not list.
+    #[error("{0}")]
+    ForbiddenOrigin(String),
+    /// One client holds `--max-connections-per-client` connections already.
+    #[error("{0}")]
+    TooManyConnections(String),
+    /// The disk holding the data directory is full.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// A file system failure: `public` (no path) to the client, `detail` to the log.
+    #[error("{public}")]
+    Storage { public: String, detail: String },
 }
 
 impl ApiError {
@@ -56,6 +71,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -72,6 +92,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::MisdirectedHost(_) => "unknown_host",
+            ApiError::ForbiddenOrigin(_) => "forbidden_origin",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::Storage { .. } => "storage_error",
         }
     }
 }
@@ -91,7 +116,28 @@ impl From<musicgen::Error> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.to_string())
+        match &err {
+            StoreError::AudioIo { source, .. } => ApiError::from_io(source, err.to_string()),
+            _ => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// A failed file operation: 507 when the disk is full, else a 500 naming the OS error but no
+    /// path; `detail` (paths included) goes to the log.
+    pub fn from_io(source: &std::io::Error, detail: String) -> Self {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            ApiError::InsufficientStorage(
+                "the server's disk is full, so nothing could be stored; free space in its data directory and retry"
+                    .into(),
+            )
+        } else {
+            ApiError::Storage {
+                public: format!("the server could not read or write its files ({source}); the details are in its log"),
+                detail,
+            }
+        }
     }
 }
 
@@ -104,7 +150,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// invalid_request, unsupported_media_type, payload_too_large, not_found, method_not_allowed,
-    /// conflict, queue_full, rate_limited, unauthorized, unavailable or internal.
+    /// conflict, queue_full, rate_limited, unauthorized, unavailable, internal, unknown_host,
+    /// forbidden_origin, too_many_connections, insufficient_storage or storage_error.
     pub code: String,
     /// What was wrong and how to fix it.
     pub message: String,
@@ -118,6 +165,14 @@ impl IntoResponse for ApiError {
             ApiError::Internal(details) => {
                 tracing::error!("internal error: {details}");
                 "the server failed to handle this request; the details are in its log".to_string()
+            }
+            ApiError::Storage { public, detail } => {
+                tracing::error!("storage: {detail}");
+                public.clone()
+            }
+            ApiError::InsufficientStorage(message) => {
+                tracing::error!("{message}");
+                message.clone()
             }
             other => other.to_string(),
         };
@@ -136,9 +191,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dgx-music\""));
             }
-            // The rest of an oversized body is never read, so the server drops the connection after this
-            // answer; saying so stops a client from sending its next request down a closing socket.
-            ApiError::PayloadTooLarge(_) => {
+            // The rest of an oversized body is never read, and a refused connection is not kept, so the
+            // server drops the connection after this answer; saying so stops a client from sending its
+            // next request down a closing socket.
+            ApiError::PayloadTooLarge(_) | ApiError::TooManyConnections(_) => {
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -152,6 +208,13 @@ impl IntoResponse for ApiError {
 pub enum ServerError {
     #[error("data directory {path}: {source}; pass a writable directory with --data-dir")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {} is in use by another dgx-music serve ({}); stop that server first, or give this \
+         one another --data-dir",
+        .dir.display(),
+        .pid.map_or_else(|| "its pid is not recorded yet".to_string(), |pid| format!("pid {pid}"))
+    )]
+    DataDirInUse { dir: std::path::PathBuf, pid: Option<u32> },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot load model {model}: {source}")]

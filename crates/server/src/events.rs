@@ -2,8 +2,12 @@
 //! each SSE stream re-reads its job from the store, so the store stays the one source of truth
 //! and a slow client that misses notifications (lag) still converges on the latest state.
 
-use tokio::sync::broadcast;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
+
+use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct Events {
@@ -25,5 +29,29 @@ impl Events {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.sender.subscribe()
+    }
+}
+
+/// The bound on open SSE streams (`--max-event-streams`): each holds a connection and a subscription.
+#[derive(Clone)]
+pub struct StreamLimit {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl StreamLimit {
+    pub fn new(max: usize) -> Self {
+        StreamLimit { slots: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// A slot for one more stream, or the 503 that says why there is none.
+    pub fn open(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Unavailable(format!(
+                "{} event streams are open, the most this server keeps (--max-event-streams); close one, or poll \
+                 GET /api/v1/jobs/{{id}} instead, and retry",
+                self.max
+            ))
+        })
     }
 }

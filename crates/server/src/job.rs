@@ -190,10 +190,16 @@ impl Job {
         let item = &self.params.item;
         let sampling = &item.sampling;
         let waiting_reason = (self.status == JobStatus::Queued && self.model != served).then(|| {
+            let wanted = public_model_id(&self.model);
+            let flag = if wanted == self.model {
+                format!("--model {wanted}")
+            } else {
+                format!("--model set to that checkpoint directory (the one ending in {})", &wanted["local/".len()..])
+            };
             format!(
-                "queued for model {}, but this server runs {served}; it waits for a server started with \
-                 --model {} on this data directory (or cancel it)",
-                self.model, self.model
+                "queued for model {wanted}, but this server runs {}; it waits for a server started with {flag} \
+                 on this data directory (or cancel it)",
+                public_model_id(served)
             )
         });
         JobView {
@@ -210,7 +216,7 @@ impl Job {
             continue_from: self.params.continue_from.as_ref().map(UploadRef::view),
             melody: self.params.melody.as_ref().map(UploadRef::view),
             extend_stride: self.params.extend_stride_secs,
-            model: self.model.clone(),
+            model: public_model_id(&self.model),
             waiting_reason,
             created_at: timestamp(self.created_at),
             started_at: self.started_at.map(timestamp),
@@ -222,7 +228,7 @@ impl Job {
                 (Some(audio), Some(took)) if took > 0.0 => Some(audio / took),
                 _ => None,
             },
-            error: self.error.clone(),
+            error: self.error.as_deref().map(without_paths),
             audio_url: (self.status == JobStatus::Completed).then(|| job_path(self.id, "/audio")),
         }
     }
@@ -261,8 +267,8 @@ pub struct JobView {
     pub melody: Option<UploadRefView>,
     /// Seconds each 30 s window of a long track moves on from the last.
     pub extend_stride: f64,
-    /// The model the job runs on: its hub id (`facebook/musicgen-small`), or the canonical path
-    /// of a local checkpoint directory. A server only runs jobs of the model it loaded.
+    /// The model the job runs on: its hub id (`facebook/musicgen-small`), or `local/<parent>/<directory>`
+    /// for a local checkpoint directory. A server only runs jobs of the model it loaded.
     pub model: String,
     /// Why a queued job does not move: it is for a model this server does not run. Null otherwise.
     pub waiting_reason: Option<String>,
@@ -312,6 +318,37 @@ pub struct UploadRefView {
     pub duration_secs: f64,
 }
 
+/// A stored error message with every absolute path cut to its file name: release 0.1 wrote paths
+/// into job errors, and no server path reaches a client.
+fn without_paths(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| match word.strip_prefix('/') {
+            Some(rest) if rest.contains('/') => rest.rsplit('/').next().unwrap_or_default(),
+            _ => word,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How clients see a model's canonical id: a hub id as it is; a local checkpoint directory (whose
+/// canonical id is its absolute path, kept in the store so that jobs match their model exactly) as
+/// `local/<parent>/<directory>`, since no server path reaches a client.
+pub fn public_model_id(id: &str) -> String {
+    let path = std::path::Path::new(id);
+    if !path.is_absolute() {
+        return id.to_string();
+    }
+    let names: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    format!("local/{}", names[names.len().saturating_sub(2)..].join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +369,26 @@ mod tests {
         }
         let err = "done".parse::<JobStatus>().unwrap_err();
         assert!(err.contains("\"done\"") && err.contains("completed"), "{err}");
+    }
+
+    #[test]
+    fn stored_errors_lose_their_paths_but_keep_the_file_name() {
+        let stored = "cannot create /tmp/x.1/audio/b7ca.wav.tmp: Not a directory (os error 20)";
+        assert_eq!(without_paths(stored), "cannot create b7ca.wav.tmp: Not a directory (os error 20)");
+        assert_eq!(without_paths("top_k 1/2 is not /a number"), "top_k 1/2 is not /a number");
+    }
+
+    #[test]
+    fn a_local_directory_is_shown_by_its_last_two_names_and_a_hub_id_as_it_is() {
+        assert_eq!(public_model_id("facebook/musicgen-small"), "facebook/musicgen-small");
+        assert_eq!(public_model_id("/srv/models/tiny-mono/checkpoint"), "local/tiny-mono/checkpoint");
+        assert_eq!(public_model_id("/checkpoint"), "local/checkpoint");
+        let job = Job::new(params(), "/srv/models/tiny-mono".into(), Utc::now());
+        let view = job.view("/home/me/melody");
+        assert_eq!(view.model, "local/models/tiny-mono");
+        let reason = view.waiting_reason.unwrap();
+        assert!(reason.contains("local/models/tiny-mono") && reason.contains("runs local/me/melody"), "{reason}");
+        assert!(!reason.contains("/srv") && !reason.contains("/home"), "no server path: {reason}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! DGX Music server: the REST API under `/api/v1`, a persistent SQLite job queue with the
 //! generation history, audio storage, progress events and the web page.
 //!
-//! [`run`] is `dgx-music serve`: it opens the stores in the data directory, requeues jobs a
-//! crash interrupted, sweeps uploads no job uses, loads the model on the worker thread, listens,
-//! and on SIGTERM/Ctrl-C stops accepting, lets the running step finish, requeues its jobs and exits.
+//! [`run`] is `dgx-music serve`: it locks the data directory (one server per directory), binds
+//! the port, opens the stores, requeues jobs a crash interrupted, sweeps uploads no job uses, loads
+//! the model on the worker thread, then answers; on SIGTERM/Ctrl-C it stops accepting, ends event
+//! streams, lets the running step finish, requeues its jobs, gives requests in flight
+//! [`SHUTDOWN_GRACE`] and exits.
 
 mod api;
 pub mod auth;
@@ -12,7 +14,9 @@ mod events;
 pub mod job;
 pub mod keys;
 mod limits;
+mod lock;
 mod metrics;
+mod net;
 pub mod request;
 mod state;
 pub mod store;
@@ -30,10 +34,11 @@ use tokio::sync::watch;
 
 pub use api::{router, ApiDoc};
 pub use error::{ApiError, ServerError};
+pub use net::{parse_allowed_host, parse_cors_origin, HttpConfig, SHUTDOWN_GRACE};
 pub use state::{AppState, Shared};
 
 use crate::auth::AuthPolicy;
-use crate::events::Events;
+use crate::events::{Events, StreamLimit};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
@@ -67,6 +72,8 @@ pub struct ServerConfig {
     pub rate_limit_per_minute: u32,
     /// Queued jobs one key may have; 0 for no limit.
     pub max_queued_per_key: u64,
+    /// Timeouts, connection and stream limits, allowed hosts and CORS origins.
+    pub http: HttpConfig,
 }
 
 /// Whether `host` (as given to `--host`) only reaches this machine.
@@ -78,12 +85,21 @@ pub fn is_loopback(host: &str) -> bool {
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    // Connections still open past the grace period are dropped here, not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
+    // Before anything in the directory is read: a second server would requeue this one's jobs.
+    let _lock = lock::lock(&data_dir)?;
+    // Before the model loads, so that a port in use fails at once.
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr()?;
     let sqlite = Arc::new(SqliteJobStore::open(&data_dir.join("dgx-music.db")).await?);
     let requeued = sqlite.requeue_all_running().await?;
     if requeued > 0 {
@@ -140,9 +156,6 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         model.num_codebooks
     );
 
-    let addr = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-    let local = listener.local_addr()?;
     tracing::info!("data in {}", data_dir.display());
     tracing::info!("listening on http://{local} (API at http://{local}/api/v1)");
 
@@ -166,18 +179,19 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         model,
         max_queue: config.max_queue,
         events,
+        event_streams: StreamLimit::new(config.http.max_event_streams),
         metrics,
         worker: worker.clone(),
         shutdown: shutdown_rx,
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new jobs; the running step finishes and its jobs are requeued");
-            worker.stop();
-            let _ = shutdown_tx.send(true);
-        })
-        .await?;
+    let app = net::layers(router(state), &config.http, local.ip());
+    net::serve(listener, app, &config.http, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new jobs; the running step finishes and its jobs are requeued");
+        worker.stop();
+        let _ = shutdown_tx.send(true);
+    })
+    .await?;
 
     spawned.handle.stop();
     let thread = spawned.thread;

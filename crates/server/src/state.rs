@@ -7,7 +7,7 @@ use musicgen::ModelInfo;
 use tokio::sync::watch;
 
 use crate::auth::AuthPolicy;
-use crate::events::Events;
+use crate::events::{Events, StreamLimit};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore};
@@ -34,6 +34,8 @@ pub struct Shared {
     pub model: ModelInfo,
     pub max_queue: usize,
     pub events: Events,
+    /// Open SSE streams, bounded.
+    pub event_streams: StreamLimit,
     pub metrics: Arc<Metrics>,
     pub worker: WorkerHandle,
     /// Becomes `true` when the server stops accepting work; open SSE streams end on it.

@@ -172,6 +172,11 @@ impl Worker {
         if self.handle.is_stopping() {
             token.cancel();
         }
+        let now = Utc::now();
+        for job in &batch {
+            let waited = job.started_at.unwrap_or(now) - job.created_at;
+            ctx.metrics.record_queue_wait(&job.model, waited.as_seconds_f64());
+        }
         for &id in &ids {
             match self.block_on(ctx.jobs.get(id)) {
                 Ok(Some(job)) if job.status == JobStatus::Running => {}
@@ -218,7 +223,9 @@ impl Worker {
         let took = started.elapsed().as_secs_f64();
 
         match result {
-            Ok(Ok(tracks)) if tracks.len() == batch.len() => self.deliver(&ids, tracks, head.as_ref(), took),
+            Ok(Ok(tracks)) if tracks.len() == batch.len() => {
+                self.deliver(engine.info(), &ids, tracks, head.as_ref(), took)
+            }
             Ok(Ok(tracks)) => {
                 let error = format!("the engine returned {} tracks for {} prompts", tracks.len(), batch.len());
                 self.fail_all(&ids, &error);
@@ -303,7 +310,7 @@ impl Worker {
         }
     }
 
-    fn deliver(&self, ids: &[Uuid], tracks: Vec<Audio>, head: Option<&Audio>, took: f64) {
+    fn deliver(&self, info: &ModelInfo, ids: &[Uuid], tracks: Vec<Audio>, head: Option<&Audio>, took: f64) {
         let ctx = &self.context;
         let live = self.live_ids();
         let mut completed = 0;
@@ -323,9 +330,9 @@ impl Worker {
                 .and_then(|track| {
                     let seconds = track.duration_secs();
                     ctx.audio.put(id, &track, SampleFormat::Pcm16).map(|()| seconds).map_err(|err| {
-                        // Store errors may name paths, and job errors reach clients.
+                        // Store errors may name paths, and job errors reach clients: they get the public words.
                         tracing::error!("cannot store the audio of job {id}: {err}");
-                        "the details are in the server log".to_string()
+                        format!("{}; the details are in the server log", err.public_message())
                     })
                 });
             // The file is complete (renamed) before the store says so: a completed job always has audio.
@@ -353,7 +360,7 @@ impl Worker {
                 Err(err) => tracing::error!("cannot record the end of job {id}: {err}"),
             }
         }
-        ctx.metrics.record_batch(took, completed, audio_seconds);
+        ctx.metrics.record_batch(&info.id, &info.device, took, completed, audio_seconds);
         tracing::info!("batch done in {took:.2} s: {completed} of {} job(s) completed", ids.len());
     }
 

@@ -24,6 +24,11 @@ pub fn fixture_checkpoint(name: &str) -> String {
     dir.canonicalize().unwrap_or_else(|e| panic!("fixture {}: {e}", dir.display())).display().to_string()
 }
 
+/// How the server names a fixture checkpoint to clients: `local/<fixture>/checkpoint`, no path.
+pub fn fixture_id(name: &str) -> String {
+    format!("local/{name}/checkpoint")
+}
+
 pub fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../musicgen/tests/fixtures").join(name)
 }
@@ -85,6 +90,15 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The log as it grows, readable after the server is stopped.
+    pub fn log_handle(&self) -> Arc<Mutex<Vec<String>>> {
+        self.log.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// Posts `bytes` as the `file` field of a multipart form named `filename`.
@@ -176,6 +190,28 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `serve` on `port` expecting it to stop by itself: its exit status, its stderr and how long it ran.
+pub async fn serve_until_exit(data_dir: &Path, port: u16, extra: &[&str]) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dgx-music"))
+        .args(["serve", "--host", "127.0.0.1", "--device", "cpu", "--model", &fixture()])
+        .args(["--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start dgx-music serve");
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the server was expected to stop by itself")
+        .unwrap();
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned(), started.elapsed())
 }
 
 pub async fn poll(

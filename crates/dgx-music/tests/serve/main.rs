@@ -1,6 +1,7 @@
 //! `dgx-music serve` as users meet it: the real binary, the real tiny fixture model on the CPU,
 //! a temporary data directory, HTTP on an ephemeral port.
 
+mod edge;
 mod harness;
 mod keys;
 mod melody;
@@ -21,13 +22,14 @@ async fn the_seed_example_runs_end_to_end() {
     let health: Value = client.get(server.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["device"], "cpu");
-    assert_eq!(health["model"], harness::fixture());
+    assert_eq!(health["model"], harness::fixture_id("tiny-mono"));
     assert!(health["version"].is_string() && health["dtype"].is_string());
     assert_eq!((health["queue_depth"].as_u64(), health["running"].as_u64()), (Some(0), Some(0)));
 
     let models: Value = client.get(server.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
     let model = &models["models"][0];
-    assert_eq!((model["id"].as_str(), model["loaded"].as_bool()), (Some(harness::fixture().as_str()), Some(true)));
+    let id = harness::fixture_id("tiny-mono");
+    assert_eq!((model["id"].as_str(), model["loaded"].as_bool()), (Some(id.as_str()), Some(true)));
     assert!(model["sample_rate"].as_u64().unwrap() > 0 && model["audio_channels"].as_u64() == Some(1));
 
     let response = client
@@ -99,8 +101,11 @@ async fn the_seed_example_runs_end_to_end() {
 
     let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("dgx_music_jobs{status=\"completed\"} 1"), "{metrics}");
+    let labels = format!("device=\"cpu\",model=\"{}\"", harness::fixture_id("tiny-mono"));
     assert!(
-        metrics.contains("dgx_music_queue_depth 0") && metrics.contains("dgx_music_generation_seconds_count 1"),
+        metrics.contains("dgx_music_queue_depth 0")
+            && metrics.contains(&format!("dgx_music_generation_seconds_count{{{labels}}} 1"))
+            && metrics.contains("dgx_music_queue_wait_seconds_count{model=\"local/tiny-mono/checkpoint\"} 1"),
         "{metrics}"
     );
     let api_metrics = client.get(server.url("/api/v1/metrics")).send().await.unwrap();
@@ -482,7 +487,7 @@ async fn a_batch_produces_the_same_audio_as_each_job_alone() {
 }
 
 /// Copies the data directory release 0.1 left (see crates/server/tests/fixtures/v0.1-data/README.md).
-fn v0_1_data_dir() -> (std::path::PathBuf, Vec<Value>) {
+pub(crate) fn v0_1_data_dir() -> (std::path::PathBuf, Vec<Value>) {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/v0.1-data");
     let data_dir = tempfile::tempdir().unwrap().keep();
     std::fs::copy(fixture.join("dgx-music.db"), data_dir.join("dgx-music.db")).unwrap();
@@ -515,10 +520,14 @@ async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
         let id = row["id"].as_str().unwrap();
         let job: Value =
             client.get(server.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
-        for field in ["status", "prompt", "top_k", "seed", "model", "created_at", "started_at", "finished_at", "error"]
-        {
+        for field in ["status", "prompt", "top_k", "seed", "created_at", "started_at", "finished_at"] {
             assert_eq!(job[field], row[field], "{field} of {job}");
         }
+        // 0.1 wrote a path into a failure; the file name is what clients see of it now.
+        let error = row["error"].as_str().map(|e| e.replace("/tmp/tmp.9Ls4zgYmSo/audio/", ""));
+        assert_eq!(job["error"].as_str(), error.as_deref(), "{job}");
+        // Release 0.1 recorded the checkpoint's absolute path; clients see its last two names.
+        assert_eq!(job["model"], "local/tmp.9Ls4zgYmSo.model/tiny-mono", "{job}");
         for field in ["duration", "top_p", "temperature", "cfg_coef", "progress", "audio_duration", "generation_time"] {
             match (job[field].as_f64(), row[field].as_f64()) {
                 (Some(now), Some(then)) => {
@@ -545,11 +554,13 @@ async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
                 assert_eq!(job["queue_position"], queued_position, "{job}");
                 queued_position += 1;
                 let reason = job["waiting_reason"].as_str().unwrap_or_else(|| panic!("no waiting_reason in {job}"));
-                let model = row["model"].as_str().unwrap();
                 assert!(
-                    reason.contains(&format!("--model {model}")) && reason.contains(&harness::fixture()),
+                    reason.contains("queued for model local/tmp.9Ls4zgYmSo.model/tiny-mono")
+                        && reason.contains(&format!("runs {}", harness::fixture_id("tiny-mono")))
+                        && reason.contains("--model set to that checkpoint directory"),
                     "{reason}"
                 );
+                assert!(!reason.contains("/tmp/") && !reason.contains(&harness::fixture()), "no server path: {reason}");
             }
             _ => assert_eq!(job["waiting_reason"], Value::Null, "{job}"),
         }
@@ -558,7 +569,8 @@ async fn a_data_directory_of_release_0_1_keeps_its_jobs_and_audio() {
     // Jobs of this server's model run meanwhile; the old ones keep waiting, untouched.
     let fresh = server.submit(json!({"prompt": "after the upgrade", "duration": 1, "seed": 7})).await;
     let done = server.wait_for(&fresh, |j| j["status"] == "completed").await;
-    assert_eq!((done["model"].as_str(), &done["waiting_reason"]), (Some(harness::fixture().as_str()), &Value::Null));
+    let id = harness::fixture_id("tiny-mono");
+    assert_eq!((done["model"].as_str(), &done["waiting_reason"]), (Some(id.as_str()), &Value::Null));
     let queued: Value =
         client.get(server.url("/api/v1/jobs?status=queued")).send().await.unwrap().json().await.unwrap();
     assert_eq!(queued["total"], 2, "{queued}");

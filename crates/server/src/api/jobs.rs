@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::uploads::{resolve_continuation, resolve_melody};
 use crate::error::{ApiError, ErrorBody};
-use crate::job::{job_path, Job, JobStatus, JobView};
+use crate::job::{job_path, public_model_id, Job, JobStatus, JobView};
 use crate::keys::Caller;
 use crate::limits::retry_secs;
 use crate::request::{Generate, GenerateBody};
@@ -100,7 +100,7 @@ pub async fn generate(
                 "melody: this server runs {}, a text-to-music model that takes no melody; start it with \
                  --model facebook/musicgen-melody (or -melody-large, -stereo-melody, -stereo-melody-large), \
                  or leave melody out",
-                state.model.id
+                public_model_id(&state.model.id)
             ),
         ));
     }
@@ -269,6 +269,7 @@ pub async fn get_job(
         (status = 200, description = "The job was queued or running and is now cancelled", body = JobView),
         (status = 204, description = "The finished job and its audio were deleted"),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 500, description = "The audio file could not be removed; the job is kept", body = ErrorBody),
     )
 )]
 pub async fn delete_job(
@@ -286,11 +287,12 @@ pub async fn delete_job(
         state.events.changed(id);
         return Ok(Json(job.view(&state.model.id)).into_response());
     }
+    // The file goes first: if it cannot be removed the job stays, listed and deletable again, rather
+    // than leaving a file no record names.
+    state.audio.delete(id).await?;
     if !state.jobs.delete_finished(id).await? {
         return Err(not_found(id));
     }
-    // The record goes first: an orphaned file is harmless, a record without its file is not.
-    state.audio.delete(id).await?;
     state.events.changed(id);
     tracing::info!("job {id} deleted");
     for used in job.params.uploads() {
@@ -350,6 +352,7 @@ enum EventsState {
     responses(
         (status = 200, description = "text/event-stream of `job` events, each carrying the job JSON", content_type = "text/event-stream"),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "`--max-event-streams` streams are open", body = ErrorBody),
     )
 )]
 pub async fn job_events(
@@ -357,12 +360,14 @@ pub async fn job_events(
     Extension(caller): Extension<Caller>,
     JobId(id): JobId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Held by the stream: the slot is free again when the stream ends or its client goes.
+    let slot = state.event_streams.open()?;
     // Subscribe before the first read, so that no change between the two is missed.
     let receiver = state.events.subscribe();
     let job = load(&state, &caller, id).await?;
     let stream = futures_util::stream::unfold(
-        (EventsState::Start(Box::new(job)), receiver, state.shutdown.clone(), state),
-        move |(phase, mut receiver, mut shutdown, state)| async move {
+        (EventsState::Start(Box::new(job)), receiver, state.shutdown.clone(), state, slot),
+        move |(phase, mut receiver, mut shutdown, state, slot)| async move {
             let job = match phase {
                 EventsState::Done => return None,
                 EventsState::Start(job) => *job,
@@ -401,7 +406,7 @@ pub async fn job_events(
             } else {
                 EventsState::Watching { last: json, status: job.status }
             };
-            Some((Ok(event), (next, receiver, shutdown, state)))
+            Some((Ok(event), (next, receiver, shutdown, state, slot)))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

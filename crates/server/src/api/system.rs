@@ -9,7 +9,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::ApiDoc;
 use crate::error::{ApiError, ErrorBody};
-use crate::job::JobStatus;
+use crate::job::{public_model_id, JobStatus};
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -38,7 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        model: state.model.id.clone(),
+        model: public_model_id(&state.model.id),
         device: state.model.device.clone(),
         dtype: state.model.dtype.clone(),
         queue_depth: counts.get(&JobStatus::Queued).copied().unwrap_or(0),
@@ -48,7 +48,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelEntry {
-    /// The canonical id: the hub id, or the canonical path of a local checkpoint directory; jobs name it.
+    /// The model's id: the hub id, or `local/<parent>/<directory>` for a local checkpoint directory; jobs name it.
     pub id: String,
     pub loaded: bool,
     pub sample_rate: u32,
@@ -74,7 +74,7 @@ pub async fn models(State(state): State<AppState>) -> Json<Models> {
     let m = &state.model;
     Json(Models {
         models: vec![ModelEntry {
-            id: m.id.clone(),
+            id: public_model_id(&m.id),
             loaded: true,
             sample_rate: m.sample_rate,
             audio_channels: m.audio_channels as u64,

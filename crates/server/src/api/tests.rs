@@ -10,15 +10,17 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::auth::AuthPolicy;
-use crate::events::Events;
+use crate::events::{Events, StreamLimit};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::net::HttpConfig;
 use crate::state::{AppState, Shared};
 use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
 use crate::worker::WorkerHandle;
 
 struct TestServer {
     base: String,
+    addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
     _shutdown: watch::Sender<bool>,
     jobs: Arc<dyn JobStore>,
@@ -31,16 +33,41 @@ async fn start(max_queue: usize) -> TestServer {
 
 /// A server whose model is a melody checkpoint when `melody`.
 async fn start_model(max_queue: usize, melody: bool) -> TestServer {
-    start_with(max_queue, melody, AuthPolicy::default(), Limits::new(0, 0)).await
+    start_with(Options { max_queue, melody, ..Options::default() }).await
 }
 
-async fn start_with(max_queue: usize, melody: bool, auth: AuthPolicy, limits: Limits) -> TestServer {
+struct Options {
+    max_queue: usize,
+    melody: bool,
+    http: HttpConfig,
+    auth: AuthPolicy,
+    limits: Limits,
+    /// Wraps the uploads store (to inject failures).
+    uploads: fn(LocalAudioStore) -> Arc<dyn AudioStore>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_queue: 10,
+            melody: false,
+            http: HttpConfig::default(),
+            auth: AuthPolicy::default(),
+            limits: Limits::new(0, 0),
+            uploads: |store| Arc::new(store),
+        }
+    }
+}
+
+/// The router behind the real connection loop and layers (`net`), as `run` serves it.
+async fn start_with(options: Options) -> TestServer {
+    let Options { max_queue, melody, http, auth, limits, uploads } = options;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
     let jobs: Arc<dyn JobStore> = sqlite.clone();
     let keys: Arc<dyn KeyStore> = sqlite;
     let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("audio")).unwrap());
-    let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
+    let uploads: Arc<dyn AudioStore> = uploads(LocalAudioStore::open(dir.path().join("uploads")).unwrap());
     let incoming = dir.path().join("incoming");
     std::fs::create_dir(&incoming).unwrap();
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -71,14 +98,17 @@ async fn start_with(max_queue: usize, melody: bool, auth: AuthPolicy, limits: Li
         model,
         max_queue,
         events: Events::default(),
+        event_streams: StreamLimit::new(http.max_event_streams),
         metrics: Arc::new(Metrics::default()),
         worker: WorkerHandle::default(),
         shutdown,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, super::router(state)).await.unwrap() });
-    TestServer { base, dir, _shutdown: shutdown_tx, jobs, keys }
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let app = crate::net::layers(super::router(state), &http, addr.ip());
+    tokio::spawn(async move { crate::net::serve(listener, app, &http, std::future::pending()).await.unwrap() });
+    TestServer { base, addr, dir, _shutdown: shutdown_tx, jobs, keys }
 }
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
@@ -544,7 +574,8 @@ fn call(method: reqwest::Method, url: String, token: Option<&str>) -> reqwest::R
 
 #[tokio::test]
 async fn a_network_server_needs_a_key_and_each_key_sees_only_its_own() {
-    let server = start_with(10, false, AuthPolicy { network: true, ..AuthPolicy::default() }, Limits::new(0, 0)).await;
+    let server =
+        start_with(Options { auth: AuthPolicy { network: true, ..AuthPolicy::default() }, ..Options::default() }).await;
     let url = |path: &str| format!("{}{path}", server.base);
     use reqwest::Method;
 
@@ -633,7 +664,8 @@ async fn a_network_server_needs_a_key_and_each_key_sees_only_its_own() {
 #[tokio::test]
 async fn a_loopback_server_is_open_until_a_key_exists_and_health_can_stay_public() {
     let server =
-        start_with(10, false, AuthPolicy { public_health: true, ..AuthPolicy::default() }, Limits::new(0, 0)).await;
+        start_with(Options { auth: AuthPolicy { public_health: true, ..AuthPolicy::default() }, ..Options::default() })
+            .await;
     let url = |path: &str| format!("{}{path}", server.base);
     assert_eq!(reqwest::get(url("/api/v1/jobs")).await.unwrap().status(), StatusCode::OK, "no keys, loopback: open");
     let (_, token) = add_key(&server, "laptop", false).await;
@@ -643,9 +675,11 @@ async fn a_loopback_server_is_open_until_a_key_exists_and_health_can_stay_public
     let with_key = call(reqwest::Method::GET, url("/api/v1/jobs"), Some(&token)).send().await.unwrap();
     assert_eq!(with_key.status(), StatusCode::OK);
 
-    let no_checks =
-        start_with(10, false, AuthPolicy { disabled: true, network: true, ..AuthPolicy::default() }, Limits::new(0, 0))
-            .await;
+    let no_checks = start_with(Options {
+        auth: AuthPolicy { disabled: true, network: true, ..AuthPolicy::default() },
+        ..Options::default()
+    })
+    .await;
     add_key(&no_checks, "ignored", false).await;
     assert_eq!(
         reqwest::get(format!("{}/api/v1/jobs", no_checks.base)).await.unwrap().status(),
@@ -656,7 +690,7 @@ async fn a_loopback_server_is_open_until_a_key_exists_and_health_can_stay_public
 
 #[tokio::test]
 async fn one_key_cannot_flood_the_queue() {
-    let server = start_with(100, false, AuthPolicy::default(), Limits::new(3, 2)).await;
+    let server = start_with(Options { max_queue: 100, limits: Limits::new(3, 2), ..Options::default() }).await;
     let (_, alice) = add_key(&server, "alice", false).await;
     let (_, bob) = add_key(&server, "bob", false).await;
     let post = |token: &str| {
@@ -684,3 +718,5 @@ async fn one_key_cannot_flood_the_queue() {
     assert_eq!(share.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(share.headers()["retry-after"], "600");
 }
+
+mod edge;

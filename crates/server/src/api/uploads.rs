@@ -161,7 +161,7 @@ async fn receive(state: &AppState, mut field: Field<'_>, declared: Option<u64>) 
     };
     let incoming = Incoming { path: state.incoming.join(name), filename };
     let io = |err: std::io::Error| {
-        ApiError::Internal(format!("receiving an upload into {}: {err}", state.incoming.display()))
+        ApiError::from_io(&err, format!("receiving an upload into {}: {err}", state.incoming.display()))
     };
     let mut file = tokio::fs::File::create(&incoming.path).await.map_err(io)?;
     let mut size = 0u64;

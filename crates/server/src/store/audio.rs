@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -59,12 +59,18 @@ impl AudioStore for LocalAudioStore {
             let path = path.to_path_buf();
             move |source| StoreError::AudioIo { path, source }
         };
-        if let Err(err) = musicgen::audio::write_wav(&tmp, audio, format) {
+        // Encoded in memory, then written: a failed write keeps its OS error (a full disk is told apart).
+        let bytes =
+            musicgen::audio::wav_bytes(audio, format).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
+        let written = fs::File::create(&tmp).and_then(|mut file| {
+            io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()
+        });
+        if let Err(source) = written {
             // Best effort: a leftover is also removed at the next start.
             let _ = fs::remove_file(&tmp);
-            return Err(StoreError::AudioEncoding(err.to_string()));
+            return Err(StoreError::AudioIo { path: tmp, source });
         }
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &done).map_err(io_err(&done))?;
         // Make the rename itself durable before the database says the job is complete.
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
@@ -106,11 +112,22 @@ impl AudioStore for LocalAudioStore {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(StoreError::AudioIo { path, source }),
             }
-            let response = ServeFile::new(&path)
-                .try_call(request)
-                .await
-                .map_err(|source| StoreError::AudioIo { path: path.clone(), source })?;
-            let mut response = response.map(Body::new);
+            let if_range = request.headers().get(header::IF_RANGE).cloned();
+            let mut whole = Request::new(Body::empty());
+            *whole.method_mut() = request.method().clone();
+            *whole.headers_mut() = request.headers().clone();
+            whole.headers_mut().remove(header::RANGE);
+            // Several ranges get the whole file (a 200, which RFC 9110 allows) rather than a multipart body.
+            let mut file = ServeFile::new(&path).ignore_multi_range_requests(true);
+            let io_err = |source| StoreError::AudioIo { path: path.clone(), source };
+            let mut response = file.clone().try_call(request).await.map_err(io_err)?.map(Body::new);
+            // ServeFile ignores If-Range: a range of a file that changed since the client's copy would
+            // splice two files, so a validator that no longer matches gets the whole file.
+            if response.status() == StatusCode::PARTIAL_CONTENT
+                && if_range.is_some_and(|wanted| !if_range_matches(&wanted, response.headers()))
+            {
+                response = file.try_call(whole).await.map_err(io_err)?.map(Body::new);
+            }
             let disposition = format!("inline; filename=\"dgx-music-{id}.wav\"");
             if let Ok(value) = HeaderValue::from_str(&disposition) {
                 response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
@@ -133,10 +150,19 @@ impl AudioStore for LocalAudioStore {
     }
 }
 
+/// RFC 9110 13.1.5: an entity tag matches by strong comparison (a weak one never does); a date
+/// matches when it is the file's `Last-Modified`.
+fn if_range_matches(wanted: &HeaderValue, response: &axum::http::HeaderMap) -> bool {
+    let wanted = wanted.as_bytes();
+    if wanted.starts_with(b"W/") {
+        return false;
+    }
+    let validator = if wanted.starts_with(b"\"") { header::ETAG } else { header::LAST_MODIFIED };
+    response.get(validator).is_some_and(|ours| ours.as_bytes() == wanted && !ours.as_bytes().starts_with(b"W/"))
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
-
     use super::*;
 
     fn tone() -> musicgen::Audio {
@@ -224,5 +250,50 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    async fn get(store: &LocalAudioStore, id: Uuid, headers: &[(header::HeaderName, &str)]) -> Response {
+        let mut request = Request::builder();
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        store.serve(id, request.body(Body::empty()).unwrap()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn if_range_gets_the_range_only_while_the_validator_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
+        let first = get(&store, id, &[]).await;
+        let etag = first.headers()[header::ETAG].to_str().unwrap().to_string();
+        let modified = first.headers()[header::LAST_MODIFIED].to_str().unwrap().to_string();
+        let size = fs::metadata(store.path_of(id)).unwrap().len();
+        for current in [etag.as_str(), modified.as_str()] {
+            let part = get(&store, id, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, current)]).await;
+            assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT, "If-Range {current}");
+        }
+        let stale = ["\"0-0\"", "W/\"0-0\"", "Thu, 01 Jan 1970 00:00:00 GMT"];
+        let weak_current = format!("W/{etag}");
+        for validator in stale.iter().copied().chain([weak_current.as_str()]) {
+            let whole = get(&store, id, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, validator)]).await;
+            assert_eq!(whole.status(), StatusCode::OK, "a stale If-Range {validator} gets the whole file");
+            assert!(whole.headers().get(header::CONTENT_RANGE).is_none());
+            let body = axum::body::to_bytes(whole.into_body(), 1 << 20).await.unwrap();
+            assert_eq!(body.len() as u64, size);
+        }
+    }
+
+    #[tokio::test]
+    async fn several_ranges_get_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
+        let response = get(&store, id, &[(header::RANGE, "bytes=0-3, 8-11")]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(body.len() as u64, fs::metadata(store.path_of(id)).unwrap().len());
     }
 }

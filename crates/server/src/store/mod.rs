@@ -31,6 +31,13 @@ pub enum StoreError {
     Database(String),
     #[error("database migration: {0}")]
     Migration(String),
+    #[error(
+        "the database {} {problem}; it is kept as it is: move it away (e.g. to {}.damaged) to start with \
+         an empty history, or put back a copy from a backup, then start again",
+        .path.display(),
+        .path.display()
+    )]
+    Damaged { path: std::path::PathBuf, problem: String },
     #[error("stored job {id} is unreadable: {message}")]
     Corrupt { id: String, message: String },
     #[error("audio file {path}: {source}")]
@@ -40,6 +47,23 @@ pub enum StoreError {
     /// A stored file that does not decode; the message names no path, since job errors reach clients.
     #[error("the stored audio {id} cannot be read: {message}")]
     AudioDecoding { id: Uuid, message: String },
+}
+
+impl StoreError {
+    /// What went wrong in words that name no file system path, for a job's `error`, which clients read.
+    pub fn public_message(&self) -> String {
+        match self {
+            StoreError::AudioIo { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                "the server's disk is full".into()
+            }
+            StoreError::AudioIo { source, .. } => format!("the audio file could not be written ({source})"),
+            StoreError::Damaged { .. } => "the database is damaged".into(),
+            StoreError::Database(_) | StoreError::Migration(_) => "a database error".into(),
+            StoreError::Corrupt { .. } | StoreError::AudioEncoding(_) | StoreError::AudioDecoding { .. } => {
+                self.to_string()
+            }
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

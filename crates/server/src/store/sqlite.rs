@@ -38,8 +38,14 @@ pub struct SqliteJobStore {
 }
 
 impl SqliteJobStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+    /// Opens (creating if needed) the database file, checks it (`PRAGMA quick_check`) and applies
+    /// pending migrations. An empty (0-byte) or damaged file is refused, never taken for a new database:
+    /// that would show an empty history, or answer "ok" and then fail on the damaged pages.
     pub async fn open(path: &Path) -> StoreResult<Self> {
+        let damaged = |problem: String| StoreError::Damaged { path: path.to_path_buf(), problem };
+        if std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == 0) {
+            return Err(damaged("is empty (0 bytes), so it holds no history".into()));
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -48,7 +54,19 @@ impl SqliteJobStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(db)?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(|err| match err {
+                sqlx::Error::Database(err) if err.message().contains("not a database") => damaged(err.message().into()),
+                other => db(other),
+            })?;
+        let problems: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(5)").fetch_all(&pool).await {
+            Ok(rows) => rows,
+            Err(err) => vec![err.to_string()],
+        };
+        if problems.iter().any(|line| line != "ok") {
+            pool.close().await;
+            return Err(damaged(format!("fails SQLite's integrity check: {}", problems.join("; "))));
+        }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Migration(e.to_string()))?;
         Ok(SqliteJobStore { pool })
     }
@@ -549,6 +567,44 @@ mod tests {
         let job = Job::new(params(prompt, duration), "tiny".into(), Utc::now());
         assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
         job
+    }
+
+    #[tokio::test]
+    async fn an_empty_unreadable_or_damaged_database_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let refused = |err: StoreError, what: &str, needle: &str| {
+            let message = err.to_string();
+            assert!(matches!(err, StoreError::Damaged { .. }), "{what}: {message}");
+            assert!(message.contains(&path.display().to_string()) && message.contains("move it away"), "{message}");
+            assert!(message.contains(needle), "{what}: {needle:?} not in {message}");
+        };
+        std::fs::write(&path, b"").unwrap();
+        refused(SqliteJobStore::open(&path).await.err().unwrap(), "empty", "0 bytes");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the empty file is left as it was");
+        std::fs::write(&path, b"no SQLite here. ".repeat(512)).unwrap();
+        refused(SqliteJobStore::open(&path).await.err().unwrap(), "garbage", "not a database");
+
+        // A real history with one page overwritten: it opens and answers "ok" unless checked.
+        std::fs::remove_file(&path).unwrap();
+        let store = SqliteJobStore::open(&path).await.unwrap();
+        for i in 0..300 {
+            let job = Job::new(
+                params(&format!("prompt number {i} with some words to fill pages"), 4.0),
+                "tiny".into(),
+                Utc::now(),
+            );
+            assert_eq!(store.enqueue(&job, 1000).await.unwrap(), Enqueued::Queued);
+        }
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&store.pool).await.unwrap();
+        store.close().await;
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        assert!(bytes.len() > 8 * page, "{} bytes", bytes.len());
+        let last_page = bytes.len() / page - 1;
+        bytes[last_page * page..last_page * page + 64].fill(0xA5);
+        std::fs::write(&path, &bytes).unwrap();
+        refused(SqliteJobStore::open(&path).await.err().unwrap(), "damaged page", "integrity check");
     }
 
     #[tokio::test]
