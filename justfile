@@ -36,3 +36,15 @@ build-cuda cap="80":
 test-cuda cap="80":
     tools/build-cuda.sh {{cap}} --tests
     "${CARGO_TARGET_DIR:-target-cuda}/dist/gpu-tests-sm{{cap}}-$(uname -m)" --test-threads=1
+
+# aarch64 (DGX Spark) from x86-64: just build-aarch64 cpu | just build-aarch64 cuda 121
+build-aarch64 *args:
+    tools/build-aarch64.sh "$@"
+
+# The engine and CLI tests for aarch64 under qemu-user
+test-aarch64 *args:
+    tools/test-aarch64.sh "$@"
+
+# Release archives for x86_64 and aarch64 (CPU, CUDA sm80, CUDA sm121)
+release *args:
+    tools/release.sh "$@"

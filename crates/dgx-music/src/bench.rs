@@ -14,6 +14,7 @@ use musicgen::{
 };
 use serde::Serialize;
 
+use crate::device::DeviceChoice;
 use crate::validate::target::BuildTarget;
 
 pub mod memory;
@@ -43,12 +44,13 @@ pub struct Args {
     /// Prompts generated together.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// cpu, cuda or cuda:N; default: cuda when this build has it, else cpu.
-    #[arg(long)]
-    device: Option<String>,
-    /// f32, f16 or bf16 for the decoder; default: bf16 on a GPU, f32 on the CPU.
-    #[arg(long)]
-    dtype: Option<String>,
+    /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
+    /// else the CPU (saying why).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// f32, f16 or bf16 for the decoder [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, value_parser = crate::device::parse_dtype)]
+    dtype: Option<DType>,
     /// On a GPU, launch each kernel of a decoder step from the host instead of replaying the
     /// step as a CUDA graph: shows what the graph saves.
     #[arg(long)]
@@ -124,16 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--warmup-duration {} must be zero or a positive number of seconds",
         args.warmup_duration
     );
-    let device: DeviceSpec = match &args.device {
-        Some(d) => d.parse()?,
-        None if cfg!(feature = "cuda") => DeviceSpec::Cuda(0),
-        None => DeviceSpec::Cpu,
-    };
-    let dtype: DType = match &args.dtype {
-        Some(d) => d.parse()?,
-        None if device == DeviceSpec::Cpu => DType::F32,
-        None => DType::BF16,
-    };
+    let resolved = crate::device::resolve(args.device, args.dtype);
+    if let Some(note) = resolved.note().filter(|_| !args.json) {
+        eprintln!("bench: {note}");
+    }
+    let (device, dtype) = (resolved.device, resolved.dtype);
     let options = LoadOptions {
         device,
         dtype,
@@ -211,9 +208,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let report = report::summarise(&args, device, dtype, model.info().clone(), load_s, runs);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{}", report::human(&report));
+        crate::print_out(&report::human(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,9 +10,9 @@ use musicgen::request::{
     validate_continuation, validate_duration, validate_extend_stride, validate_prompt, DEFAULT_EXTEND_STRIDE_SECS,
     MAX_MELODY_SECS, WINDOW_SECS,
 };
-use musicgen::{
-    CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
-};
+use musicgen::{CancelToken, DType, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+
+use crate::device::DeviceChoice;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
@@ -75,14 +75,15 @@ pub struct Args {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", env = "DGX_MUSIC_DEVICE", value_parser = parse_device)]
-    device: DeviceSpec,
+    /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
+    /// else the CPU (saying why).
+    #[arg(long, default_value = "auto", env = "DGX_MUSIC_DEVICE")]
+    device: DeviceChoice,
 
-    /// Precision of the decoder: f32, f16 or bf16. bf16 suits GPUs; on the CPU it keeps the weights
-    /// in bf16 and computes in f32, about 2.8x faster than f32.
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    dtype: DType,
+    /// Precision of the decoder: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU]. On the
+    /// CPU bf16 keeps the weights in bf16 and computes in f32, about 2.8x faster than f32.
+    #[arg(long, value_parser = crate::device::parse_dtype)]
+    dtype: Option<DType>,
 
     /// Loudness normalisation before writing: none, peak (−1 dBFS) or loudness (−14 LUFS, EBU R128).
     #[arg(long, default_value = "loudness", value_parser = parse_normalize)]
@@ -102,14 +103,6 @@ pub struct Args {
     quiet: bool,
 }
 
-fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    s.parse().map_err(|e: musicgen::Error| e.to_string())
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    s.parse().map_err(|e: musicgen::Error| e.to_string())
-}
-
 fn parse_normalize(s: &str) -> Result<Normalize, String> {
     s.parse().map_err(|e: musicgen::Error| e.to_string())
 }
@@ -123,9 +116,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outputs = output_paths(&args);
 
     let started = Instant::now();
+    let resolved = crate::device::resolve(args.device, args.dtype);
+    if let Some(note) = resolved.note().filter(|_| !args.quiet) {
+        eprintln!("{note}");
+    }
     let options = LoadOptions {
-        device: args.device,
-        dtype: args.dtype,
+        device: resolved.device,
+        dtype: resolved.dtype,
         on_download: (!args.quiet).then(crate::progress::download_bars),
         ..LoadOptions::default()
     };
@@ -174,9 +171,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         audio::write_wav(path, &track, args.sample_format)?;
     }
     let audio_secs = request.duration_secs * request.items.len() as f64;
-    for path in &outputs {
-        println!("{}", path.display());
-    }
+    let listing: String = outputs.iter().map(|path| format!("{}\n", path.display())).collect();
+    crate::print_out(&listing)?;
     eprintln!(
         "Generated {audio_secs:.1} s of audio in {generation_secs:.1} s (real-time factor {:.2}x; {:.1} s in total with loading), seed {}",
         audio_secs / generation_secs,

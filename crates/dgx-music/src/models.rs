@@ -53,23 +53,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn list() -> anyhow::Result<ExitCode> {
     let settings = hub::HubSettings::from_env();
     let models = hub::cached_models(&settings)?;
-    println!("Hugging Face cache: {}", settings.cache_dir.display());
+    let mut text = format!("Hugging Face cache: {}\n", settings.cache_dir.display());
     if models.is_empty() {
-        println!("No MusicGen checkpoint is cached. Get one with `dgx-music models download small`.");
+        text.push_str("No MusicGen checkpoint is cached. Get one with `dgx-music models download small`.\n");
+        crate::print_out(&text)?;
         return Ok(ExitCode::SUCCESS);
     }
     let width = models.iter().map(|m| m.id.len()).max().unwrap_or(0).max(2);
-    println!("{:<width$}  {:>9}  {:<11}  DIRECTORY", "ID", "SIZE", "SUPPORTED");
+    text.push_str(&format!("{:<width$}  {:>9}  {:<11}  DIRECTORY\n", "ID", "SIZE", "SUPPORTED"));
     for model in &models {
         let supported = if model.supported { "yes" } else { "no" };
-        println!(
-            "{:<width$}  {:>9}  {:<11}  {}",
+        text.push_str(&format!(
+            "{:<width$}  {:>9}  {:<11}  {}\n",
             model.id,
             human_bytes(model.size_bytes),
             supported,
             model.path.display()
-        );
+        ));
     }
+    crate::print_out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -82,13 +84,13 @@ fn download(id: &str) -> anyhow::Result<ExitCode> {
     // Check what arrived, so a broken download is reported now rather than at the first generate.
     musicgen::Checkpoint::open(&dir)
         .with_context(|| format!("{hub_id} was downloaded to {} but cannot be loaded", dir.display()))?;
-    println!("{hub_id} is ready: {}", dir.display());
+    crate::print_out(&format!("{hub_id} is ready: {}\n", dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn remove(id: &str) -> anyhow::Result<ExitCode> {
     let freed = hub::remove_cached(id, &hub::HubSettings::from_env())?;
-    println!("removed {id}, {} freed", human_bytes(freed));
+    crate::print_out(&format!("removed {id}, {} freed\n", human_bytes(freed)))?;
     Ok(ExitCode::SUCCESS)
 }
 

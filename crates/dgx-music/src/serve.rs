@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dgx_music_server::HttpConfig;
-use musicgen::{DType, DeviceSpec};
+use musicgen::DType;
+
+use crate::device::DeviceChoice;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,12 +26,13 @@ pub struct Args {
     /// POST /generate takes `melody` and the page shows a melody picker.
     #[arg(long, env = "DGX_MUSIC_MODEL", default_value = "facebook/musicgen-small")]
     model: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "DGX_MUSIC_DEVICE", default_value = "cpu")]
-    device: DeviceSpec,
-    /// Decoder precision: f32, f16 or bf16.
-    #[arg(long, env = "DGX_MUSIC_DTYPE", default_value = "f32")]
-    dtype: DType,
+    /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
+    /// else the CPU (the log says why).
+    #[arg(long, env = "DGX_MUSIC_DEVICE", default_value = "auto")]
+    device: DeviceChoice,
+    /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, env = "DGX_MUSIC_DTYPE", value_parser = crate::device::parse_dtype)]
+    dtype: Option<DType>,
     /// Queued jobs beyond which new requests get 429 Too Many Requests.
     #[arg(long, env = "DGX_MUSIC_MAX_QUEUE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
@@ -124,6 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
         LogFormat::Json => logs.json().with_current_span(true).try_init(),
     };
+    let resolved = crate::device::resolve(args.device, args.dtype);
+    if let Some(note) = resolved.note() {
+        tracing::info!("{note}");
+    }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -133,8 +140,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         port: args.port,
         data_dir,
         model: args.model,
-        device: args.device,
-        dtype: args.dtype,
+        device: resolved.device,
+        dtype: resolved.dtype,
         max_queue: args.max_queue as usize,
         max_batch: args.max_batch as usize,
         max_upload_bytes: u64::from(args.max_upload_mb) * 1_000_000,

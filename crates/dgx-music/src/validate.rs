@@ -17,7 +17,7 @@ pub mod system;
 pub mod target;
 
 use checks::Check;
-use driver::DriverInfo;
+use driver::{DriverInfo, HostMemory};
 use kernel::KernelCheck;
 use system::SystemInfo;
 use target::BuildTarget;
@@ -48,14 +48,17 @@ impl Report {
     pub fn gather() -> Self {
         let build = BuildTarget::current();
         let system = SystemInfo::probe();
-        let mut driver = DriverInfo::probe();
+        let mut driver = DriverInfo::probe(HostMemory {
+            total_bytes: system.memory_total_bytes,
+            available_bytes: system.memory_available_bytes,
+        });
         let kernels = kernel::run_all();
         if let Ok(list) = &kernels {
             for gpu in &mut driver.gpus {
                 gpu.cuda_ordinal = list.iter().find(|k| k.uuid.is_some() && k.uuid == gpu.uuid).map(|k| k.cuda_ordinal);
             }
         }
-        let checks = checks::evaluate(&build, &driver, &kernels);
+        let checks = checks::evaluate(&build, &system, &driver, &kernels);
         let pass = checks::verdict(&checks, &kernels);
         let (kernel_checks, cuda_error) = match kernels {
             Ok(list) => (list, None),
@@ -81,9 +84,9 @@ impl Report {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = Report::gather();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{}", render::human(&report));
+        crate::print_out(&render::human(&report))?;
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -1,11 +1,28 @@
 //! `dgx-music generate` as a user runs it: bad values are refused before any model loads, and
-//! the tiny fixture checkpoint produces exactly transformers' waveform.
+//! the tiny fixture checkpoint produces exactly transformers' waveform; plus what every
+//! subcommand shares (the default device, a closed stdout).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test; through `DGX_MUSIC_TEST_RUNNER` (a command and its arguments) when
+/// it is set: `tools/test-aarch64.sh` runs the aarch64 build under qemu-user that way.
+fn dgx_music_command() -> Command {
+    let runner = std::env::var("DGX_MUSIC_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_dgx-music"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_dgx-music")),
+    }
+}
 
 fn dgx_music(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dgx-music")).args(args).output().expect("run dgx-music")
+    dgx_music_command().args(args).output().expect("run dgx-music")
 }
 
 fn stderr(out: &Output) -> String {
@@ -36,6 +53,25 @@ fn bad_values_are_refused_before_the_model_loads() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert!(!err.contains("nonexistent"), "{args:?} reached the model load: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    // The write end of a pipe whose reader has exited: every write fails with EPIPE, as for
+    // `dgx-music validate --json | head -c 0`.
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().expect("run true");
+    let write_end = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    for args in [&["validate", "--json"][..], &["validate"][..]] {
+        let out = dgx_music_command()
+            .args(args)
+            .stdout(Stdio::from(write_end.as_fd().try_clone_to_owned().unwrap()))
+            .output()
+            .expect("run dgx-music");
+        let err = stderr(&out);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
     }
 }
 
@@ -83,6 +119,23 @@ fn generate_greedy(name: &str, texts: &[String], extra: &[&str], samples: usize,
     args.extend(["--sample-format", "f32", "-o", output.to_str().unwrap(), "--quiet"]);
     let out = dgx_music(&args);
     assert!(out.status.success(), "{name}: {}", stderr(&out));
+}
+
+/// Without `--device` and `--dtype` a CPU build says in one line why it runs on the CPU, and runs
+/// the decoder in f32 there.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn the_default_device_of_a_cpu_build_is_the_cpu_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("x.wav");
+    let model = fixture("tiny-mono").join("checkpoint");
+    let (model, wav_path) = (model.to_str().unwrap(), wav.to_str().unwrap());
+    let out = dgx_music(&["generate", "piano", "--model", model, "--duration", "0.1", "--seed", "0", "-o", wav_path]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--device auto: using the CPU, this binary was built without CUDA\n"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("Loaded ") && l.contains(" on cpu (f32)")), "{err}");
+    assert!(wav.exists());
 }
 
 /// Largest |ours − expected| of an interleaved 32 kHz f32 WAV against planar `expected` (C, S).

@@ -46,6 +46,12 @@ pub fn run_all() -> Result<Vec<KernelCheck>, String> {
     imp::run_all()
 }
 
+/// The checks in CUDA's order up to the first that passes, without the speed figure: what
+/// `--device auto` needs, in a fraction of a second per GPU.
+pub fn run_until_one_passes() -> Result<Vec<KernelCheck>, String> {
+    imp::run_until_one_passes()
+}
+
 /// The UUID of CUDA device `ordinal`, spelled as NVML spells it; `None` without CUDA.
 pub fn cuda_uuid(ordinal: usize) -> Option<String> {
     imp::cuda_uuid(ordinal)
@@ -62,6 +68,10 @@ mod imp {
 
     pub fn run_all() -> Result<Vec<KernelCheck>, String> {
         Err("this binary was built without CUDA".into())
+    }
+
+    pub fn run_until_one_passes() -> Result<Vec<KernelCheck>, String> {
+        run_all()
     }
 
     pub fn cuda_uuid(_ordinal: usize) -> Option<String> {
@@ -84,8 +94,25 @@ mod imp {
     use super::KernelCheck;
 
     pub fn run_all() -> Result<Vec<KernelCheck>, String> {
+        Ok((0..device_count()?).map(|ordinal| check_one(ordinal, true)).collect())
+    }
+
+    pub fn run_until_one_passes() -> Result<Vec<KernelCheck>, String> {
+        let mut checks = Vec::new();
+        for ordinal in 0..device_count()? {
+            let check = check_one(ordinal, false);
+            let passed = check.passed();
+            checks.push(check);
+            if passed {
+                break;
+            }
+        }
+        Ok(checks)
+    }
+
+    fn device_count() -> Result<usize, String> {
         let count = CudaContext::device_count().map_err(|e| format!("CUDA could not start: {e}"))?;
-        Ok((0..count.max(0) as usize).map(check_one).collect())
+        Ok(count.max(0) as usize)
     }
 
     pub fn cuda_uuid(ordinal: usize) -> Option<String> {
@@ -98,7 +125,8 @@ mod imp {
         ctx.synchronize().map_err(|e| e.to_string())
     }
 
-    fn check_one(ordinal: usize) -> KernelCheck {
+    /// `measure`: also time a large bf16 product (`bf16_tflops`).
+    fn check_one(ordinal: usize, measure: bool) -> KernelCheck {
         let mut check = KernelCheck {
             cuda_ordinal: ordinal,
             name: None,
@@ -132,7 +160,7 @@ mod imp {
         // error; validate must still report it, so the check runs behind a silent panic guard.
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let outcome = catch_unwind(AssertUnwindSafe(|| compute(ordinal, &mut check)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| compute(ordinal, measure, &mut check)));
         std::panic::set_hook(hook);
         match outcome {
             Ok(Ok(())) => {}
@@ -149,7 +177,7 @@ mod imp {
         check
     }
 
-    fn compute(ordinal: usize, check: &mut KernelCheck) -> candle_core::Result<()> {
+    fn compute(ordinal: usize, measure: bool, check: &mut KernelCheck) -> candle_core::Result<()> {
         let gpu = Device::new_cuda(ordinal)?;
         let cpu = Device::Cpu;
         let a = Tensor::randn(0f32, 1.0, (256, 1024), &cpu)?;
@@ -167,6 +195,9 @@ mod imp {
 
         let got_bf16 = ga.to_dtype(DType::BF16)?.matmul(&gb.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?;
         check.bf16_matmul_rel_error = Some(rel_error(&got_bf16.to_device(&cpu)?, &want)?);
+        if !measure {
+            return Ok(());
+        }
 
         let n = 4096usize;
         let x = Tensor::randn(0f32, 1.0, (n, n), &gpu)?.to_dtype(DType::BF16)?;

@@ -16,9 +16,10 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(s, "Build:   {}", r.build.describe());
 
     let _ = writeln!(s, "\n## System");
+    let machine = r.system.machine_arch.as_deref().unwrap_or(r.system.arch);
     let cpu = match &r.system.cpu_model {
-        Some(m) => format!("{}, {} cores ({m})", r.system.arch, r.system.cpus),
-        None => format!("{}, {} cores", r.system.arch, r.system.cpus),
+        Some(m) => format!("{machine}, {} cores ({m})", r.system.cpus),
+        None => format!("{machine}, {} cores", r.system.cpus),
     };
     row(&mut s, "CPU architecture", &cpu);
     let os = match &r.system.kernel {
@@ -54,11 +55,15 @@ pub fn human(r: &Report) -> String {
         let free = g.memory_free_bytes.or(cuda_mem.and_then(|k| k.memory_free_bytes));
         let _ = writeln!(
             s,
-            "  GPU {}  {}, compute {}, memory {}, {}",
+            "  GPU {}  {}{}, compute {}, memory {}, {}",
             g.index,
             g.name.as_deref().unwrap_or("(name not reported)"),
+            if g.dgx_spark { " (DGX Spark)" } else { "" },
             g.compute_capability.map(format_cap).unwrap_or_else(na),
             match (total, free) {
+                (Some(t), Some(f)) if g.unified_memory => {
+                    format!("{} total / {} available, unified (the host's memory)", gib(t), gib(f))
+                }
                 (Some(t), Some(f)) => format!("{} total / {} free", gib(t), gib(f)),
                 _ => "not reported (shared with the host?)".into(),
             },

@@ -200,13 +200,19 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// softmax(q·Kᵀ + mask)·V for one query, `out` `(head_dim)`: AVX2 for 64-wide heads where
-    /// the CPU has it, else the portable loops.
+    /// softmax(q·Kᵀ + mask)·V for one query, `out` `(head_dim)`: AVX2 or NEON for 64-wide heads
+    /// where the CPU has it, else the portable loops.
     fn attend<E: Element>(&mut self, q: &[f32], keys: &[E], values: &[E], mask: Option<&[f32]>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if q.len() == super::avx2::HEAD_DIM && super::has_avx2() {
             // SAFETY: the CPU has the features the kernel is compiled for.
             unsafe { super::avx2::attend(q, keys, values, mask, &mut self.scores, out) };
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if q.len() == super::neon::HEAD_DIM && super::has_neon() {
+            // SAFETY: the CPU has the features the kernel is compiled for.
+            unsafe { super::neon::attend(q, keys, values, mask, &mut self.scores, out) };
             return;
         }
         self.attend_portable(q, keys, values, mask, out);
@@ -355,7 +361,8 @@ mod tests {
 
     #[test]
     fn portable_attention_matches_the_dispatched_one() {
-        // On an AVX2 machine a 64-wide head takes the intrinsics; elsewhere both are portable.
+        // On an AVX2 machine or on aarch64 (NEON) a 64-wide head takes the intrinsics;
+        // elsewhere both are portable.
         fn check<E: Element>() {
             let len = 300;
             let q = values(&random(&[64]));

@@ -3,8 +3,9 @@
 //! A step multiplies 2 to 8 activation rows by each weight matrix, so its cost is reading the
 //! weights once from memory: every weight row is streamed once and dotted with all activation
 //! rows, the output features split over rayon's threads in blocks. f32 weights are dotted as
-//! they are; half-precision weights are widened to f32 as read (AVX2 where the CPU has it, the
-//! portable loops elsewhere) and summed in f32.
+//! they are; half-precision weights are widened to f32 as read and summed in f32. AVX2 on x86-64
+//! CPUs that have it, NEON on aarch64 (f32 weights too: the portable `dot` is what x86 runs for
+//! them), the portable loops elsewhere.
 
 use rayon::prelude::*;
 
@@ -27,6 +28,10 @@ const WIDEN_CHUNK: usize = 64;
 
 /// `xs (rows, in) · weight (out, in)ᵀ` as a row-major `(rows, out)` buffer, f32 weights.
 pub(crate) fn product_f32(weight: &[f32], xs: &[f32], rows: usize, in_dim: usize) -> Vec<f32> {
+    #[cfg(target_arch = "aarch64")]
+    if super::has_neon() {
+        return product_widened(weight, xs, rows, in_dim);
+    }
     by_output_blocks(weight.len() / in_dim, rows, |first, out| {
         for (o, sums) in out.chunks_exact_mut(rows).enumerate() {
             let w = &weight[(first + o) * in_dim..(first + o + 1) * in_dim];
@@ -76,13 +81,19 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// One task's outputs, `rows` sums per weight row, feature-major: AVX2 where the CPU has it,
-/// else the portable loops.
+/// One task's outputs, `rows` sums per weight row, feature-major: AVX2 or NEON where the CPU has
+/// it, else the portable loops.
 fn widened_block<E: Element>(weights: &[E], xs: &[f32], rows: usize, in_dim: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: the CPU has the features the kernel is compiled for.
         unsafe { super::avx2::gemv_block(weights, xs, rows, in_dim, out) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::has_neon() {
+        // SAFETY: the CPU has the features the kernel is compiled for.
+        unsafe { super::neon::gemv_block(weights, xs, rows, in_dim, out) };
         return;
     }
     portable_block(weights, xs, rows, in_dim, out);
@@ -147,8 +158,9 @@ mod tests {
 
     #[test]
     fn portable_loops_match_the_dispatched_ones() {
-        // On an AVX2 machine the dispatched loops are the intrinsics; elsewhere both are the
-        // portable ones and this compares them with themselves.
+        // On an AVX2 machine or on aarch64 (NEON; CI runs it under qemu) the dispatched loops
+        // are the intrinsics; elsewhere both are the portable ones and this compares them with
+        // themselves.
         fn check<E: Element>() {
             let (out_dim, in_dim) = (10, 1000);
             let weight: Vec<E> = random(out_dim * in_dim, 1).into_iter().map(E::from_f32).collect();
@@ -165,5 +177,34 @@ mod tests {
         check::<bf16>();
         check::<f16>();
         check::<f32>();
+    }
+
+    #[test]
+    fn products_match_sums_in_f64() {
+        // The public entry points, dispatch and the transpose included: several rayon blocks
+        // and a tail that no vector width divides (in_dim 1000).
+        fn check<E: Element>(product: fn(&[E], &[f32], usize, usize) -> Vec<f32>) {
+            let (out_dim, in_dim) = (3 * OUTPUTS_PER_TASK + 5, 1000);
+            let weight: Vec<E> = random(out_dim * in_dim, 7).into_iter().map(E::from_f32).collect();
+            for rows in [1, 4, 5, MAX_ROWS] {
+                let xs = random(rows * in_dim, rows as u32);
+                let got = product(&weight, &xs, rows, in_dim);
+                assert_eq!(got.len(), rows * out_dim);
+                for (index, &got) in got.iter().enumerate() {
+                    let (r, o) = (index / out_dim, index % out_dim);
+                    let want: f64 =
+                        (0..in_dim).map(|i| weight[o * in_dim + i].to_f32() as f64 * xs[r * in_dim + i] as f64).sum();
+                    let gap = (got as f64 - want).abs();
+                    assert!(
+                        gap <= 1e-4 * want.abs().max(1.0),
+                        "{:?} {rows} rows, ({r}, {o}): {got} vs {want}",
+                        E::FORMAT
+                    );
+                }
+            }
+        }
+        check::<f32>(product_f32);
+        check::<bf16>(product_widened);
+        check::<f16>(product_widened);
     }
 }
