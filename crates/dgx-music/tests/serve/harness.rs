@@ -80,7 +80,12 @@ impl Server {
             .await
             .unwrap()
             .unwrap_or_else(|_| panic!("the server did not start:\n{}", log.lock().unwrap().join("\n")));
-        let addr: SocketAddr = addr.parse().unwrap();
+        let mut addr: SocketAddr = addr.parse().unwrap();
+        // A server on all interfaces is reached, as a browser on this machine would reach it, on loopback
+        // (it refuses Host 0.0.0.0: that is no address of it).
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         Server { child: Some(child), addr, base: format!("http://{addr}"), data_dir: data_dir.to_path_buf(), log }
     }
 
