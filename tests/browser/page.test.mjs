@@ -61,8 +61,8 @@ function freePort() {
   });
 }
 
-/** Starts `dgx-music serve` on `model` with its own data directory; resolves once it answers. */
-async function startServer(model, name, { existing = false } = {}) {
+/** Starts `dgx-music serve` on `model` (and `extra` arguments) with its own data directory; resolves once it answers. */
+async function startServer(model, name, { existing = false, extra = [] } = {}) {
   const bin = process.env.DGX_MUSIC_BIN;
   assert.ok(bin, 'set DGX_MUSIC_BIN to the dgx-music binary (tools/browser-test.sh does) or DGX_MUSIC_URL to a running server');
   const port = await freePort();
@@ -70,7 +70,7 @@ async function startServer(model, name, { existing = false } = {}) {
   if (!existing) mkdirSync(dataDir);
   const child = spawn(bin, [
     'serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir,
-    '--model', model, '--device', 'cpu',
+    '--model', model, '--device', 'cpu', ...extra,
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
   const started = { child, url: `http://127.0.0.1:${port}`, log: '' };
   const keep = (chunk) => {
@@ -422,12 +422,14 @@ describe('the page of dgx-music serve', () => {
   });
 });
 
-describe('the page of a melody model', () => {
+describe('the page of a server with a text model and a melody model', () => {
   let melodyServer = null;
   let tuneJobId = null;
+  const MONO_ID = 'local/tiny-mono/checkpoint';
+  const MELODY_ID = 'local/tiny-melody/checkpoint';
 
   before(async () => {
-    melodyServer = await startServer(path.join(MELODY_FIXTURE, 'checkpoint'), 'melody-data');
+    melodyServer = await startServer(MODEL, 'melody-data', { extra: ['--model', path.join(MELODY_FIXTURE, 'checkpoint')] });
     baseUrl = melodyServer.url;
     await openPage('melody-profile');
   });
@@ -435,6 +437,31 @@ describe('the page of a melody model', () => {
   after(async () => {
     await context?.close();
     await stopServer(melodyServer);
+  });
+
+  it('offers both models, the melody picker only for the melody one', async () => {
+    const models = page.getByLabel('Model');
+    await models.waitFor({ state: 'visible', timeout: 15_000 });
+    const options = await models.locator('option').evaluateAll((all) => all.map((o) => [o.value, o.textContent]));
+    assert.deepEqual(options, [[MONO_ID, MONO_ID], [MELODY_ID, `${MELODY_ID} (follows a melody)`]]);
+    assert.equal(await models.inputValue(), MONO_ID, 'the server\'s first model is chosen');
+    const melodyField = page.locator('[data-field="melody"]');
+    assert.ok(await melodyField.isHidden(), 'the text model takes no melody');
+
+    const plain = await generate('plain words on the text model', 1);
+    await plain.and(page.locator('[data-status="completed"]')).waitFor({ timeout: GENERATION_TIMEOUT_MS });
+    assert.match(await plain.locator('.job-params').textContent(), new RegExp(`^${MONO_ID} · 1 s`));
+    const made = await (await page.request.get(`${baseUrl}/api/v1/jobs/${await plain.getAttribute('data-id')}`)).json();
+    assert.equal(made.model, MONO_ID);
+
+    await models.selectOption(MELODY_ID);
+    await melodyField.waitFor({ state: 'visible' });
+    // "Again" brings back the model that made the track.
+    await plain.getByRole('button', { name: /^Again/ }).click();
+    assert.equal(await models.inputValue(), MONO_ID);
+    assert.ok(await melodyField.isHidden());
+    await models.selectOption(MELODY_ID);
+    await melodyField.waitFor({ state: 'visible' });
   });
 
   it('follows an uploaded melody, and says so on the card', async () => {
@@ -452,13 +479,18 @@ describe('the page of a melody model', () => {
     assert.equal(await job.locator('.job-melody').textContent(), 'Follows the melody of “melody.wav” (2.0 s)');
     tuneJobId = await job.getAttribute('data-id');
     const stored = await (await page.request.get(`${baseUrl}/api/v1/jobs/${tuneJobId}`)).json();
+    assert.equal(stored.model, MELODY_ID);
+    assert.match(await job.locator('.job-params').textContent(), new RegExp(`^${MELODY_ID} · `));
     assert.equal(stored.melody.filename, 'melody.wav');
     assert.equal(stored.melody.source_job, null);
   });
 
-  it('makes a finished track the melody of the next one', async () => {
+  it('makes a finished track the melody of the next one, switching to the melody model', async () => {
+    await page.getByLabel('Model').selectOption(MONO_ID);
+    assert.ok(await page.locator('[data-field="melody"]').isHidden());
     const source = page.locator(`#jobs > li[data-id="${tuneJobId}"]`);
     await source.getByRole('button', { name: /Use as melody/ }).click();
+    assert.equal(await page.getByLabel('Model').inputValue(), MELODY_ID, 'a melody needs the melody model');
     assert.match(
       await page.locator('#melody-status').textContent(),
       /follows the melody of the 2\.0 s track “synth pop following a hummed tune”/,

@@ -22,10 +22,17 @@ pub struct Args {
     #[arg(long, env = "DGX_MUSIC_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Hugging Face hub id, short name (small, medium, large, stereo-*, melody, melody-large,
-    /// stereo-melody, stereo-melody-large) or local checkpoint directory. With a melody checkpoint,
-    /// POST /generate takes `melody` and the page shows a melody picker.
-    #[arg(long, env = "DGX_MUSIC_MODEL", default_value = "facebook/musicgen-small")]
-    model: String,
+    /// stereo-melody, stereo-melody-large) or local checkpoint directory. Repeat it to offer several
+    /// (`--model small --model melody`; the environment variable takes a comma-separated list):
+    /// requests pick one with `model`, the first is the default, and checkpoints with the same T5
+    /// or EnCodec share one copy. With a melody checkpoint, POST /generate takes `melody` and the
+    /// page shows a melody picker.
+    #[arg(long, env = "DGX_MUSIC_MODEL", value_delimiter = ',', default_value = "facebook/musicgen-small")]
+    model: Vec<String>,
+    /// Models kept in memory at once [default: all of them]; when a job needs another, the least
+    /// recently used is unloaded first (loading takes seconds: a budget for a small GPU).
+    #[arg(long, env = "DGX_MUSIC_MAX_LOADED", value_parser = clap::value_parser!(u32).range(1..))]
+    max_loaded: Option<u32>,
     /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
     /// else the CPU (the log says why).
     #[arg(long, env = "DGX_MUSIC_DEVICE", default_value = "auto")]
@@ -139,7 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         host: args.host,
         port: args.port,
         data_dir,
-        model: args.model,
+        max_loaded: args.max_loaded.map_or(args.model.len(), |n| n as usize),
+        models: args.model,
         device: resolved.device,
         dtype: resolved.dtype,
         max_queue: args.max_queue as usize,

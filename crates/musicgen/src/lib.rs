@@ -36,7 +36,7 @@ pub use audio::{Audio, Normalize, SampleFormat};
 pub use config::MusicgenConfig;
 pub use device::{DType, DeviceSpec};
 pub use error::{Error, Result};
-pub use model::{Generation, LoadOptions, ModelInfo, MusicGen, Step};
+pub use model::{DeviceMemory, Generation, LoadOptions, ModelInfo, MusicGen, SharedParts, Step};
 pub use request::{CancelToken, GenerationItem, GenerationRequest, Progress, SamplingParams};
 pub use weights::Checkpoint;
 

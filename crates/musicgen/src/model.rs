@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::request::{CancelToken, GenerationRequest, Progress, WINDOW_SECS};
 use crate::t5::T5Encoder;
 use crate::tokenizer::Tokenizer;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, Fingerprint};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default)]
@@ -114,12 +114,77 @@ pub struct MusicGen {
     melody: Option<Melody>,
     decoder_start_token: u32,
     device: Device,
+    /// Set by [`MusicGen::load_sharing`], so that later checkpoints can find what they share.
+    fingerprints: Option<Fingerprints>,
+}
+
+/// A GPU's memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Which parts of one loaded model another uses rather than copies of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedParts {
+    pub text_encoder: bool,
+    /// EnCodec, both halves.
+    pub codec: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fingerprints {
+    text_encoder: Fingerprint,
+    codec: Fingerprint,
+}
+
+/// What a model being built takes from models already loaded (candle tensors are reference
+/// counted: a clone is the same memory).
+#[derive(Default)]
+struct Parts {
+    text_encoder: Option<T5Encoder>,
+    codec: Option<(EncodecDecoder, EncodecEncoder)>,
+    fingerprints: Option<Fingerprints>,
+}
+
+impl Parts {
+    fn borrowed(checkpoint: &Checkpoint, device: &Device, lenders: &[&MusicGen]) -> Result<Self> {
+        let config = checkpoint.config();
+        let fingerprints = Fingerprints {
+            text_encoder: checkpoint.fingerprint("text_encoder.", &format!("{:?}", config.text_encoder))?,
+            codec: checkpoint.fingerprint(
+                "audio_encoder.",
+                &format!("{:?} {}", config.audio_encoder, config.codebooks_per_channel()),
+            )?,
+        };
+        let on_device = || lenders.iter().filter(|lender| lender.device.same_device(device));
+        let text_encoder = on_device()
+            .find(|lender| lender.fingerprints.is_some_and(|f| f.text_encoder == fingerprints.text_encoder))
+            .map(|lender| lender.text_encoder.clone());
+        let codec = on_device()
+            .find(|lender| lender.fingerprints.is_some_and(|f| f.codec == fingerprints.codec))
+            .map(|lender| (lender.codec.clone(), lender.audio_encoder.clone()));
+        Ok(Parts { text_encoder, codec, fingerprints: Some(fingerprints) })
+    }
 }
 
 impl MusicGen {
     /// Loads a hub id (`facebook/musicgen-small`, downloaded into the HF cache on first use)
     /// or a local checkpoint directory.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
+        Self::load_with(model, options, None)
+    }
+
+    /// [`MusicGen::load`] for a process that holds several checkpoints: a T5 encoder or an EnCodec
+    /// that one of `loaded` already has (the same tensors and settings, on the same device) is
+    /// taken from it rather than loaded again. Costs one pass over those tensors' bytes (SHA-256
+    /// of about half a gigabyte for the published checkpoints).
+    pub fn load_sharing(model: &str, options: &LoadOptions, loaded: &[&MusicGen]) -> Result<Self> {
+        Self::load_with(model, options, Some(loaded))
+    }
+
+    fn load_with(model: &str, options: &LoadOptions, lenders: Option<&[&MusicGen]>) -> Result<Self> {
         let device = options.device.open()?;
         let dir = crate::hub::resolve(model, &crate::hub::HubSettings::from_env(), options.on_download.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
@@ -130,6 +195,10 @@ impl MusicGen {
         let chroma = match checkpoint.preprocessor_config() {
             Some(json) => ChromaConfig::from_preprocessor_config(json)?,
             None => ChromaConfig::default(),
+        };
+        let parts = match lenders {
+            Some(lenders) => Parts::borrowed(&checkpoint, &device, lenders)?,
+            None => Parts::default(),
         };
         Self::build(
             model,
@@ -142,6 +211,7 @@ impl MusicGen {
             device,
             generation.decoder_start_token_id,
             checkpoint.parameter_count(),
+            parts,
         )
         .map_err(|e| match e {
             Error::Tensor(e) => checkpoint.load_error(e),
@@ -176,6 +246,7 @@ impl MusicGen {
             device,
             start,
             0,
+            Parts::default(),
         )?;
         model.info.parameters = weights.values_drawn();
         Ok(model)
@@ -193,9 +264,13 @@ impl MusicGen {
         device: Device,
         decoder_start_token: u32,
         parameters: usize,
+        parts: Parts,
     ) -> Result<Self> {
         let text = &config.text_encoder;
-        let text_encoder = T5Encoder::load(vb.pp("text_encoder"), text)?;
+        let text_encoder = match parts.text_encoder {
+            Some(lent) => lent,
+            None => T5Encoder::load(vb.pp("text_encoder"), text)?,
+        };
         let hidden = config.decoder.hidden_size;
         let enc_to_dec_proj = if text.d_model != hidden {
             Some(candle_nn::linear(text.d_model, hidden, vb.pp("enc_to_dec_proj"))?)
@@ -206,10 +281,16 @@ impl MusicGen {
         if options.eager {
             decoder.set_step_mode(StepMode::Growing)?;
         }
-        let codec =
-            EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
-        let audio_encoder =
-            EncodecEncoder::load(vb.pp("audio_encoder"), &config.audio_encoder, config.codebooks_per_channel())?;
+        let (codec, audio_encoder) = match parts.codec {
+            Some(lent) => lent,
+            None => {
+                let codebooks = config.codebooks_per_channel();
+                (
+                    EncodecDecoder::load(vb.pp("audio_encoder"), &config.audio_encoder, codebooks)?,
+                    EncodecEncoder::load(vb.pp("audio_encoder"), &config.audio_encoder, codebooks)?,
+                )
+            }
+        };
         let melody = if config.is_melody() {
             let proj = if config.num_chroma != hidden {
                 Some(candle_nn::linear(config.num_chroma, hidden, vb.pp("audio_enc_to_dec_proj"))?)
@@ -253,7 +334,20 @@ impl MusicGen {
             melody,
             decoder_start_token,
             device,
+            fingerprints: parts.fingerprints,
         })
+    }
+
+    /// Which parts of `other` this model uses rather than copies of its own (see
+    /// [`MusicGen::load_sharing`]); none for models loaded without fingerprints.
+    pub fn shared_with(&self, other: &MusicGen) -> SharedParts {
+        match (&self.fingerprints, &other.fingerprints) {
+            (Some(mine), Some(theirs)) if self.device.same_device(&other.device) => SharedParts {
+                text_encoder: mine.text_encoder == theirs.text_encoder,
+                codec: mine.codec == theirs.codec,
+            },
+            _ => SharedParts::default(),
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -294,6 +388,17 @@ impl MusicGen {
         let prompt = request.continuation.as_ref().map(|audio| self.encode_audio(audio)).transpose()?;
         let (memory, mask) = self.encode_prompts(request)?;
         Generation::new(self, request, memory, mask, prompt)
+    }
+
+    /// The memory of the GPU this model runs on as its driver reports it (every process's use
+    /// counts); `None` on the CPU.
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cuda) = &self.device {
+            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+            return Some(DeviceMemory { used_bytes: (total - free) as u64, total_bytes: total as u64 });
+        }
+        None
     }
 
     /// Whether this checkpoint follows a melody (musicgen-melody).

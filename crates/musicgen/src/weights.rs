@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::MusicgenConfig;
 use crate::error::{Error, Result};
@@ -36,6 +37,10 @@ pub const PYTORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 const REDOWNLOAD: &str = "delete the checkpoint and download it again \
     (`dgx-music models remove ID`, then `dgx-music models download ID`)";
+
+/// What [`Checkpoint::fingerprint`] computes: equal for equal parts, different otherwise (SHA-256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
 
 /// How the weights of a checkpoint are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +205,22 @@ impl Checkpoint {
     /// Number of scalars over all tensors (tied tensors stored twice count twice).
     pub fn parameter_count(&self) -> usize {
         self.weights.location.keys().filter_map(|n| self.weights.shape(n)).map(|s| s.elem_count()).sum()
+    }
+
+    /// A digest of every tensor whose name starts with `prefix` (names, dtypes, shapes and bytes)
+    /// and of `settings`: two checkpoints with the same fingerprint for a part hold the same part,
+    /// so one loaded copy can serve both (every facebook/musicgen-* has the same T5 and EnCodec).
+    pub fn fingerprint(&self, prefix: &str, settings: &str) -> Result<Fingerprint> {
+        let mut names: Vec<&String> = self.weights.location.keys().filter(|name| name.starts_with(prefix)).collect();
+        names.sort();
+        let mut digest = Sha256::new();
+        digest.update(settings.as_bytes());
+        for name in names {
+            digest.update((name.len() as u64).to_le_bytes());
+            digest.update(name.as_bytes());
+            self.weights.hash_tensor(name, &mut digest).map_err(|e| self.load_error(e))?;
+        }
+        Ok(Fingerprint(digest.finalize().into()))
     }
 
     /// A VarBuilder over the weights, converting each tensor to `dtype` on `device` as it is read.
@@ -401,6 +422,27 @@ impl Weights {
             }
             Store::Loaded(map) => map.get(name).map(|t| t.shape().clone()),
         }
+    }
+
+    /// Feeds `name`'s dtype, shape and bytes to `digest`, as stored.
+    fn hash_tensor(&self, name: &str, digest: &mut Sha256) -> candle_core::Result<()> {
+        let missing = || candle_core::Error::CannotFindTensor { path: name.to_string() };
+        match &self.store {
+            Store::Mmaped(maps) => {
+                let view = maps[*self.location.get(name).ok_or_else(missing)?].get(name)?;
+                digest.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+                digest.update(view.data());
+            }
+            Store::Loaded(map) => {
+                let tensor = map.get(name).ok_or_else(missing)?;
+                digest.update(format!("{:?}{:?}", tensor.dtype(), tensor.dims()).as_bytes());
+                // A pickle's tensor is on the CPU in its stored dtype; f64 holds every value exactly.
+                for value in tensor.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()? {
+                    digest.update(value.to_le_bytes());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {

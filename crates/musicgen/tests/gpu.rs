@@ -375,3 +375,25 @@ fn half_precision_waveforms_stay_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn a_borrowed_t5_and_encodec_take_no_gpu_memory_and_change_no_sample() {
+    if gpu().is_none() {
+        return;
+    }
+    let options = LoadOptions { device: DeviceSpec::Cuda(0), ..LoadOptions::default() };
+    let track = |model: &MusicGen| {
+        let item = GenerationItem { prompt: "ambient piano".into(), sampling: SamplingParams::greedy(3.0), seed: 0 };
+        let request = GenerationRequest::new(vec![item], 0.4);
+        let mut tracks = model.generate(&request, &mut |_| {}, &musicgen::CancelToken::default()).unwrap();
+        tracks.remove(0).channels.remove(0)
+    };
+    let first = MusicGen::load_sharing(checkpoint("tiny-mono").to_str().unwrap(), &options, &[]).unwrap();
+    let memory = first.device_memory().expect("a GPU reports its memory");
+    assert!(memory.used_bytes > 0 && memory.used_bytes <= memory.total_bytes, "{memory:?}");
+    let copy = util::copy_checkpoint("tiny-mono");
+    let twin = MusicGen::load_sharing(copy.path().to_str().unwrap(), &options, &[&first]).unwrap();
+    assert_eq!(twin.shared_with(&first), musicgen::SharedParts { text_encoder: true, codec: true });
+    let alone = MusicGen::load(copy.path().to_str().unwrap(), &options).unwrap();
+    assert_eq!(track(&twin), track(&alone), "borrowed parts on the GPU give the same samples");
+}

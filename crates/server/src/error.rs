@@ -219,6 +219,10 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot load model {model}: {source}")]
     Model { model: String, source: musicgen::Error },
+    #[error("no model to serve: give at least one --model")]
+    NoModels,
+    #[error("--model {first} and --model {second} are the same checkpoint ({id}); give each model once")]
+    ModelTwice { first: String, second: String, id: String },
     #[error("cannot listen on {addr}: {source}; pick another --port or stop the program using it")]
     Bind { addr: String, source: std::io::Error },
     #[error("server: {0}")]

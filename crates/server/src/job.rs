@@ -185,21 +185,22 @@ impl Job {
         }
     }
 
-    /// The job JSON, as told by a server whose worker runs the model `served` (a canonical id).
-    pub fn view(&self, served: &str) -> JobView {
+    /// The job JSON, as told by a server whose worker runs the models `served` (canonical ids).
+    pub fn view(&self, served: &[String]) -> JobView {
         let item = &self.params.item;
         let sampling = &item.sampling;
-        let waiting_reason = (self.status == JobStatus::Queued && self.model != served).then(|| {
+        let waiting_reason = (self.status == JobStatus::Queued && !served.contains(&self.model)).then(|| {
             let wanted = public_model_id(&self.model);
             let flag = if wanted == self.model {
                 format!("--model {wanted}")
             } else {
                 format!("--model set to that checkpoint directory (the one ending in {})", &wanted["local/".len()..])
             };
+            let runs: Vec<String> = served.iter().map(|id| public_model_id(id)).collect();
             format!(
                 "queued for model {wanted}, but this server runs {}; it waits for a server started with {flag} \
                  on this data directory (or cancel it)",
-                public_model_id(served)
+                runs.join(", ")
             )
         });
         JobView {
@@ -384,7 +385,7 @@ mod tests {
         assert_eq!(public_model_id("/srv/models/tiny-mono/checkpoint"), "local/tiny-mono/checkpoint");
         assert_eq!(public_model_id("/checkpoint"), "local/checkpoint");
         let job = Job::new(params(), "/srv/models/tiny-mono".into(), Utc::now());
-        let view = job.view("/home/me/melody");
+        let view = job.view(&["/home/me/melody".to_string()]);
         assert_eq!(view.model, "local/models/tiny-mono");
         let reason = view.waiting_reason.unwrap();
         assert!(reason.contains("local/models/tiny-mono") && reason.contains("runs local/me/melody"), "{reason}");
@@ -394,11 +395,12 @@ mod tests {
     #[test]
     fn view_derives_url_and_real_time_factor_from_state() {
         let mut job = Job::new(params(), "tiny".into(), Utc::now());
-        let queued = job.view("tiny");
+        let queued = job.view(&["tiny".to_string()]);
         assert_eq!(queued.audio_url, None);
         assert_eq!(queued.real_time_factor, None);
         assert_eq!(queued.waiting_reason, None);
-        let elsewhere = job.view("facebook/musicgen-small").waiting_reason.unwrap();
+        assert_eq!(job.view(&["other".to_string(), "tiny".to_string()]).waiting_reason, None, "one of its models");
+        let elsewhere = job.view(&["facebook/musicgen-small".to_string()]).waiting_reason.unwrap();
         assert!(
             elsewhere.contains("--model tiny") && elsewhere.contains("runs facebook/musicgen-small"),
             "{elsewhere}"
@@ -406,7 +408,7 @@ mod tests {
         job.status = JobStatus::Completed;
         job.audio_duration = Some(8.0);
         job.generation_time = Some(2.0);
-        let done = job.view("other");
+        let done = job.view(&["other".to_string()]);
         assert_eq!(done.waiting_reason, None, "only queued jobs wait");
         assert_eq!(done.audio_url, Some(format!("/api/v1/jobs/{}/audio", job.id)));
         assert_eq!(done.real_time_factor, Some(4.0));
@@ -429,7 +431,7 @@ mod tests {
         params.extend_stride_secs = 10.0;
         let json = params.to_json().unwrap();
         assert_eq!(JobParams::from_json(&json, 8.0).unwrap(), params);
-        let view = Job::new(params.clone(), "tiny".into(), Utc::now()).view("tiny");
+        let view = Job::new(params.clone(), "tiny".into(), Utc::now()).view(&["tiny".to_string()]);
         let shown = view.continue_from.unwrap();
         assert_eq!(shown.upload, params.continue_from.as_ref().unwrap().upload.to_string());
         assert_eq!((shown.filename.as_str(), shown.duration_secs, view.extend_stride), ("riff.flac", 4.5, 10.0));

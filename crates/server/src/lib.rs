@@ -3,12 +3,13 @@
 //!
 //! [`run`] is `dgx-music serve`: it locks the data directory (one server per directory), binds
 //! the port, opens the stores, requeues jobs a crash interrupted, sweeps uploads no job uses, loads
-//! the model on the worker thread, then answers; on SIGTERM/Ctrl-C it stops accepting, ends event
+//! the models on the worker thread, then answers; on SIGTERM/Ctrl-C it stops accepting, ends event
 //! streams, lets the running step finish, requeues its jobs, gives requests in flight
 //! [`SHUTDOWN_GRACE`] and exits.
 
 mod api;
 pub mod auth;
+mod engines;
 mod error;
 mod events;
 pub mod job;
@@ -35,7 +36,7 @@ use tokio::sync::watch;
 pub use api::{router, ApiDoc};
 pub use error::{ApiError, ServerError};
 pub use net::{parse_allowed_host, parse_cors_origin, HttpConfig, SHUTDOWN_GRACE};
-pub use state::{AppState, Shared};
+pub use state::{AppState, Models, Shared};
 
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
@@ -50,8 +51,11 @@ pub struct ServerConfig {
     pub port: u16,
     /// Holds `dgx-music.db`, `audio/` (tracks), `uploads/` (audio jobs continue) and `incoming/`.
     pub data_dir: PathBuf,
-    /// Hub id or checkpoint directory.
-    pub model: String,
+    /// Hub ids, short names or checkpoint directories; never empty. The first is the default for
+    /// requests that name none.
+    pub models: Vec<String>,
+    /// Models the worker keeps loaded at once; the least recently used is unloaded for another.
+    pub max_loaded: usize,
     pub device: DeviceSpec,
     pub dtype: DType,
     /// Queued jobs beyond which `POST /generate` answers 429.
@@ -122,9 +126,9 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let events = Events::default();
     let metrics = Arc::new(Metrics::default());
 
-    tracing::info!("loading model {} on {} ({})", config.model, config.device, config.dtype);
     let spawned = worker::spawn(
-        config.model.clone(),
+        config.models.clone(),
+        config.max_loaded,
         LoadOptions {
             device: config.device,
             dtype: config.dtype,
@@ -141,20 +145,10 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
             runtime: tokio::runtime::Handle::current(),
         },
     )?;
-    let model = spawned
-        .loaded
-        .await
-        .map_err(|_| ServerError::WorkerDied)?
-        .map_err(|source| ServerError::Model { model: config.model.clone(), source })?;
-    tracing::info!(
-        "model {} loaded on {} ({}): {} Hz, {} channel(s), {} codebooks",
-        model.id,
-        model.device,
-        model.dtype,
-        model.sample_rate,
-        model.audio_channels,
-        model.num_codebooks
-    );
+    let mut models = spawned.loaded.await.map_err(|_| ServerError::WorkerDied)??.into_iter();
+    let default = models.next().ok_or(ServerError::NoModels)?;
+    let models = Models::new(default, models.collect());
+    jobs.set_served_models(models.ids()).await?;
 
     tracing::info!("data in {}", data_dir.display());
     tracing::info!("listening on http://{local} (API at http://{local}/api/v1)");
@@ -176,7 +170,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         uploads,
         incoming,
         max_upload_bytes: config.max_upload_bytes,
-        model,
+        models,
         max_queue: config.max_queue,
         events,
         event_streams: StreamLimit::new(config.http.max_event_streams),

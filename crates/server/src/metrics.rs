@@ -2,7 +2,7 @@
 //! so tests can run several servers in one process). Job counts come from the store at each scrape
 //! (so they survive restarts); timings are observed by this process since it started. On Linux the
 //! registry also carries the process collector (`process_resident_memory_bytes`, CPU seconds, open
-//! files): the engine reports no GPU memory, so resident memory is what is measured.
+//! files). On a GPU the worker also sets the device's memory after loading and after each batch.
 
 use std::collections::HashMap;
 
@@ -19,6 +19,8 @@ pub struct Metrics {
     queue_wait_seconds: HistogramVec,
     audio_seconds: prometheus::Counter,
     jobs_completed: IntCounter,
+    device_memory_used: IntGaugeVec,
+    device_memory_total: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -45,12 +47,23 @@ impl Metrics {
         let audio_seconds =
             prometheus::Counter::new("dgx_music_generated_audio_seconds_total", "Seconds of audio delivered.")?;
         let jobs_completed = IntCounter::new("dgx_music_jobs_completed_total", "Jobs completed by this process.")?;
+        let device_memory_used = IntGaugeVec::new(
+            Opts::new(
+                "dgx_music_device_memory_used_bytes",
+                "GPU memory in use (all processes), as the driver reports it.",
+            ),
+            &["device"],
+        )?;
+        let device_memory_total =
+            IntGaugeVec::new(Opts::new("dgx_music_device_memory_total_bytes", "GPU memory in all."), &["device"])?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(generation_seconds.clone()))?;
         registry.register(Box::new(queue_wait_seconds.clone()))?;
         registry.register(Box::new(audio_seconds.clone()))?;
         registry.register(Box::new(jobs_completed.clone()))?;
+        registry.register(Box::new(device_memory_used.clone()))?;
+        registry.register(Box::new(device_memory_total.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
@@ -61,6 +74,8 @@ impl Metrics {
             queue_wait_seconds,
             audio_seconds,
             jobs_completed,
+            device_memory_used,
+            device_memory_total,
         })
     }
 
@@ -75,6 +90,12 @@ impl Metrics {
     /// Records how long a job waited in the queue before its batch started.
     pub fn record_queue_wait(&self, model: &str, seconds: f64) {
         self.queue_wait_seconds.with_label_values(&[public_model_id(model).as_str()]).observe(seconds.max(0.0));
+    }
+
+    /// Records the memory of the GPU `device` (a model's device description).
+    pub fn record_device_memory(&self, device: &str, memory: musicgen::DeviceMemory) {
+        self.device_memory_used.with_label_values(&[device]).set(memory.used_bytes as i64);
+        self.device_memory_total.with_label_values(&[device]).set(memory.total_bytes as i64);
     }
 
     /// Seconds a full queue should take to free a slot: the mean batch time, 1..=300.
@@ -118,6 +139,8 @@ mod tests {
         metrics.record_batch("/srv/models/tiny-mono", "cpu", 2.5, 2, 16.0);
         metrics.record_batch("/srv/models/tiny-mono", "cpu", 1.5, 1, 8.0);
         metrics.record_queue_wait("/srv/models/tiny-mono", 0.3);
+        let memory = musicgen::DeviceMemory { used_bytes: 3 << 30, total_bytes: 128 << 30 };
+        metrics.record_device_memory("cuda:0 (NVIDIA GB10)", memory);
         assert_eq!(metrics.retry_after_secs(), 2);
         let counts = HashMap::from([(JobStatus::Queued, 3), (JobStatus::Completed, 7)]);
         let text = metrics.render(&counts);
@@ -132,6 +155,8 @@ mod tests {
             "dgx_music_queue_wait_seconds_bucket{model=\"local/models/tiny-mono\",le=\"0.5\"} 1".to_string(),
             "dgx_music_generated_audio_seconds_total 24".to_string(),
             "dgx_music_jobs_completed_total 3".to_string(),
+            "dgx_music_device_memory_used_bytes{device=\"cuda:0 (NVIDIA GB10)\"} 3221225472".to_string(),
+            "dgx_music_device_memory_total_bytes{device=\"cuda:0 (NVIDIA GB10)\"} 137438953472".to_string(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -11,13 +11,13 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use musicgen::request::{validate_duration_within, validate_extend_stride, DEFAULT_EXTEND_STRIDE_SECS, WINDOW_SECS};
-use musicgen::{GenerationItem, SamplingParams};
+use musicgen::{GenerationItem, ModelInfo, SamplingParams};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::job::JobParams;
+use crate::job::{public_model_id, JobParams};
 use crate::state::AppState;
 
 /// Seconds of audio a job may ask for.
@@ -67,13 +67,18 @@ pub struct GenerateBody {
     /// Seconds each 30 s window of a track longer than 30 s moves on from the last, in (0, 30). Default 18.
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 30.0, example = 18.0)]
     pub extend_stride: Option<f64>,
+    /// The model to generate with, one of `GET /api/v1/models` (its `id`, or a short name such as
+    /// `small`); the server's first model when absent.
+    #[schema(example = "facebook/musicgen-small")]
+    pub model: Option<String>,
 }
 
 impl GenerateBody {
     /// Applies the defaults and the engine's rules. `vocab_size` bounds `top_k` (and caps its
     /// default); `random_seed` is used when the body has no seed. The stored audio is left to the
-    /// handler: [`Generate::continue_from`] and [`Generate::melody`] are only parsed here.
-    pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<Generate, ApiError> {
+    /// handler: [`Validated::continue_from`] and [`Validated::melody`] are only parsed here; `model`
+    /// is left to the caller, which picked `vocab_size` by it.
+    pub fn into_params(self, vocab_size: usize, random_seed: u64) -> Result<Validated, ApiError> {
         let prompt = self.prompt.ok_or_else(|| {
             ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. \"ambient piano\"")
         })?;
@@ -102,7 +107,7 @@ impl GenerateBody {
         let continue_from = self.continue_from.map(|text| parse_upload_id("continue_from", &text)).transpose()?;
         let melody = self.melody.map(|text| parse_upload_id("melody", &text)).transpose()?;
         let params = JobParams { extend_stride_secs, ..JobParams::new(item, duration_secs) };
-        Ok(Generate { params, continue_from, melody })
+        Ok(Validated { params, continue_from, melody })
     }
 }
 
@@ -128,6 +133,7 @@ fn accepted(field: &str, vocab_size: usize) -> Option<String> {
         "cfg_coef" => "a number >= 0".into(),
         "seed" => format!("an integer within 0..={MAX_SEED}"),
         "continue_from" | "melody" => accepted_upload_id().into(),
+        "model" => "a model id of GET /api/v1/models, e.g. \"facebook/musicgen-small\"".into(),
         "extend_stride" => {
             format!("a number of seconds above 0 and below {WINDOW_SECS} (default {DEFAULT_EXTEND_STRIDE_SECS})")
         }
@@ -174,14 +180,20 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// The validated parameters of a `POST /generate` request.
-pub struct Generate {
+/// A body's parameters, checked against the rules of the model it is for.
+pub struct Validated {
     /// Everything but the continuation, which the handler resolves from `continue_from`.
     pub params: JobParams,
     /// The upload or completed job named by `continue_from`, not yet looked up.
     pub continue_from: Option<Uuid>,
     /// The upload or completed job named by `melody`, not yet looked up.
     pub melody: Option<Uuid>,
+}
+
+/// A `POST /generate` request: the model it is for and its validated parameters.
+pub struct Generate {
+    pub model: ModelInfo,
+    pub request: Validated,
 }
 
 impl FromRequest<AppState> for Generate {
@@ -203,11 +215,29 @@ impl FromRequest<AppState> for Generate {
                 ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
             }
         })?;
-        let vocab_size = state.model.vocab_size;
+        let mut body = parse_body(&bytes, state.models.default_model().vocab_size)?;
+        let model = match body.model.take() {
+            None => state.models.default_model(),
+            Some(name) => state.models.find(&name).ok_or_else(|| unknown_model(&name, state))?,
+        };
         // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
         let random_seed = Uuid::new_v4().as_u64_pair().0;
-        parse_body(&bytes, vocab_size)?.into_params(vocab_size, random_seed)
+        let request = body.into_params(model.vocab_size, random_seed)?;
+        Ok(Generate { model: model.clone(), request })
     }
+}
+
+fn unknown_model(name: &str, state: &AppState) -> ApiError {
+    let shown: String = name.chars().take(100).collect();
+    let offered: Vec<String> = state.models.all().iter().map(|model| public_model_id(&model.id)).collect();
+    ApiError::invalid(
+        Some("model"),
+        format!(
+            "model {shown:?} is not one this server runs; it runs {} (GET /api/v1/models), or leave model out for {}",
+            offered.join(", "),
+            offered[0]
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -220,7 +250,7 @@ mod tests {
         Ok(parse_request(body, vocab_size, random_seed)?.params)
     }
 
-    fn parse_request(body: &Value, vocab_size: usize, random_seed: u64) -> Result<Generate, ApiError> {
+    fn parse_request(body: &Value, vocab_size: usize, random_seed: u64) -> Result<Validated, ApiError> {
         parse_body(body.to_string().as_bytes(), vocab_size)?.into_params(vocab_size, random_seed)
     }
 

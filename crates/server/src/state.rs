@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
+use crate::job::public_model_id;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore};
@@ -31,7 +32,7 @@ pub struct Shared {
     pub incoming: PathBuf,
     /// Largest upload accepted, in bytes of the file.
     pub max_upload_bytes: u64,
-    pub model: ModelInfo,
+    pub models: Models,
     pub max_queue: usize,
     pub events: Events,
     /// Open SSE streams, bounded.
@@ -53,5 +54,51 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &Shared {
         &self.0
+    }
+}
+
+/// The models a server offers, as loaded at start-up; the first is the default.
+pub struct Models {
+    all: Vec<ModelInfo>,
+    ids: Vec<String>,
+}
+
+impl Models {
+    pub fn new(default: ModelInfo, others: Vec<ModelInfo>) -> Self {
+        let all: Vec<ModelInfo> = std::iter::once(default).chain(others).collect();
+        let ids = all.iter().map(|model| model.id.clone()).collect();
+        Models { all, ids }
+    }
+
+    /// The model of requests that name none: the first `--model`.
+    pub fn default_model(&self) -> &ModelInfo {
+        &self.all[0]
+    }
+
+    pub fn all(&self) -> &[ModelInfo] {
+        &self.all
+    }
+
+    /// Their canonical ids: the jobs this server runs.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The model `name` stands for: its public id (`facebook/musicgen-small`, `local/<parent>/<dir>`),
+    /// a short name (`small`) or the `--model` value it was started with.
+    pub fn find(&self, name: &str) -> Option<&ModelInfo> {
+        let name = name.trim();
+        let hub = musicgen::hub::hub_id(name);
+        self.all.iter().find(|model| {
+            public_model_id(&model.id) == name || model.source == name || hub.as_deref() == Some(model.id.as_str())
+        })
+    }
+
+    /// The sample rate and channel count uploads are kept at: enough for every model (the worker
+    /// converts to the model's own when it reads them).
+    pub fn upload_format(&self) -> (u32, usize) {
+        let rate = self.all.iter().map(|model| model.sample_rate).max().unwrap_or(32_000);
+        let channels = self.all.iter().map(|model| model.audio_channels).max().unwrap_or(1);
+        (rate, channels)
     }
 }

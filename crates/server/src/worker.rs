@@ -1,7 +1,8 @@
-//! The one thread that owns the model. It claims batches of compatible jobs of its own model
-//! (by canonical id: jobs for another model stay queued for a server that runs it; same duration,
-//! continuation, melody and stride) from the store, runs the (blocking) engine on them and records the
-//! outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
+//! The one thread that owns the models ([`Engines`]). It claims batches of compatible jobs of its
+//! models (by canonical id: jobs for another model stay queued for a server that runs it; the oldest
+//! job picks the model, and its batch shares model, duration, continuation, melody and stride) from
+//! the store, loads that model if it is not loaded, runs the (blocking) engine on them and records
+//! the outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
 //! registry of the running batch.
 //!
 //! A batch that continues audio reads it from the uploads store: its last 30 s at most prompt the
@@ -24,12 +25,14 @@ use chrono::Utc;
 use musicgen::audio::{Normalize, SampleFormat};
 use musicgen::request::MAX_MELODY_SECS;
 use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
+
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
+use crate::engines::{Engines, LoadError};
 use crate::events::Events;
-use crate::job::{Job, JobStatus, UploadRef};
+use crate::job::{public_model_id, Job, JobStatus, UploadRef};
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, Outcome};
 use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
@@ -62,6 +65,8 @@ pub struct WorkerHandle {
     wake: Arc<Notify>,
     running: Arc<Mutex<Option<RunningBatch>>>,
     stopping: Arc<AtomicBool>,
+    /// Canonical ids of the models in memory now, for `GET /models`.
+    loaded: Arc<Mutex<Vec<String>>>,
 }
 
 impl WorkerHandle {
@@ -93,6 +98,15 @@ impl WorkerHandle {
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+
+    /// Whether the model with canonical id `id` is in memory (not unloaded for `--max-loaded`).
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().any(|loaded| loaded == id)
+    }
+
+    fn set_loaded(&self, ids: Vec<String>) {
+        *self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = ids;
+    }
 }
 
 /// What the worker needs besides the model.
@@ -108,28 +122,36 @@ pub struct WorkerContext {
 
 pub struct SpawnedWorker {
     pub handle: WorkerHandle,
-    /// The loaded model's description, or why it could not be loaded.
-    pub loaded: oneshot::Receiver<musicgen::Result<ModelInfo>>,
+    /// The models' descriptions in the order given, or why one could not be loaded.
+    pub loaded: oneshot::Receiver<Result<Vec<ModelInfo>, LoadError>>,
     pub thread: JoinHandle<()>,
 }
 
-/// Starts the worker thread; it loads the model first and reports through `loaded`.
-pub fn spawn(model: String, options: LoadOptions, context: WorkerContext) -> std::io::Result<SpawnedWorker> {
+/// Starts the worker thread; it loads every model first (keeping at most `max_loaded`) and
+/// reports through `loaded`.
+pub fn spawn(
+    models: Vec<String>,
+    max_loaded: usize,
+    options: LoadOptions,
+    context: WorkerContext,
+) -> std::io::Result<SpawnedWorker> {
     let handle = WorkerHandle::default();
     let (loaded_tx, loaded) = oneshot::channel();
     let worker = Worker { handle: handle.clone(), context };
     let thread = std::thread::Builder::new().name("dgx-music-worker".into()).spawn(move || {
-        let engine = match MusicGen::load(&model, &options) {
-            Ok(engine) => engine,
+        let loaded = worker.handle.clone();
+        let on_change = Box::new(move |ids| loaded.set_loaded(ids));
+        let engines = match Engines::load_all(&models, max_loaded, options, on_change) {
+            Ok(engines) => engines,
             Err(err) => {
                 let _ = loaded_tx.send(Err(err));
                 return;
             }
         };
-        if loaded_tx.send(Ok(engine.info().clone())).is_err() {
+        if loaded_tx.send(Ok(engines.infos())).is_err() {
             return;
         }
-        worker.run(&engine);
+        worker.run(engines);
     })?;
     Ok(SpawnedWorker { handle, loaded, thread })
 }
@@ -144,22 +166,45 @@ impl Worker {
         self.context.runtime.block_on(future)
     }
 
-    fn run(&self, engine: &MusicGen) {
-        let model = &engine.info().id;
+    fn run(&self, mut engines: Engines) {
+        let models = engines.ids();
+        self.record_device_memory(&engines);
         while !self.handle.is_stopping() {
-            match self.block_on(self.context.jobs.claim_batch(model, self.context.max_batch, Utc::now())) {
+            match self.block_on(self.context.jobs.claim_batch(&models, self.context.max_batch, Utc::now())) {
                 Ok(batch) if batch.is_empty() => {
                     let wake = self.handle.wake.clone();
                     self.block_on(async move {
                         let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
                     });
                 }
-                Ok(batch) => self.run_batch(engine, batch),
+                Ok(batch) => match engines.get(&batch[0].model) {
+                    Some(Ok(engine)) => {
+                        self.run_batch(engine, batch);
+                        self.record_device_memory(&engines);
+                    }
+                    unloadable => {
+                        let error = match unloadable {
+                            Some(Err(err)) => crate::ServerError::from(err).to_string(),
+                            _ => format!("this server does not run model {}", public_model_id(&batch[0].model)),
+                        };
+                        let ids: Vec<Uuid> = batch.iter().map(|job| job.id).collect();
+                        self.fail_all(&ids, &error);
+                        for id in ids {
+                            self.context.events.changed(id);
+                        }
+                    }
+                },
                 Err(err) => {
                     tracing::error!("cannot read the queue: {err}; retrying in {} s", IDLE_POLL.as_secs());
                     std::thread::sleep(IDLE_POLL);
                 }
             }
+        }
+    }
+
+    fn record_device_memory(&self, engines: &Engines) {
+        if let Some((device, memory)) = engines.device_memory() {
+            self.context.metrics.record_device_memory(&device, memory);
         }
     }
 

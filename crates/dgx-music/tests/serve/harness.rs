@@ -89,6 +89,15 @@ impl Server {
         Server { child: Some(child), addr, base: format!("http://{addr}"), data_dir: data_dir.to_path_buf(), log }
     }
 
+    /// Submits `body`, waits for the job to end, and returns it (completed) with its 16-bit samples.
+    pub async fn finished(&self, body: Value) -> (Value, Vec<i16>) {
+        let id = self.submit(body).await;
+        let job = self.wait_for(&id, |job| job["status"] != "queued" && job["status"] != "running").await;
+        assert_eq!(job["status"], "completed", "{job}\n{}", self.log());
+        let (_, samples) = wav_pcm(&self.audio(&id).await);
+        (job, samples)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -295,6 +304,33 @@ pub fn tone_wav(seconds: f64, rate: u32) -> Vec<u8> {
     }
     writer.finalize().unwrap();
     bytes.into_inner()
+}
+
+/// `dgx-music generate prompt --model model` greedy (top-k 1, CFG 3, seed 0) on the CPU for
+/// `duration` seconds with `extra` arguments, as 16-bit samples; the requests the service tests
+/// send with the same settings must give the same.
+pub fn cli_pcm(model: &str, prompt: &str, duration: f64, extra: &[&std::ffi::OsStr], out: &Path) -> Vec<i16> {
+    let output = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
+        .args(["generate", prompt, "--model", model])
+        .args(extra)
+        .args(["--duration", &duration.to_string(), "--top-k", "1", "--cfg-coef", "3", "--seed", "0"])
+        .args(["--device", "cpu", "--quiet", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    wav_pcm(&std::fs::read(out).unwrap()).1
+}
+
+/// Sample-exact equality, reported as a count rather than two dumps of samples.
+pub fn assert_same_pcm(ours: &[i16], cli: &[i16], what: &str) {
+    let differing = ours.iter().zip(cli).filter(|(a, b)| a != b).count();
+    assert!(
+        ours.len() == cli.len() && differing == 0,
+        "{what}: {} vs {} samples, {differing} differ",
+        ours.len(),
+        cli.len()
+    );
 }
 
 pub fn wav_pcm(bytes: &[u8]) -> (hound::WavSpec, Vec<i16>) {

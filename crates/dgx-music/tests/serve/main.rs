@@ -5,6 +5,7 @@ mod edge;
 mod harness;
 mod keys;
 mod melody;
+mod models;
 mod uploads;
 
 use std::collections::HashSet;

@@ -3,11 +3,10 @@
 //! the CLI's for the same tune, whether the tune is an upload or a finished job's track.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::harness::{assert_error, fixture_checkpoint, fixture_dir, wav_pcm, Server};
+use crate::harness::{assert_error, assert_same_pcm, cli_pcm, fixture_checkpoint, fixture_dir, Server};
 
 const PROMPT: &str = "80s pop track with bassy drums and synth";
 
@@ -17,35 +16,7 @@ fn request(melody: &str, duration: f64) -> Value {
 
 /// `dgx-music generate` with the same settings as [`request`] and `--melody tune`: 16-bit samples.
 fn cli_track(model: &str, tune: &Path, duration: f64, out: &Path) -> Vec<i16> {
-    let output = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
-        .args(["generate", PROMPT, "--model", model, "--melody"])
-        .arg(tune)
-        .args(["--duration", &duration.to_string(), "--top-k", "1", "--cfg-coef", "3", "--seed", "0"])
-        .args(["--device", "cpu", "--quiet", "-o"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    wav_pcm(&std::fs::read(out).unwrap()).1
-}
-
-/// Sample-exact equality, reported as a count rather than two dumps of samples.
-fn assert_same(ours: &[i16], cli: &[i16], what: &str) {
-    let differing = ours.iter().zip(cli).filter(|(a, b)| a != b).count();
-    assert!(
-        ours.len() == cli.len() && differing == 0,
-        "{what}: {} vs {} samples, {differing} differ",
-        ours.len(),
-        cli.len()
-    );
-}
-
-async fn finished(server: &Server, body: Value) -> (Value, Vec<i16>) {
-    let id = server.submit(body).await;
-    let job = server.wait_for(&id, |job| job["status"] != "queued" && job["status"] != "running").await;
-    assert_eq!(job["status"], "completed", "{job}\n{}", server.log());
-    let (_, samples) = wav_pcm(&server.audio(&id).await);
-    (job, samples)
+    cli_pcm(model, PROMPT, duration, &["--melody".as_ref(), tune.as_os_str()], out)
 }
 
 #[tokio::test]
@@ -61,13 +32,13 @@ async fn a_melody_upload_or_track_is_followed_as_the_cli_follows_it() {
     for tune in &tunes {
         let name = tune.file_name().unwrap().to_str().unwrap();
         let upload = server.upload_ok(name, std::fs::read(tune).unwrap()).await;
-        let (job, ours) = finished(&server, request(upload["id"].as_str().unwrap(), 2.0)).await;
+        let (job, ours) = server.finished(request(upload["id"].as_str().unwrap(), 2.0)).await;
         assert_eq!(
             (job["melody"]["upload"].as_str(), job["melody"]["filename"].as_str()),
             (upload["id"].as_str(), Some(name))
         );
         let cli = cli_track(&model, tune, 2.0, &scratch.path().join(name));
-        assert_same(&ours, &cli, &format!("{name}: the service's track against the CLI's"));
+        assert_same_pcm(&ours, &cli, &format!("{name}: the service's track against the CLI's"));
         tracks.push((job, ours));
     }
     let differing = tracks[0].1.iter().zip(&tracks[1].1).filter(|(a, b)| a != b).count();
@@ -79,18 +50,18 @@ async fn a_melody_upload_or_track_is_followed_as_the_cli_follows_it() {
     let wav = scratch.path().join("source.wav");
     std::fs::write(&wav, server.audio(source_id).await).unwrap();
     assert!(!source_audio.is_empty());
-    let (styled, ours) = finished(&server, request(source_id, 3.0)).await;
+    let (styled, ours) = server.finished(request(source_id, 3.0)).await;
     assert_eq!(styled["melody"]["source_job"].as_str(), Some(source_id), "{styled}");
     let cli = cli_track(&model, &wav, 3.0, &scratch.path().join("styled.wav"));
-    assert_same(&ours, &cli, "a job's track as the melody against the CLI given that track");
+    assert_same_pcm(&ours, &cli, "a job's track as the melody against the CLI given that track");
 
     // Extending a track that follows a melody: the same melody goes on.
-    let extended = finished(
-        &server,
-        json!({"prompt": PROMPT, "duration": 4, "continue_from": source_id, "melody": source["melody"]["upload"],
+    let extended = server
+        .finished(
+            json!({"prompt": PROMPT, "duration": 4, "continue_from": source_id, "melody": source["melody"]["upload"],
             "top_k": 1, "seed": 0}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(extended.0["melody"]["upload"], source["melody"]["upload"]);
     assert_eq!(extended.1.len(), 4 * 32000);
 

@@ -14,4 +14,5 @@ mod decoder;
 mod encodec;
 mod generate;
 mod melody;
+mod sharing;
 mod t5;

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::Stream;
+use musicgen::ModelInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
@@ -22,7 +23,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::job::{job_path, public_model_id, Job, JobStatus, JobView};
 use crate::keys::Caller;
 use crate::limits::retry_secs;
-use crate::request::{Generate, GenerateBody};
+use crate::request::{Generate, GenerateBody, Validated};
 use crate::state::AppState;
 use crate::store::Enqueued;
 use crate::upload;
@@ -50,6 +51,26 @@ fn not_found(id: Uuid) -> ApiError {
 }
 
 /// The job, if it exists and the caller may see it: another key's job is as unknown as a missing one.
+/// The refusal of a melody for `model`, a text-to-music model: which of the server's models take
+/// one, or how to start a server with one.
+fn no_melody(state: &AppState, model: &ModelInfo) -> ApiError {
+    let melodic: Vec<String> = state.models.all().iter().filter(|m| m.melody).map(|m| public_model_id(&m.id)).collect();
+    let remedy = if melodic.is_empty() {
+        "start the server with --model facebook/musicgen-melody (or -melody-large, -stereo-melody, \
+         -stereo-melody-large) besides it"
+            .to_string()
+    } else {
+        format!("pick \"model\": {:?} for it", melodic[0])
+    };
+    ApiError::invalid(
+        Some("melody"),
+        format!(
+            "melody: {} is a text-to-music model that takes no melody; {remedy}, or leave melody out",
+            public_model_id(&model.id)
+        ),
+    )
+}
+
 async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Job, ApiError> {
     state.jobs.get(id).await?.filter(|job| caller.sees(job.owner)).ok_or_else(|| not_found(id))
 }
@@ -87,22 +108,14 @@ pub async fn generate(
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
     }
-    let Generate { mut params, continue_from, melody } = request?;
+    let Generate { model, request: Validated { mut params, continue_from, melody } } = request?;
     let owner = caller.owner();
     state.limits.take(owner)?;
     if state.limits.has_share(owner) {
         state.limits.check_share(owner, &state.jobs.queue_load(owner).await?)?;
     }
-    if melody.is_some() && !state.model.melody {
-        return Err(ApiError::invalid(
-            Some("melody"),
-            format!(
-                "melody: this server runs {}, a text-to-music model that takes no melody; start it with \
-                 --model facebook/musicgen-melody (or -melody-large, -stereo-melody, -stereo-melody-large), \
-                 or leave melody out",
-                public_model_id(&state.model.id)
-            ),
-        ));
+    if melody.is_some() && !model.melody {
+        return Err(no_melody(&state, &model));
     }
     // Snapshots of finished tracks made for this request, deleted again if it is refused.
     let mut snapshots = Vec::new();
@@ -123,7 +136,7 @@ pub async fn generate(
         params.melody = Some(upload.reference());
         snapshots.extend(is_snapshot.then_some(upload.id));
     }
-    let job = Job { owner, ..Job::new(params, state.model.id.clone(), Utc::now()) };
+    let job = Job { owner, ..Job::new(params, model.id.clone(), Utc::now()) };
     let enqueued = state.jobs.enqueue(&job, state.max_queue).await;
     if !matches!(enqueued, Ok(Enqueued::Queued)) {
         discard(&state, &snapshots).await;
@@ -157,7 +170,7 @@ pub async fn generate(
     state.worker.wake();
     state.events.changed(job.id);
     let location = job_path(job.id, "");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view(&state.model.id))).into_response())
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view(state.models.ids()))).into_response())
 }
 
 /// Deletes the snapshots made for a refused request (unless another job uses them meanwhile).
@@ -236,7 +249,7 @@ pub async fn list_jobs(
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
     let page = state.jobs.list(status, caller.filter(), limit, offset).await?;
     Ok(Json(JobList {
-        jobs: page.jobs.iter().map(|job| job.view(&state.model.id)).collect(),
+        jobs: page.jobs.iter().map(|job| job.view(state.models.ids())).collect(),
         total: page.total,
         limit,
         offset,
@@ -257,7 +270,7 @@ pub async fn get_job(
     Extension(caller): Extension<Caller>,
     JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(load(&state, &caller, id).await?.view(&state.model.id)))
+    Ok(Json(load(&state, &caller, id).await?.view(state.models.ids())))
 }
 
 /// Cancel a queued or running job, or delete a finished one and its audio, and the uploads it used
@@ -285,7 +298,7 @@ pub async fn delete_job(
             tracing::info!("job {id} cancelled");
         }
         state.events.changed(id);
-        return Ok(Json(job.view(&state.model.id)).into_response());
+        return Ok(Json(job.view(state.models.ids())).into_response());
     }
     // The file goes first: if it cannot be removed the job stays, listed and deletable again, rather
     // than leaving a file no record names.
@@ -386,7 +399,7 @@ pub async fn job_events(
                     }
                     match state.jobs.get(id).await {
                         Ok(Some(job))
-                            if serde_json::to_string(&job.view(&state.model.id)).ok().as_ref() != Some(&last) =>
+                            if serde_json::to_string(&job.view(state.models.ids())).ok().as_ref() != Some(&last) =>
                         {
                             break job
                         }
@@ -399,7 +412,7 @@ pub async fn job_events(
                     }
                 },
             };
-            let json = serde_json::to_string(&job.view(&state.model.id)).unwrap_or_default();
+            let json = serde_json::to_string(&job.view(state.models.ids())).unwrap_or_default();
             let event = Event::default().event("job").data(json.clone());
             let next = if job.status.is_terminal() {
                 EventsState::Done

@@ -17,8 +17,10 @@ pub struct Health {
     /// Always "ok" when the server answers.
     pub status: String,
     pub version: String,
-    /// The canonical id of the model this server runs (jobs for other models stay queued).
+    /// The id of the server's default model, the first of `models`.
     pub model: String,
+    /// The ids of every model this server runs (jobs for other models stay queued).
+    pub models: Vec<String>,
     /// e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
     pub device: String,
     pub dtype: String,
@@ -38,9 +40,10 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        model: public_model_id(&state.model.id),
-        device: state.model.device.clone(),
-        dtype: state.model.dtype.clone(),
+        model: public_model_id(&state.models.default_model().id),
+        models: state.models.ids().iter().map(|id| public_model_id(id)).collect(),
+        device: state.models.default_model().device.clone(),
+        dtype: state.models.default_model().dtype.clone(),
         queue_depth: counts.get(&JobStatus::Queued).copied().unwrap_or(0),
         running: counts.get(&JobStatus::Running).copied().unwrap_or(0),
     }))
@@ -48,44 +51,56 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelEntry {
-    /// The model's id: the hub id, or `local/<parent>/<directory>` for a local checkpoint directory; jobs name it.
+    /// The model's id: the hub id, or `local/<parent>/<directory>` for a local checkpoint directory;
+    /// `POST /generate` takes it as `model`, and jobs name it.
     pub id: String,
+    /// The model of requests that name none (the server's first `--model`).
+    pub default: bool,
+    /// In memory now; one the worker unloaded to make room (`--max-loaded`) is loaded again for its
+    /// next job.
     pub loaded: bool,
     pub sample_rate: u32,
     pub audio_channels: u64,
+    /// Two channels: its tracks are stereo.
+    pub stereo: bool,
+    /// A melody checkpoint: `POST /generate` takes `melody`, the tune it follows.
+    pub melody: bool,
+    /// It can continue audio (`continue_from`), and so make tracks longer than 30 s; true for every
+    /// MusicGen checkpoint.
+    pub continuation: bool,
     pub num_codebooks: u64,
     /// Upper bound of `top_k`.
     pub vocab_size: u64,
     pub parameters: u64,
     pub device: String,
     pub dtype: String,
-    /// A melody checkpoint: `POST /generate` takes `melody`, the tune it follows.
-    pub melody: bool,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Models {
+    /// In the order the server was started with; the first is the default.
     pub models: Vec<ModelEntry>,
 }
 
-/// The models this server can generate with.
-#[utoipa::path(get, path = "/api/v1/models", tag = "service", responses((status = 200, description = "Loaded models", body = Models)))]
+/// The models this server can generate with, and what each supports.
+#[utoipa::path(get, path = "/api/v1/models", tag = "service", responses((status = 200, description = "The models", body = Models)))]
 pub async fn models(State(state): State<AppState>) -> Json<Models> {
-    let m = &state.model;
-    Json(Models {
-        models: vec![ModelEntry {
-            id: public_model_id(&m.id),
-            loaded: true,
-            sample_rate: m.sample_rate,
-            audio_channels: m.audio_channels as u64,
-            num_codebooks: m.num_codebooks as u64,
-            vocab_size: m.vocab_size as u64,
-            parameters: m.parameters as u64,
-            device: m.device.clone(),
-            dtype: m.dtype.clone(),
-            melody: m.melody,
-        }],
-    })
+    let entries = state.models.all().iter().enumerate().map(|(i, m)| ModelEntry {
+        id: public_model_id(&m.id),
+        default: i == 0,
+        loaded: state.worker.is_loaded(&m.id),
+        sample_rate: m.sample_rate,
+        audio_channels: m.audio_channels as u64,
+        stereo: m.audio_channels == 2,
+        melody: m.melody,
+        continuation: true,
+        num_codebooks: m.num_codebooks as u64,
+        vocab_size: m.vocab_size as u64,
+        parameters: m.parameters as u64,
+        device: m.device.clone(),
+        dtype: m.dtype.clone(),
+    });
+    Json(Models { models: entries.collect() })
 }
 
 /// Prometheus metrics: jobs by status, queue depth, generation seconds.

@@ -42,6 +42,8 @@ struct Options {
     http: HttpConfig,
     auth: AuthPolicy,
     limits: Limits,
+    /// Models besides the default `tiny`.
+    others: Vec<ModelInfo>,
     /// Wraps the uploads store (to inject failures).
     uploads: fn(LocalAudioStore) -> Arc<dyn AudioStore>,
 }
@@ -54,14 +56,34 @@ impl Default for Options {
             http: HttpConfig::default(),
             auth: AuthPolicy::default(),
             limits: Limits::new(0, 0),
+            others: Vec::new(),
             uploads: |store| Arc::new(store),
         }
     }
 }
 
+/// What the worker would report for a tiny checkpoint called `id`.
+fn tiny_model(id: &str, audio_channels: usize, melody: bool) -> ModelInfo {
+    ModelInfo {
+        source: id.into(),
+        id: id.into(),
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        sample_rate: 32000,
+        audio_channels,
+        num_codebooks: 4 * audio_channels,
+        decoder_layers: 2,
+        decoder_hidden_size: 16,
+        vocab_size: 99,
+        parameters: 1000,
+        step_mode: "growing".into(),
+        melody,
+    }
+}
+
 /// The router behind the real connection loop and layers (`net`), as `run` serves it.
 async fn start_with(options: Options) -> TestServer {
-    let Options { max_queue, melody, http, auth, limits, uploads } = options;
+    let Options { max_queue, melody, http, auth, limits, others, uploads } = options;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteJobStore::open(&dir.path().join("db")).await.unwrap());
     let jobs: Arc<dyn JobStore> = sqlite.clone();
@@ -71,21 +93,8 @@ async fn start_with(options: Options) -> TestServer {
     let incoming = dir.path().join("incoming");
     std::fs::create_dir(&incoming).unwrap();
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let model = ModelInfo {
-        source: "tiny".into(),
-        id: "tiny".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        sample_rate: 32000,
-        audio_channels: 1,
-        num_codebooks: 4,
-        decoder_layers: 2,
-        decoder_hidden_size: 16,
-        vocab_size: 99,
-        parameters: 1000,
-        step_mode: "growing".into(),
-        melody,
-    };
+    let models = crate::state::Models::new(tiny_model("tiny", 1, melody), others);
+    jobs.set_served_models(models.ids()).await.unwrap();
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
         keys: keys.clone(),
@@ -95,7 +104,7 @@ async fn start_with(options: Options) -> TestServer {
         uploads,
         incoming,
         max_upload_bytes: 1_000_000,
-        model,
+        models,
         max_queue,
         events: Events::default(),
         event_streams: StreamLimit::new(http.max_event_streams),
@@ -252,7 +261,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
     // A job that started 20 s ago and is a quarter done has 60 s to go: that is the wait.
     let started = chrono::Utc::now() - chrono::Duration::seconds(20);
-    let running = server.jobs.claim_batch("tiny", 1, started).await.unwrap();
+    let running = server.jobs.claim_batch(&["tiny".to_string()], 1, started).await.unwrap();
     server.jobs.set_progress(running[0].id, 0.25).await.unwrap();
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED, "the claim freed a place");
     let full = post().await.unwrap();
@@ -717,6 +726,72 @@ async fn one_key_cannot_flood_the_queue() {
     let share = post(&bob).await.unwrap();
     assert_eq!(share.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(share.headers()["retry-after"], "600");
+}
+
+#[tokio::test]
+async fn one_server_offers_several_models_and_each_job_names_its_own() {
+    let others = vec![tiny_model("facebook/musicgen-melody", 1, true), tiny_model("/srv/ckpt/tiny-stereo", 2, false)];
+    let server = start_with(Options { others, ..Options::default() }).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let models: Value = client.get(url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    let listed: Vec<(&str, bool, bool, bool, bool)> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let flag = |name: &str| m[name].as_bool().unwrap();
+            (m["id"].as_str().unwrap(), flag("default"), flag("stereo"), flag("melody"), flag("continuation"))
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("tiny", true, false, false, true),
+            ("facebook/musicgen-melody", false, false, true, true),
+            ("local/ckpt/tiny-stereo", false, true, false, true),
+        ]
+    );
+    let health: Value = client.get(url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["model"], "tiny");
+    assert_eq!(health["models"], json!(["tiny", "facebook/musicgen-melody", "local/ckpt/tiny-stereo"]));
+
+    let generate = |body: Value| client.post(url("/api/v1/generate")).json(&body).send();
+    let submit = |body: Value| async {
+        let response = generate(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        response.json::<Value>().await.unwrap()
+    };
+    // No model: the first. A short name, a public id or the --model value pick the others.
+    assert_eq!(submit(json!({"prompt": "p", "duration": 2})).await["model"], "tiny");
+    let hum: Value = upload(&server, "hum.wav", tone_wav(2.0, 16000)).await.json().await.unwrap();
+    let tune = submit(json!({"prompt": "p", "duration": 2, "model": "melody", "melody": hum["id"]})).await;
+    assert_eq!((tune["model"].as_str(), &tune["waiting_reason"]), (Some("facebook/musicgen-melody"), &Value::Null));
+    let wide = submit(json!({"prompt": "p", "duration": 2, "model": "local/ckpt/tiny-stereo"})).await;
+    assert_eq!(wide["model"], "local/ckpt/tiny-stereo");
+    assert_eq!(
+        submit(json!({"prompt": "p", "duration": 2, "model": "/srv/ckpt/tiny-stereo"})).await["model"],
+        wide["model"]
+    );
+    let stored = server.jobs.get(wide["id"].as_str().unwrap().parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.model, "/srv/ckpt/tiny-stereo", "the store keeps the canonical id");
+
+    // A melody for a text model names the one that takes it; an unknown model lists the offered ones.
+    let (status, error) =
+        error_of(generate(json!({"prompt": "p", "duration": 2, "melody": hum["id"]})).await.unwrap()).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("melody")));
+    assert!(error["message"].as_str().unwrap().contains("\"model\": \"facebook/musicgen-melody\""), "{error}");
+    let (status, error) =
+        error_of(generate(json!({"prompt": "p", "duration": 2, "model": "large"})).await.unwrap()).await;
+    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("model")));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("tiny, facebook/musicgen-melody, local/ckpt/tiny-stereo"), "{message}");
+    assert!(!message.contains("/srv"), "no server path: {message}");
+    let (_, error) = error_of(generate(json!({"prompt": "p", "duration": 2, "model": 3})).await.unwrap()).await;
+    assert_eq!(error["field"], "model", "{error}");
+
+    // An upload is kept with enough channels for the stereo model.
+    assert_eq!(hum["channels"], 2, "{hum}");
 }
 
 mod edge;

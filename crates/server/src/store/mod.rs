@@ -157,13 +157,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// and for `Retry-After`.
     fn queue_load(&self, owner: Option<Uuid>) -> BoxFuture<'_, StoreResult<QueueLoad>>;
 
-    /// Marks the oldest queued job of `model` (a canonical id) and up to `max_batch - 1` later
-    /// queued jobs of that model with the same duration, continuation (upload or none) and stride as
-    /// running, oldest first. Jobs of other models are never claimed: they wait for a worker that
-    /// runs theirs.
+    /// Marks the oldest queued job of one of `models` (canonical ids) and up to `max_batch - 1`
+    /// later queued jobs of its model with the same duration, continuation, melody (upload or none)
+    /// and stride as running, oldest first. Jobs of other models are never claimed: they wait for a
+    /// server that runs theirs.
     fn claim_batch<'a>(
         &'a self,
-        model: &'a str,
+        models: &'a [String],
         max_batch: usize,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Vec<Job>>>;
@@ -179,6 +179,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Puts a running job back in the queue (shutdown, crash recovery); `false` if not running.
     fn requeue(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Records the canonical ids of the models this directory's server runs (at each start), which
+    /// queue positions count across.
+    fn set_served_models(&self, models: &[String]) -> BoxFuture<'_, StoreResult<()>>;
 
     /// Puts every running job back in the queue: after a crash nothing runs at start.
     fn requeue_all_running(&self) -> BoxFuture<'_, StoreResult<u64>>;

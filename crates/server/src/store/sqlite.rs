@@ -18,7 +18,9 @@ use super::{Enqueued, JobPage, JobStore, Outcome, QueueLoad, RunningLoad, StoreE
 use crate::job::{timestamp, Job, JobParams, JobStatus};
 use crate::upload::Upload;
 
-/// Every column a [`Job`] is read from, with the queue position computed from `seq`.
+/// Every column a [`Job`] is read from, with the queue position computed from `seq`: the queued jobs
+/// ahead that run first, those of the same model and, for a job of a served model, those of every
+/// served model (one worker takes them in order).
 macro_rules! select_jobs {
     ($tail:literal) => {
         concat!(
@@ -26,7 +28,8 @@ macro_rules! select_jobs {
             "created_at, started_at, finished_at, audio_duration, generation_time, error, ",
             "CASE WHEN status = 'queued' THEN ",
             "(SELECT COUNT(*) FROM jobs AS ahead ",
-            "WHERE ahead.status = 'queued' AND ahead.model = jobs.model AND ahead.seq < jobs.seq) ",
+            "WHERE ahead.status = 'queued' AND ahead.seq < jobs.seq AND (ahead.model = jobs.model OR ",
+            "(ahead.model IN (SELECT model FROM served_models) AND jobs.model IN (SELECT model FROM served_models)))) ",
             "END AS queue_position FROM jobs ",
             $tail
         )
@@ -271,19 +274,21 @@ impl JobStore for SqliteJobStore {
 
     fn claim_batch<'a>(
         &'a self,
-        model: &'a str,
+        models: &'a [String],
         max_batch: usize,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
         async move {
+            let models = serde_json::Value::from(models.to_vec()).to_string();
             // `IS` compares NULLs as equal: jobs without a continuation (or melody) batch together.
             let rows = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_at = ?1, progress = 0 \
                  WHERE seq IN ( \
                    SELECT j.seq FROM jobs AS j, \
-                     (SELECT duration, upload, melody, json_extract(params, '$.extend_stride') AS stride FROM jobs \
-                      WHERE status = 'queued' AND model = ?3 ORDER BY seq LIMIT 1) AS head \
-                   WHERE j.status = 'queued' AND j.model = ?3 AND j.duration = head.duration \
+                     (SELECT model, duration, upload, melody, json_extract(params, '$.extend_stride') AS stride \
+                      FROM jobs WHERE status = 'queued' AND model IN (SELECT value FROM json_each(?3)) \
+                      ORDER BY seq LIMIT 1) AS head \
+                   WHERE j.status = 'queued' AND j.model = head.model AND j.duration = head.duration \
                      AND j.upload IS head.upload AND j.melody IS head.melody \
                      AND json_extract(j.params, '$.extend_stride') IS head.stride \
                    ORDER BY j.seq LIMIT ?2) \
@@ -293,7 +298,7 @@ impl JobStore for SqliteJobStore {
             )
             .bind(timestamp(now))
             .bind(max_batch.max(1) as i64)
-            .bind(model)
+            .bind(models)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -371,6 +376,23 @@ impl JobStore for SqliteJobStore {
             .await
             .map_err(db)?;
             Ok(result.rows_affected() == 1)
+        }
+        .boxed()
+    }
+
+    fn set_served_models(&self, models: &[String]) -> BoxFuture<'_, StoreResult<()>> {
+        let models = models.to_vec();
+        async move {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            sqlx::query("DELETE FROM served_models").execute(&mut *tx).await.map_err(db)?;
+            for model in models {
+                sqlx::query("INSERT OR IGNORE INTO served_models (model) VALUES (?1)")
+                    .bind(model)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
         }
         .boxed()
     }
@@ -644,14 +666,14 @@ mod tests {
         let b = add(&store, "b", 10.0).await;
         let c = add(&store, "c", 5.0).await;
         let d = add(&store, "d", 5.0).await;
-        let batch = store.claim_batch("tiny", 2, Utc::now()).await.unwrap();
+        let batch = store.claim_batch(&["tiny".to_string()], 2, Utc::now()).await.unwrap();
         assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, c.id]);
         assert!(batch.iter().all(|j| j.status == JobStatus::Running && j.started_at.is_some()));
-        let next = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
+        let next = store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
-        let last = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
+        let last = store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id]);
-        assert!(store.claim_batch("tiny", 4, Utc::now()).await.unwrap().is_empty());
+        assert!(store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -673,7 +695,7 @@ mod tests {
         assert_eq!(store.enqueue(&strided, 100).await.unwrap(), Enqueued::Queued);
         let mut batches = Vec::new();
         loop {
-            let batch = store.claim_batch("tiny", 8, Utc::now()).await.unwrap();
+            let batch = store.claim_batch(&["tiny".to_string()], 8, Utc::now()).await.unwrap();
             if batch.is_empty() {
                 break;
             }
@@ -759,7 +781,7 @@ mod tests {
 
         let mut batches = Vec::new();
         loop {
-            let batch = store.claim_batch("tiny", 8, Utc::now()).await.unwrap();
+            let batch = store.claim_batch(&["tiny".to_string()], 8, Utc::now()).await.unwrap();
             if batch.is_empty() {
                 break;
             }
@@ -789,26 +811,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_claims_only_jobs_of_its_model() {
+    async fn a_worker_claims_jobs_of_its_models_oldest_first_one_model_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let other = Job::new(params("other", 5.0), "facebook/musicgen-small".into(), Utc::now());
-        assert_eq!(store.enqueue(&other, 100).await.unwrap(), Enqueued::Queued);
-        let a = add(&store, "a", 5.0).await;
-        let b = add(&store, "b", 5.0).await;
-        assert_eq!(store.get(other.id).await.unwrap().unwrap().queue_position, Some(0));
-        assert_eq!(
-            store.get(a.id).await.unwrap().unwrap().queue_position,
-            Some(0),
-            "positions count jobs of one model"
-        );
-        assert_eq!(store.get(b.id).await.unwrap().unwrap().queue_position, Some(1));
-        let batch = store.claim_batch("tiny", 4, Utc::now()).await.unwrap();
-        assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, b.id]);
-        assert!(store.claim_batch("tiny", 4, Utc::now()).await.unwrap().is_empty());
-        assert_eq!(store.get(other.id).await.unwrap().unwrap().status, JobStatus::Queued);
-        let theirs = store.claim_batch("facebook/musicgen-small", 4, Utc::now()).await.unwrap();
-        assert_eq!(theirs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![other.id]);
+        let queue = |model: &'static str| {
+            let store = &store;
+            async move {
+                let job = Job::new(params(model, 5.0), model.into(), Utc::now());
+                assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
+                job
+            }
+        };
+        let small = queue("facebook/musicgen-small").await;
+        let a = queue("tiny").await;
+        let other = queue("local/x/unserved").await;
+        let b = queue("tiny").await;
+        let small_2 = queue("facebook/musicgen-small").await;
+        let positions = || {
+            futures_util::future::join_all(
+                [&small, &a, &other, &b].map(|job| async { store.get(job.id).await.unwrap().unwrap().queue_position }),
+            )
+        };
+        assert_eq!(positions().await, [Some(0), Some(0), Some(0), Some(1)], "no served set: each model its own line");
+        let served = ["tiny".to_string(), "facebook/musicgen-small".to_string()];
+        store.set_served_models(&served).await.unwrap();
+        // The served models share one line; the unserved one waits behind its own model's jobs only.
+        assert_eq!(positions().await, [Some(0), Some(1), Some(0), Some(2)]);
+
+        let ids = |batch: Vec<Job>| batch.into_iter().map(|job| job.id).collect::<Vec<_>>();
+        // The oldest job picks the model; the batch takes only that model's jobs.
+        assert_eq!(ids(store.claim_batch(&served, 4, Utc::now()).await.unwrap()), [small.id, small_2.id]);
+        assert_eq!(ids(store.claim_batch(&served, 4, Utc::now()).await.unwrap()), [a.id, b.id]);
+        assert!(store.claim_batch(&served, 4, Utc::now()).await.unwrap().is_empty());
+        assert_eq!(store.get(other.id).await.unwrap().unwrap().status, JobStatus::Queued, "not served here");
+        let theirs = store.claim_batch(&["local/x/unserved".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(theirs[0].params, other.params);
     }
 
@@ -817,7 +853,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let job = add(&store, "a", 5.0).await;
-        store.claim_batch("tiny", 1, Utc::now()).await.unwrap();
+        store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap();
         let cancelled = store.cancel(job.id, Utc::now()).await.unwrap().unwrap();
         assert_eq!(cancelled.status, JobStatus::Cancelled);
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 1.0 };
@@ -836,7 +872,7 @@ mod tests {
         let job = {
             let store = store(&dir).await;
             let job = add(&store, "a", 5.0).await;
-            store.claim_batch("tiny", 1, Utc::now()).await.unwrap();
+            store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap();
             store.set_progress(job.id, 0.4).await.unwrap();
             store.close().await;
             job
@@ -856,7 +892,7 @@ mod tests {
         for i in 0..5 {
             ids.push(add(&store, &i.to_string(), 5.0).await.id);
         }
-        let done = store.claim_batch("tiny", 1, Utc::now()).await.unwrap()[0].id;
+        let done = store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap()[0].id;
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 2.5 };
         assert!(store.finish(done, outcome, Utc::now()).await.unwrap());
 

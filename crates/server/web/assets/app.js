@@ -76,14 +76,13 @@ async function pollJobs() {
   setTimeout(pollJobs, jobs.hasActive() ? JOBS_EVERY_MS : IDLE_JOBS_EVERY_MS);
 }
 
-// Without an answer the form keeps the usual defaults (and no melody picker), and the server
+// Without an answer the form keeps the usual defaults (no model or melody picker), and the server
 // explains any top-k it refuses.
 function loadModels() {
   api.models().then(
     ({ models }) => {
-      form.setVocabulary(models?.[0]?.vocab_size);
-      form.setMelodyModel(models?.[0]?.melody === true);
-      jobs.setMelodyModel(models?.[0]?.melody === true);
+      form.setModels(models);
+      jobs.setModels(form.models);
     },
     () => {},
   );

@@ -1,16 +1,16 @@
 // The "make a track" form: collects the request, shows the API's errors beside the field they name,
-// uploads a file to continue and, on a melody model, a melody to follow (pickers of picker.js), and
-// can be refilled from an earlier job ("again").
+// offers the server's models when it has several, uploads a file to continue and, on a melody
+// model, a melody to follow (pickers of picker.js), and can be refilled from an earlier job ("again").
 
 import { api, plainWords } from './api.js';
-import { formatLength } from './format.js';
+import { formatLength, formatModel } from './format.js';
 import { UploadPicker } from './picker.js';
 
 // The server's defaults; an empty box sends nothing and gets these. top_k is capped by the model's vocabulary.
 const SAMPLING_DEFAULTS = { top_k: 250, top_p: 0, temperature: 1, cfg_coef: 3, extend_stride: 18 };
 const SAMPLING_FIELDS = Object.keys(SAMPLING_DEFAULTS);
 const NUMBER_FIELDS = [...SAMPLING_FIELDS, 'seed'];
-const FIELDS = ['prompt', 'duration', 'continue_from', 'melody', ...NUMBER_FIELDS];
+const FIELDS = ['prompt', 'model', 'duration', 'continue_from', 'melody', ...NUMBER_FIELDS];
 const MAX_DURATION = 300;
 
 export class GenerateForm {
@@ -43,6 +43,10 @@ export class GenerateForm {
       ...errors,
     });
     this.melodyField = form.querySelector('[data-field="melody"]');
+    this.modelField = form.querySelector('[data-field="model"]');
+    // GET /api/v1/models, once it has answered; the first is the server's default.
+    this.models = [];
+    this.inputs.model.addEventListener('change', () => this.applyModel());
 
     this.inputs.duration.addEventListener('input', () => this.showDuration());
     for (const name of FIELDS) this.inputs[name].addEventListener('input', () => this.clearError(name));
@@ -69,7 +73,46 @@ export class GenerateForm {
     this.showDuration();
   }
 
-  /** Shows the model's real top-k default and limit once `/api/v1/models` has answered. */
+  /** The server's models (`/api/v1/models`): a picker when there are several; the default is chosen. */
+  setModels(models) {
+    this.models = Array.isArray(models) ? models.filter((model) => typeof model?.id === 'string') : [];
+    const select = this.inputs.model;
+    select.replaceChildren(...this.models.map((model) => {
+      const traits = [model.stereo && 'stereo', model.melody && 'follows a melody'].filter(Boolean);
+      const option = new Option(`${formatModel(model.id)}${traits.length ? ` (${traits.join(', ')})` : ''}`, model.id);
+      option.selected = model.default === true;
+      return option;
+    }));
+    this.modelField.hidden = this.models.length < 2;
+    this.applyModel();
+  }
+
+  /** The chosen model's description, or null before the server has said. */
+  get model() {
+    return this.models.find((model) => model.id === this.inputs.model.value) ?? this.models[0] ?? null;
+  }
+
+  /** Whether `id` is one of the server's models. */
+  offers(id) {
+    return this.models.some((model) => model.id === id);
+  }
+
+  chooseModel(id) {
+    if (!this.offers(id) || this.inputs.model.value === id) return;
+    this.inputs.model.value = id;
+    this.applyModel();
+  }
+
+  /** The chosen model's top-k limit, and the melody picker when it follows melodies. */
+  applyModel() {
+    const model = this.model;
+    this.setVocabulary(model?.vocab_size);
+    this.melodyField.hidden = model?.melody !== true;
+    if (this.melodyField.hidden) this.melody.set(null);
+    this.clearError('model');
+  }
+
+  /** Shows the model's real top-k default and limit. */
   setVocabulary(size) {
     if (!Number.isInteger(size) || size < 1) return;
     this.defaults.top_k = Math.min(SAMPLING_DEFAULTS.top_k, size);
@@ -82,18 +125,13 @@ export class GenerateForm {
     this.inputs.duration.setAttribute('aria-valuetext', this.durationOutput.value);
   }
 
-  /** Shows the melody picker when the server's model follows melodies (`/api/v1/models` says `melody`). */
-  setMelodyModel(melody) {
-    this.melodyField.hidden = !melody;
-    if (!melody) this.melody.set(null);
-  }
-
   get takesMelody() {
     return !this.melodyField.hidden;
   }
 
-  /** "Use as melody" on a finished track: the next track follows it. */
+  /** "Use as melody" on a finished track: the next track follows it, on a model that takes melodies. */
   useAsMelody(job) {
+    if (!this.takesMelody) this.chooseModel(this.models.find((model) => model.melody)?.id);
     this.clearError('melody');
     this.melody.set({ id: job.id, source_job: job.id, filename: 'track', duration_secs: job.audio_duration ?? job.duration }, job.prompt);
     this.melodyField.scrollIntoView({ behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth', block: 'center' });
@@ -117,6 +155,7 @@ export class GenerateForm {
       prompt: this.inputs.prompt.value.trim(),
       duration: Number(this.inputs.duration.value),
     };
+    if (!this.modelField.hidden) body.model = this.inputs.model.value;
     if (this.continuation.value) body.continue_from = this.continuation.value.id;
     if (this.melody.value && this.takesMelody) body.melody = this.melody.value.id;
     const unreadable = [];
@@ -190,10 +229,11 @@ export class GenerateForm {
     for (const name of FIELDS) this.clearError(name);
   }
 
-  /** "Again": the same prompt and settings, seed, continued audio and melody included, so the same track can be made again. */
+  /** "Again": the same model, prompt and settings, seed, continued audio and melody included, so the same track can be made again. */
   fill(job) {
     this.clearAllErrors();
     this.inputs.prompt.value = job.prompt;
+    this.chooseModel(job.model);
     this.continuation.set(job.continue_from ?? null);
     this.melody.set(this.takesMelody ? job.melody ?? null : null);
     this.inputs.duration.value = String(Math.round(job.duration));

@@ -1,6 +1,6 @@
 // The live list of jobs: newest first, refreshed from GET /api/v1/jobs and kept current by one
-// Server-Sent Events stream per active job. A finished track can be extended from its card, and on a
-// melody model be the melody of the next one.
+// Server-Sent Events stream per active job. A finished track can be extended from its card (by the
+// model that made it), and on a server with a melody model be the melody of the next one.
 
 import { api, plainWords } from './api.js';
 import {
@@ -28,8 +28,9 @@ const DEFAULT_EXTENSION = 10;
 const isActive = (job) => ACTIVE.has(job.status);
 const newerFirst = (a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? 1 : -1);
 
-function describeParams(job) {
+function describeParams(job, showModel) {
   const parts = [formatLength(job.duration)];
+  if (showModel) parts.unshift(formatModel(job.model));
   if (job.seed !== null && job.seed !== undefined) parts.push(`seed ${job.seed}`);
   parts.push(`top-k ${job.top_k}`);
   if (job.top_p > 0) parts.push(`top-p ${job.top_p}`);
@@ -228,7 +229,7 @@ class JobCard {
     p.badge.textContent = STATUS_WORDS[job.status] ?? job.status;
     p.prompt.textContent = job.prompt;
     p.prompt.title = job.prompt;
-    p.params.textContent = describeParams(job);
+    p.params.textContent = describeParams(job, this.handlers.showsModels());
     p.continues.hidden = !job.continue_from;
     if (job.continue_from) {
       const source = job.continue_from.source_job;
@@ -277,8 +278,9 @@ class JobCard {
 export class JobList {
   constructor({ list, empty, count, more, error, heading, template, announce, onAgain, onUseAsMelody, onCreated }) {
     Object.assign(this, { list, empty, count, more, error, heading, template, announce, onAgain, onUseAsMelody, onCreated });
-    // Whether the server's model follows melodies: finished cards then offer "Use as melody".
-    this.melodyModel = false;
+    // The server's models (GET /api/v1/models): with a melody model finished cards offer "Use as
+    // melody"; with several, cards say which made them.
+    this.models = [];
     this.cards = new Map();
     this.streams = new Map();
     this.total = 0;
@@ -346,7 +348,8 @@ export class JobList {
       const fresh = new JobCard(this.template, job, {
         again: (j) => this.onAgain(j),
         useAsMelody: (j) => this.onUseAsMelody(j),
-        takesMelody: () => this.melodyModel,
+        takesMelody: () => this.models.some((model) => model.melody),
+        showsModels: () => this.models.length > 1,
         extend: (j, seconds) => this.extend(j, seconds),
         promptOf: (id) => this.cards.get(id)?.job.prompt ?? null,
         cancel: (c) => this.cancel(c),
@@ -391,8 +394,8 @@ export class JobList {
   }
 
   /** Queues a track that is `job`'s followed by `seconds` more, with its prompt and settings. */
-  setMelodyModel(melody) {
-    this.melodyModel = Boolean(melody);
+  setModels(models) {
+    this.models = models;
     for (const card of this.cards.values()) card.update(card.job);
   }
 
@@ -407,7 +410,9 @@ export class JobList {
       cfg_coef: job.cfg_coef,
       extend_stride: job.extend_stride,
     };
-    // The longer track keeps following the tune the first part followed.
+    // The same model carries on, where the server still runs it; the longer track keeps following
+    // the tune the first part followed.
+    if (this.models.some((model) => model.id === job.model)) body.model = job.model;
     if (job.melody) body.melody = job.melody.upload;
     const created = await api.generate(body);
     this.added(created);
