@@ -440,7 +440,7 @@ describe('the page of a server with a text model and a melody model', () => {
   });
 
   it('offers both models, the melody picker only for the melody one', async () => {
-    const models = page.getByLabel('Model');
+    const models = page.getByLabel('Model', { exact: true });
     await models.waitFor({ state: 'visible', timeout: 15_000 });
     const options = await models.locator('option').evaluateAll((all) => all.map((o) => [o.value, o.textContent]));
     assert.deepEqual(options, [[MONO_ID, MONO_ID], [MELODY_ID, `${MELODY_ID} (follows a melody)`]]);
@@ -486,11 +486,11 @@ describe('the page of a server with a text model and a melody model', () => {
   });
 
   it('makes a finished track the melody of the next one, switching to the melody model', async () => {
-    await page.getByLabel('Model').selectOption(MONO_ID);
+    await page.getByLabel('Model', { exact: true }).selectOption(MONO_ID);
     assert.ok(await page.locator('[data-field="melody"]').isHidden());
     const source = page.locator(`#jobs > li[data-id="${tuneJobId}"]`);
     await source.getByRole('button', { name: /Use as melody/ }).click();
-    assert.equal(await page.getByLabel('Model').inputValue(), MELODY_ID, 'a melody needs the melody model');
+    assert.equal(await page.getByLabel('Model', { exact: true }).inputValue(), MELODY_ID, 'a melody needs the melody model');
     assert.match(
       await page.locator('#melody-status').textContent(),
       /follows the melody of the 2\.0 s track “synth pop following a hummed tune”/,
