@@ -116,8 +116,15 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&counts)))
 }
 
-/// This document.
+/// This document, with `model` on `POST /generate` listing this server's models.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", responses((status = 200, description = "OpenAPI document")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    // The models are known only at run time; the short names also accepted are left out.
+    if let Some(model) = doc.pointer_mut("/components/schemas/GenerateBody/properties/model") {
+        let ids: Vec<serde_json::Value> =
+            state.models.ids().iter().map(|id| public_model_id(id).into()).chain([serde_json::Value::Null]).collect();
+        model["enum"] = serde_json::Value::Array(ids);
+    }
+    Json(doc)
 }

@@ -752,6 +752,9 @@ async fn one_server_offers_several_models_and_each_job_names_its_own() {
             ("local/ckpt/tiny-stereo", false, true, false, true),
         ]
     );
+    let doc: Value = client.get(url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let offered = &doc["components"]["schemas"]["GenerateBody"]["properties"]["model"]["enum"];
+    assert_eq!(offered, &json!(["tiny", "facebook/musicgen-melody", "local/ckpt/tiny-stereo", null]), "{doc}");
     let health: Value = client.get(url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["model"], "tiny");
     assert_eq!(health["models"], json!(["tiny", "facebook/musicgen-melody", "local/ckpt/tiny-stereo"]));
