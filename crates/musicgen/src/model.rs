@@ -185,7 +185,13 @@ impl MusicGen {
     }
 
     fn load_with(model: &str, options: &LoadOptions, lenders: Option<&[&MusicGen]>) -> Result<Self> {
-        let device = options.device.open()?;
+        // Opening a CUDA device twice gives two devices whose tensors cannot mix: a model that may
+        // borrow parts runs on its lenders' device when they were opened from the same spec.
+        let spec = options.device.to_string();
+        let device = match lenders.unwrap_or_default().iter().find(|lender| lender.info.device == spec) {
+            Some(lender) => lender.device.clone(),
+            None => options.device.open()?,
+        };
         let dir = crate::hub::resolve(model, &crate::hub::HubSettings::from_env(), options.on_download.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let id = canonical_id(model, &dir);
