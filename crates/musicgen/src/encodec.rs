@@ -131,6 +131,11 @@ impl EncodecDecoder {
         self.sample_rate
     }
 
+    /// Whether `other` is a clone of this decoder (the same memory), not an equal copy.
+    pub(crate) fn same_tensors(&self, other: &Self) -> bool {
+        self.quantizer.same_tensors(&other.quantizer)
+    }
+
     /// How many codebooks were loaded: the most `decode` accepts.
     pub fn num_codebooks(&self) -> usize {
         self.quantizer.num_codebooks()

@@ -344,15 +344,12 @@ impl MusicGen {
         })
     }
 
-    /// Which parts of `other` this model uses rather than copies of its own (see
-    /// [`MusicGen::load_sharing`]); none for models loaded without fingerprints.
+    /// Which parts this model and `other` hold as one copy in memory (see
+    /// [`MusicGen::load_sharing`]): equal parts loaded separately do not count.
     pub fn shared_with(&self, other: &MusicGen) -> SharedParts {
-        match (&self.fingerprints, &other.fingerprints) {
-            (Some(mine), Some(theirs)) if self.device.same_device(&other.device) => SharedParts {
-                text_encoder: mine.text_encoder == theirs.text_encoder,
-                codec: mine.codec == theirs.codec,
-            },
-            _ => SharedParts::default(),
+        SharedParts {
+            text_encoder: self.text_encoder.same_tensors(&other.text_encoder),
+            codec: self.codec.same_tensors(&other.codec),
         }
     }
 

@@ -204,6 +204,11 @@ pub struct T5Encoder {
 }
 
 impl T5Encoder {
+    /// Whether `other` is a clone of this encoder (the same memory), not an equal copy.
+    pub(crate) fn same_tensors(&self, other: &Self) -> bool {
+        self.embed.embeddings().id() == other.embed.embeddings().id()
+    }
+
     /// Builds the encoder from `vb` rooted at the text encoder (`text_encoder.` in a MusicGen
     /// checkpoint). The token embedding is tied: checkpoints store it as `shared.weight`, as
     /// `encoder.embed_tokens.weight`, or both.

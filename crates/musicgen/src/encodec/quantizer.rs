@@ -27,6 +27,11 @@ impl ResidualVectorQuantizer {
         self.codebooks.len()
     }
 
+    /// Whether `other` holds the very same tables (a clone), not an equal copy.
+    pub fn same_tensors(&self, other: &Self) -> bool {
+        self.codebooks.first().map(Tensor::id) == other.codebooks.first().map(Tensor::id)
+    }
+
     /// Time-major embeddings `(B, T, dim)` -> codes `(B, K, T)` u32, as transformers'
     /// `EncodecResidualVectorQuantizer.encode`: codebook `k` picks the vector nearest the
     /// residual left by codebooks `0..k` (squared distance computed as
