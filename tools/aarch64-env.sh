@@ -2,7 +2,7 @@
 # (and, under qemu-user, run) aarch64-unknown-linux-gnu binaries, installing what is missing.
 #   - rustup's aarch64-unknown-linux-gnu standard library;
 #   - Debian's gcc/g++-aarch64-linux-gnu: the linker and the C/C++ compiler for bundled C (SQLite,
-#     onig, the CUDA link stub), with the aarch64 glibc under /usr/aarch64-linux-gnu;
+#     onig, LAME, libvorbis, the CUDA link stub), with the aarch64 glibc under /usr/aarch64-linux-gnu;
 #   - Debian's qemu-user (qemu-aarch64), the test runner (only when AARCH64_NEED_QEMU=1).
 # apt runs as root, or through sudo when not root.
 AARCH64_TARGET=aarch64-unknown-linux-gnu
@@ -36,6 +36,9 @@ aarch64_setup() {
   export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
   export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
   export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+  # mp3lame-sys runs LAME's own ./configure, which needs --host to cross-compile (the crate warns
+  # "Cross-compilation may not be supported" and passes none without this).
+  export MP3LAME_SYS_OVERRIDE_HOST=aarch64-linux-gnu
   # Tests and build scripts' probes run the aarch64 executables through qemu with the cross glibc.
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
   export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu

@@ -1,5 +1,5 @@
-//! Generated audio, its loudness normalisation and its encoding as WAV; reading input audio
-//! files (`read`).
+//! Generated audio, its loudness normalisation and its encoding as WAV; the download formats
+//! (`encode`: WAV, FLAC, MP3, Ogg/Vorbis); reading input audio files (`read`).
 //!
 //! Normalisation follows audiocraft's `audio_write`: `peak` scales the loudest sample to
 //! −1 dBFS; `loudness` brings integrated loudness (EBU R128 / ITU-R BS.1770, as torchaudio's
@@ -12,9 +12,11 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
+mod encode;
 mod read;
 
-pub use read::read_audio;
+pub use encode::{encode, Format, Tags};
+pub use read::{read_audio, read_audio_native};
 
 /// Planar audio: one vector of samples, nominally in [-1, 1], per channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +123,8 @@ pub enum SampleFormat {
     /// 16-bit integer PCM, what every player reads.
     #[default]
     Pcm16,
+    /// 24-bit integer PCM.
+    Pcm24,
     /// 32-bit IEEE float, lossless for parity checks.
     F32,
 }
@@ -131,8 +135,9 @@ impl FromStr for SampleFormat {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "pcm16" | "s16" | "i16" | "16" => Ok(Self::Pcm16),
+            "pcm24" | "s24" | "i24" | "24" => Ok(Self::Pcm24),
             "f32" | "float" | "float32" => Ok(Self::F32),
-            _ => Err(Error::invalid("sample_format", format!("unknown sample format {s:?}; use pcm16 or f32"))),
+            _ => Err(Error::invalid("sample_format", format!("unknown sample format {s:?}; use pcm16, pcm24 or f32"))),
         }
     }
 }
@@ -162,10 +167,11 @@ fn encode_wav<W: Write + Seek>(writer: W, audio: &Audio, format: SampleFormat) -
         sample_rate: audio.sample_rate,
         bits_per_sample: match format {
             SampleFormat::Pcm16 => 16,
+            SampleFormat::Pcm24 => 24,
             SampleFormat::F32 => 32,
         },
         sample_format: match format {
-            SampleFormat::Pcm16 => hound::SampleFormat::Int,
+            SampleFormat::Pcm16 | SampleFormat::Pcm24 => hound::SampleFormat::Int,
             SampleFormat::F32 => hound::SampleFormat::Float,
         },
     };
@@ -174,7 +180,8 @@ fn encode_wav<W: Write + Seek>(writer: W, audio: &Audio, format: SampleFormat) -
     for i in 0..audio.len() {
         for channel in &audio.channels {
             match format {
-                SampleFormat::Pcm16 => out.write_sample(to_pcm16(channel[i])).map_err(wav)?,
+                SampleFormat::Pcm16 => out.write_sample(to_pcm(channel[i], 16) as i16).map_err(wav)?,
+                SampleFormat::Pcm24 => out.write_sample(to_pcm(channel[i], 24)).map_err(wav)?,
                 SampleFormat::F32 => out.write_sample(channel[i]).map_err(wav)?,
             }
         }
@@ -182,9 +189,11 @@ fn encode_wav<W: Write + Seek>(writer: W, audio: &Audio, format: SampleFormat) -
     out.finalize().map_err(wav)
 }
 
-/// As audiocraft's `f32_pcm`: scale by 2^15, clamp, truncate toward zero.
-fn to_pcm16(sample: f32) -> i16 {
-    (sample * 32768.0).clamp(-32768.0, 32767.0) as i16
+/// As audiocraft's `i16_pcm`, at any depth: scale by 2^(bits-1), clamp, truncate toward zero.
+/// (Powers of two and the clamp bounds up to 24 bits are exact in f32.)
+fn to_pcm(sample: f32, bits: u32) -> i32 {
+    let full = (1u32 << (bits - 1)) as f32;
+    (sample * full).clamp(-full, full - 1.0) as i32
 }
 
 #[cfg(test)]
@@ -209,7 +218,7 @@ mod tests {
         let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
         assert_eq!(samples.len(), audio.len() * 2);
         for (i, pair) in samples.chunks(2).enumerate() {
-            let expected = to_pcm16(audio.channels[0][i]);
+            let expected = to_pcm(audio.channels[0][i], 16) as i16;
             assert_eq!(pair, [expected, expected]);
         }
     }
@@ -225,9 +234,11 @@ mod tests {
 
     #[test]
     fn pcm16_clamps_out_of_range_samples() {
-        assert_eq!(to_pcm16(1.5), i16::MAX);
-        assert_eq!(to_pcm16(-1.5), i16::MIN);
-        assert_eq!(to_pcm16(0.0), 0);
+        assert_eq!(to_pcm(1.5, 16), i16::MAX as i32);
+        assert_eq!(to_pcm(-1.5, 16), i16::MIN as i32);
+        assert_eq!(to_pcm(0.0, 16), 0);
+        assert_eq!(to_pcm(1.5, 24), (1 << 23) - 1);
+        assert_eq!(to_pcm(-1.5, 24), -(1 << 23));
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub fn read_audio(path: &Path, target_rate: u32, channels: usize, max_seconds: f
     Ok(Audio { sample_rate: target_rate, channels: resampled })
 }
 
+/// Decodes the audio file at `path` as it is: its own rate and channels, nothing mixed or
+/// resampled; the same checks as `read_audio`.
+pub fn read_audio_native(path: &Path, max_seconds: f64) -> Result<Audio> {
+    if !(max_seconds.is_finite() && max_seconds > 0.0) {
+        return Err(Error::invalid("max_seconds", format!("{max_seconds} is not a positive length")));
+    }
+    let (sample_rate, channels) = decode(path, max_seconds)?;
+    Ok(Audio { sample_rate, channels })
+}
+
 fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::BadAudio { path: path.to_path_buf(), message: message.into() }
 }

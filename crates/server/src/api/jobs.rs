@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::Stream;
+use musicgen::audio::{Format, Tags};
 use musicgen::ModelInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -317,13 +318,63 @@ pub async fn delete_job(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The WAV of a completed job; supports Range requests.
+/// Query of `GET /jobs/{id}/audio`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AudioQuery {
+    /// The file format (default `wav16`, the stored original; `wav` is the same). Other formats are
+    /// converted from it once, on the first request, and kept.
+    format: Option<AudioFormat>,
+}
+
+/// A download format: 16-bit, 24-bit or 32-bit float WAV, FLAC (16-bit, lossless), MP3 (320 kbps)
+/// or Ogg/Vorbis. `wav` is `wav16`.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AudioFormat {
+    Wav,
+    Wav16,
+    Wav24,
+    WavF32,
+    Flac,
+    Mp3,
+    Ogg,
+}
+
+impl From<AudioFormat> for Format {
+    fn from(format: AudioFormat) -> Format {
+        match format {
+            AudioFormat::Wav | AudioFormat::Wav16 => Format::Wav16,
+            AudioFormat::Wav24 => Format::Wav24,
+            AudioFormat::WavF32 => Format::WavF32,
+            AudioFormat::Flac => Format::Flac,
+            AudioFormat::Mp3 => Format::Mp3,
+            AudioFormat::Ogg => Format::Ogg,
+        }
+    }
+}
+
+/// What a downloaded file says about itself, where its format has tags: the prompt, the software
+/// and how to make it again.
+fn tags_of(job: &Job) -> Tags {
+    Tags {
+        title: job.params.item.prompt.clone(),
+        software: format!("DGX Music {}", env!("CARGO_PKG_VERSION")),
+        comment: format!("seed {}, model {}", job.params.item.seed, public_model_id(&job.model)),
+    }
+}
+
+/// The audio of a completed job, as a WAV or converted; supports Range requests.
 #[utoipa::path(
     get, path = "/api/v1/jobs/{id}/audio", tag = "jobs",
-    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    params(("id" = String, Path, format = Uuid, description = "Job id"), AudioQuery),
     responses(
-        (status = 200, description = "16-bit PCM WAV", content_type = "audio/wav"),
-        (status = 206, description = "The requested byte range", content_type = "audio/wav"),
+        (status = 200, description = "The audio: 16-bit PCM WAV unless `format` says otherwise; \
+            Content-Disposition names the file with the format's extension",
+            content(("audio/wav"), ("audio/flac"), ("audio/mpeg"), ("audio/ogg"))),
+        (status = 206, description = "The requested byte range",
+            content(("audio/wav"), ("audio/flac"), ("audio/mpeg"), ("audio/ogg"))),
+        (status = 400, description = "Unknown format", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
         (status = 409, description = "The job is not completed", body = ErrorBody),
         (status = 416, description = "Range not satisfiable"),
@@ -333,8 +384,15 @@ pub async fn get_audio(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JobId(id): JobId,
+    query: Result<Query<AudioQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // `format` is the only field: a query that does not deserialize has a bad one.
+    let Query(query) = query.map_err(|e| {
+        let reason = e.body_text();
+        ApiError::invalid(Some("format"), format!("format must be one of {} ({reason})", Format::choices()))
+    })?;
+    let format = query.format.map_or(Format::Wav16, Format::from);
     let job = load(&state, &caller, id).await?;
     if job.status != JobStatus::Completed {
         return Err(ApiError::Conflict(format!(
@@ -342,13 +400,19 @@ pub async fn get_audio(
             job.status
         )));
     }
+    let deleted = || ApiError::NotFound(format!("the audio of job {id} was deleted"));
+    if format != Format::Wav16 {
+        let (audio, tags) = (state.audio.clone(), tags_of(&job));
+        let converted = tokio::task::spawn_blocking(move || audio.convert(id, format, &tags))
+            .await
+            .map_err(|err| ApiError::Internal(format!("the conversion task failed: {err}")))??;
+        if !converted {
+            return Err(deleted());
+        }
+    }
     let (parts, _) = request.into_parts();
     let request = Request::from_parts(parts, Body::empty());
-    state
-        .audio
-        .serve(id, request)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("the audio of job {id} was deleted")))
+    state.audio.serve(id, format, request).await?.ok_or_else(deleted)
 }
 
 enum EventsState {

@@ -22,7 +22,7 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "DGX Music API",
-        description = "Text-to-music generation with MusicGen: queue jobs, follow their progress, fetch the WAV."
+        description = "Text-to-music generation with MusicGen: queue jobs, follow their progress, fetch the audio (WAV, FLAC, MP3, Ogg)."
     ),
     paths(
         jobs::generate,
@@ -40,6 +40,8 @@ use crate::state::AppState;
         session::create_session,
         session::delete_session,
     ),
+    // Named in `GET /jobs/{id}/audio`'s query parameters, which utoipa does not collect by itself.
+    components(schemas(jobs::AudioFormat)),
     modifiers(&KeyAuth),
     tags(
         (name = "jobs", description = "Generation jobs and their audio"),

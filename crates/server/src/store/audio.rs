@@ -1,8 +1,10 @@
-//! [`AudioStore`] in a local directory: `<dir>/<uuid>.wav`.
+//! [`AudioStore`] in a local directory: `<dir>/<uuid>.wav`, and beside it the conversions asked for,
+//! `<dir>/<uuid>.<format>` (`<uuid>.flac`, `<uuid>.mp3`, `<uuid>.wav24`, ...).
 //!
-//! File names are built only from parsed [`Uuid`]s, so no client string ever becomes a path.
-//! A track is written to `<uuid>.wav.tmp`, synced, then renamed: the final name only ever
-//! names a complete file, and leftovers of a crash are removed when the store opens.
+//! File names are built only from parsed [`Uuid`]s and [`Format`] names, so no client string ever
+//! becomes a path. A file is written to a `.tmp` name, synced, then renamed: the final name only
+//! ever names a complete file. Opening the store removes the leftovers of a crash and conversions
+//! whose WAV is gone (a conversion that finished while its job was being deleted).
 
 use std::fs;
 use std::io;
@@ -16,54 +18,61 @@ use futures_util::FutureExt;
 use tower_http::services::ServeFile;
 use uuid::Uuid;
 
-use musicgen::audio::SampleFormat;
+use musicgen::audio::{Format, SampleFormat, Tags};
 
 use super::{AudioStore, StoreError, StoreResult};
 
-const TMP_SUFFIX: &str = ".wav.tmp";
+const TMP_SUFFIX: &str = ".tmp";
+/// The longest track a conversion decodes: far beyond any duration a job may ask for.
+const MAX_CONVERT_SECS: f64 = 24.0 * 3600.0;
 
 pub struct LocalAudioStore {
     dir: PathBuf,
 }
 
 impl LocalAudioStore {
-    /// Creates the directory if needed and removes partial files a crash left behind.
+    /// Creates the directory if needed and removes partial files a crash left behind, and
+    /// conversions without their WAV.
     pub fn open(dir: impl Into<PathBuf>) -> StoreResult<Self> {
-        let dir = dir.into();
-        let io_err = |source| StoreError::AudioIo { path: dir.clone(), source };
-        fs::create_dir_all(&dir).map_err(io_err)?;
-        for entry in fs::read_dir(&dir).map_err(io_err)? {
+        let store = LocalAudioStore { dir: dir.into() };
+        let io_err = |source| StoreError::AudioIo { path: store.dir.clone(), source };
+        fs::create_dir_all(&store.dir).map_err(io_err)?;
+        for entry in fs::read_dir(&store.dir).map_err(io_err)? {
             let path = entry.map_err(io_err)?.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TMP_SUFFIX)) {
-                tracing::info!("removing partial audio file {} left by an interrupted run", path.display());
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let orphan = conversion_of(name).is_some_and(|id| !store.path_of(id).exists());
+            if name.ends_with(TMP_SUFFIX) || orphan {
+                tracing::info!("removing audio file {} left by an interrupted run", path.display());
                 fs::remove_file(&path).map_err(|source| StoreError::AudioIo { path: path.clone(), source })?;
             }
         }
-        Ok(LocalAudioStore { dir })
+        Ok(store)
     }
 
     pub fn path_of(&self, id: Uuid) -> PathBuf {
         self.dir.join(format!("{}.wav", id.hyphenated()))
     }
 
-    fn tmp_path_of(&self, id: Uuid) -> PathBuf {
-        self.dir.join(format!("{}{TMP_SUFFIX}", id.hyphenated()))
+    /// The file holding the audio of `id` in `format`: the WAV itself for 16-bit WAV.
+    pub fn path_in(&self, id: Uuid, format: Format) -> PathBuf {
+        match format {
+            Format::Wav16 => self.path_of(id),
+            other => self.dir.join(format!("{}.{}", id.hyphenated(), other.name())),
+        }
     }
-}
 
-impl AudioStore for LocalAudioStore {
-    fn put(&self, id: Uuid, audio: &musicgen::Audio, format: SampleFormat) -> StoreResult<()> {
-        let tmp = self.tmp_path_of(id);
-        let done = self.path_of(id);
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::AudioIo { path, source }
-        };
-        // Encoded in memory, then written: a failed write keeps its OS error (a full disk is told apart).
-        let bytes =
-            musicgen::audio::wav_bytes(audio, format).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
+    /// A temporary name of its own for each writer, so that two conversions of one file at once
+    /// never write into the same file.
+    fn tmp_path_for(&self, done: &Path) -> PathBuf {
+        let name = done.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        self.dir.join(format!("{name}.{}{TMP_SUFFIX}", Uuid::new_v4().simple()))
+    }
+
+    /// Writes `bytes` as `done`: temp name, fsync, rename, and the rename made durable.
+    fn write_atomically(&self, done: &Path, bytes: &[u8]) -> StoreResult<()> {
+        let tmp = self.tmp_path_for(done);
         let written = fs::File::create(&tmp).and_then(|mut file| {
-            io::Write::write_all(&mut file, &bytes)?;
+            io::Write::write_all(&mut file, bytes)?;
             file.sync_all()
         });
         if let Err(source) = written {
@@ -71,25 +80,61 @@ impl AudioStore for LocalAudioStore {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::AudioIo { path: tmp, source });
         }
-        fs::rename(&tmp, &done).map_err(io_err(&done))?;
-        // Make the rename itself durable before the database says the job is complete.
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
-        Ok(())
+        fs::rename(&tmp, done).map_err(|source| StoreError::AudioIo { path: done.to_path_buf(), source })?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::AudioIo { path: self.dir.clone(), source })
+    }
+}
+
+/// The job id of a conversion's file name (`<uuid>.<format>` for a format other than 16-bit WAV).
+fn conversion_of(name: &str) -> Option<Uuid> {
+    let (stem, format) = name.split_once('.')?;
+    match format.parse::<Format>().ok()? {
+        // `<uuid>.wav` is the original ("wav" names 16-bit WAV), not a conversion.
+        Format::Wav16 => None,
+        _ => Uuid::try_parse(stem).ok(),
+    }
+}
+
+impl AudioStore for LocalAudioStore {
+    fn put(&self, id: Uuid, audio: &musicgen::Audio, format: SampleFormat) -> StoreResult<()> {
+        // Encoded in memory, then written: a failed write keeps its OS error (a full disk is told apart).
+        let bytes =
+            musicgen::audio::wav_bytes(audio, format).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
+        self.write_atomically(&self.path_of(id), &bytes)
     }
 
     fn read(&self, id: Uuid, sample_rate: u32, channels: usize, max_secs: f64) -> StoreResult<Option<musicgen::Audio>> {
         let path = self.path_of(id);
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => return Ok(None),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::AudioIo { path, source }),
+        if !is_file(&path)? {
+            return Ok(None);
         }
         match musicgen::audio::read_audio(&path, sample_rate, channels, max_secs) {
             Ok(audio) => Ok(Some(audio)),
             Err(musicgen::Error::BadAudio { message, .. }) => Err(StoreError::AudioDecoding { id, message }),
             Err(other) => Err(StoreError::AudioDecoding { id, message: other.to_string() }),
         }
+    }
+
+    fn convert(&self, id: Uuid, format: Format, tags: &Tags) -> StoreResult<bool> {
+        let wav = self.path_of(id);
+        if !is_file(&wav)? {
+            return Ok(false);
+        }
+        let done = self.path_in(id, format);
+        if is_file(&done)? {
+            return Ok(true);
+        }
+        let audio = musicgen::audio::read_audio_native(&wav, MAX_CONVERT_SECS).map_err(|err| match err {
+            musicgen::Error::BadAudio { message, .. } => StoreError::AudioDecoding { id, message },
+            other => StoreError::AudioDecoding { id, message: other.to_string() },
+        })?;
+        let bytes =
+            musicgen::audio::encode(&audio, format, tags).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
+        self.write_atomically(&done, &bytes)?;
+        tracing::info!("audio of job {id} converted to {format} ({} bytes)", bytes.len());
+        Ok(true)
     }
 
     fn ids(&self) -> StoreResult<Vec<Uuid>> {
@@ -103,8 +148,8 @@ impl AudioStore for LocalAudioStore {
         Ok(ids)
     }
 
-    fn serve(&self, id: Uuid, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>> {
-        let path = self.path_of(id);
+    fn serve(&self, id: Uuid, format: Format, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>> {
+        let path = self.path_in(id, format);
         async move {
             match tokio::fs::metadata(&path).await {
                 Ok(meta) if meta.is_file() => {}
@@ -128,7 +173,11 @@ impl AudioStore for LocalAudioStore {
             {
                 response = file.try_call(whole).await.map_err(io_err)?.map(Body::new);
             }
-            let disposition = format!("inline; filename=\"dgx-music-{id}.wav\"");
+            // The type is the format's, not a guess from the file name (`<uuid>.wav24` has none).
+            if response.status().is_success() {
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime_type()));
+            }
+            let disposition = format!("inline; filename=\"dgx-music-{id}.{}\"", format.extension());
             if let Ok(value) = HeaderValue::from_str(&disposition) {
                 response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
             }
@@ -138,15 +187,29 @@ impl AudioStore for LocalAudioStore {
     }
 
     fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>> {
-        let path = self.path_of(id);
+        // The conversions first, the WAV last: a failure leaves the job's audio, and the job, in place.
+        let mut paths: Vec<PathBuf> =
+            Format::ALL.into_iter().filter(|f| *f != Format::Wav16).map(|f| self.path_in(id, f)).collect();
+        paths.push(self.path_of(id));
         async move {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(StoreError::AudioIo { path, source }),
+            for path in paths {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::AudioIo { path, source }),
+                }
             }
+            Ok(())
         }
         .boxed()
+    }
+}
+
+fn is_file(path: &Path) -> StoreResult<bool> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.is_file()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::AudioIo { path: path.to_path_buf(), source }),
     }
 }
 
@@ -208,17 +271,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalAudioStore::open(dir.path()).unwrap();
         let id = Uuid::new_v4();
-        assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
+        assert!(store.serve(id, Format::Wav16, Request::new(Body::empty())).await.unwrap().is_none());
         store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
         let request = Request::builder().header(header::RANGE, "bytes=0-3").body(Body::empty()).unwrap();
-        let response = store.serve(id, request).await.unwrap().unwrap();
+        let response = store.serve(id, Format::Wav16, request).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "audio/wav");
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], b"RIFF");
         store.delete(id).await.unwrap();
         store.delete(id).await.unwrap();
-        assert!(store.serve(id, Request::new(Body::empty())).await.unwrap().is_none());
+        assert!(store.serve(id, Format::Wav16, Request::new(Body::empty())).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -257,7 +320,7 @@ mod tests {
         for (name, value) in headers {
             request = request.header(name, *value);
         }
-        store.serve(id, request.body(Body::empty()).unwrap()).await.unwrap().unwrap()
+        store.serve(id, Format::Wav16, request.body(Body::empty()).unwrap()).await.unwrap().unwrap()
     }
 
     #[tokio::test]
@@ -295,5 +358,57 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         assert_eq!(body.len() as u64, fs::metadata(store.path_of(id)).unwrap().len());
+    }
+
+    #[tokio::test]
+    async fn a_conversion_is_made_once_beside_the_wav_and_deleted_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        let tags = Tags { title: "a tone".into(), ..Tags::default() };
+        assert!(!store.convert(id, Format::Flac, &tags).unwrap(), "no WAV, nothing to convert");
+        store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
+        assert!(store.convert(id, Format::Flac, &tags).unwrap());
+        let flac = dir.path().join(format!("{id}.flac"));
+        let made = fs::read(&flac).unwrap();
+        assert_eq!(&made[..4], b"fLaC");
+        // Kept: a second conversion leaves the file alone.
+        fs::write(&flac, b"fLaC kept").unwrap();
+        assert!(store.convert(id, Format::Flac, &tags).unwrap());
+        assert_eq!(fs::read(&flac).unwrap(), b"fLaC kept");
+        fs::write(&flac, &made).unwrap();
+        let response = store.serve(id, Format::Flac, Request::new(Body::empty())).await.unwrap().unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "audio/flac");
+        assert_eq!(
+            response.headers()[header::CONTENT_DISPOSITION],
+            format!("inline; filename=\"dgx-music-{id}.flac\"")
+        );
+        assert!(
+            store.serve(id, Format::Mp3, Request::new(Body::empty())).await.unwrap().is_none(),
+            "not converted yet"
+        );
+        // The same samples as the WAV.
+        let wav = musicgen::audio::read_audio_native(&store.path_of(id), 10.0).unwrap();
+        assert_eq!(musicgen::audio::read_audio_native(&flac, 10.0).unwrap(), wav);
+        assert_eq!(store.ids().unwrap(), vec![id], "a conversion is not a track of its own");
+        store.delete(id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn opening_removes_conversions_whose_wav_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, orphan) = (Uuid::new_v4(), Uuid::new_v4());
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        for id in [kept, orphan] {
+            store.put(id, &tone(), SampleFormat::Pcm16).unwrap();
+            assert!(store.convert(id, Format::Ogg, &Tags::default()).unwrap());
+        }
+        fs::remove_file(store.path_of(orphan)).unwrap();
+        let store = LocalAudioStore::open(dir.path()).unwrap();
+        assert!(store.path_in(kept, Format::Ogg).exists());
+        assert!(!store.path_in(orphan, Format::Ogg).exists());
+        assert_eq!(conversion_of(&format!("{kept}.wav")), None);
+        assert_eq!(conversion_of(&format!("{kept}.wav-f32")), Some(kept));
     }
 }

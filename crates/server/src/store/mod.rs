@@ -16,6 +16,7 @@ use axum::http::Request;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use musicgen::audio::{Format, Tags};
 use uuid::Uuid;
 
 pub use audio::LocalAudioStore;
@@ -223,11 +224,16 @@ pub trait AudioStore: Send + Sync + 'static {
     /// The ids of every stored file. Blocking.
     fn ids(&self) -> StoreResult<Vec<Uuid>>;
 
-    /// Answers an HTTP request for the WAV of a job (Range requests included);
-    /// `None` when there is no audio for it.
-    fn serve(&self, id: Uuid, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>>;
+    /// Makes sure the audio of `id` is also stored in `format`, converted from the WAV once (tagged
+    /// with `tags`) and kept beside it; `false` when there is no audio for it. The WAV itself is
+    /// always there. Blocking.
+    fn convert(&self, id: Uuid, format: Format, tags: &Tags) -> StoreResult<bool>;
 
-    /// Removes the audio of a job; absent audio is not an error.
+    /// Answers an HTTP request for the audio of a job in `format` (Range requests included), once
+    /// `convert` made it; `None` when there is no audio for it.
+    fn serve(&self, id: Uuid, format: Format, request: Request<Body>) -> BoxFuture<'_, StoreResult<Option<Response>>>;
+
+    /// Removes the audio of a job and its conversions; absent audio is not an error.
     fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>>;
 }
 

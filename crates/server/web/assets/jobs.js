@@ -24,6 +24,8 @@ const CONFIRM_MS = 4000;
 // The longest track the server makes; an extension adds at least a second.
 const MAX_DURATION = 300;
 const DEFAULT_EXTENSION = 10;
+// File name extensions of the download formats (GET /jobs/{id}/audio?format=).
+const DOWNLOAD_EXTENSIONS = { wav16: 'wav', wav24: 'wav', 'wav-f32': 'wav', flac: 'flac', mp3: 'mp3', ogg: 'ogg' };
 
 const isActive = (job) => ACTIVE.has(job.status);
 const newerFirst = (a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? 1 : -1);
@@ -105,6 +107,8 @@ class JobCard {
       canvas: $('.waveform'),
       audio: $('audio'),
       download: $('.download'),
+      downloadGroup: $('.download-group'),
+      downloadFormat: $('.download-format'),
       again: $('.again'),
       extend: $('.extend'),
       useMelody: $('.use-melody'),
@@ -133,6 +137,7 @@ class JobCard {
     this.actionError = null;
     this.playerReady = false;
     this.confirmTimer = 0;
+    this.parts.downloadFormat.addEventListener('change', () => this.showDownload());
     this.parts.again.addEventListener('click', () => handlers.again(this.job));
     this.parts.useMelody.addEventListener('click', () => handlers.useAsMelody(this.job));
     this.parts.cancel.addEventListener('click', () => handlers.cancel(this));
@@ -252,7 +257,7 @@ class JobCard {
     p.error.textContent = error ?? '';
     p.cancel.hidden = !isActive(job);
     p.remove.hidden = isActive(job);
-    p.download.hidden = job.status !== 'completed' || !job.audio_url;
+    p.downloadGroup.hidden = job.status !== 'completed' || !job.audio_url;
     p.extend.hidden = job.status !== 'completed' || this.room() < 1;
     if (p.extend.hidden && !p.extendForm.hidden) p.extendForm.hidden = true;
     p.extend.setAttribute('aria-label', `Extend “${job.prompt.slice(0, 60)}”: make it longer`);
@@ -262,14 +267,26 @@ class JobCard {
     if (job.status === 'completed' && job.audio_url && !this.playerReady) this.showPlayer(job);
   }
 
+  /** The download link in the format the menu shows: the stored WAV, or `?format=` converted once by the server. */
+  showDownload() {
+    const { download, downloadFormat } = this.parts;
+    const job = this.job;
+    if (!job.audio_url) return;
+    const format = downloadFormat.value;
+    download.href = format === 'wav16' ? job.audio_url : `${job.audio_url}?format=${encodeURIComponent(format)}`;
+    const extension = DOWNLOAD_EXTENSIONS[format] ?? 'wav';
+    const seed = job.seed !== null && job.seed !== undefined ? `-${job.seed}` : '';
+    download.download = `${slug(job.prompt)}${seed}.${extension}`;
+    download.setAttribute('aria-label', `Download “${job.prompt.slice(0, 60)}” as ${downloadFormat.selectedOptions[0]?.textContent ?? format}`);
+  }
+
   showPlayer(job) {
     this.playerReady = true;
     const p = this.parts;
     p.audio.src = job.audio_url;
     p.audio.setAttribute('aria-label', `Play “${job.prompt.slice(0, 60)}”`);
     p.canvas.setAttribute('aria-label', `Waveform of “${job.prompt.slice(0, 60)}”; click to jump to that point`);
-    p.download.href = job.audio_url;
-    p.download.download = `${slug(job.prompt)}${job.seed !== null && job.seed !== undefined ? `-${job.seed}` : ''}.wav`;
+    this.showDownload();
     p.player.hidden = false;
     attachWaveform(p.canvas, p.audio, job.audio_url);
   }

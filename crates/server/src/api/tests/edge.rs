@@ -239,12 +239,17 @@ impl AudioStore for FullDisk {
         self.0.ids()
     }
 
+    fn convert(&self, id: Uuid, format: musicgen::audio::Format, tags: &musicgen::audio::Tags) -> StoreResult<bool> {
+        self.0.convert(id, format, tags)
+    }
+
     fn serve(
         &self,
         id: Uuid,
+        format: musicgen::audio::Format,
         request: axum::http::Request<axum::body::Body>,
     ) -> futures_util::future::BoxFuture<'_, StoreResult<Option<axum::response::Response>>> {
-        self.0.serve(id, request)
+        self.0.serve(id, format, request)
     }
 
     fn delete(&self, id: Uuid) -> futures_util::future::BoxFuture<'_, StoreResult<()>> {
