@@ -250,6 +250,17 @@ describe('the page of dgx-music serve', () => {
     const wav = await page.request.get(`${baseUrl}${await download.getAttribute('href')}`);
     assert.equal(wav.status(), 200);
     assert.match(wav.headers()['content-type'], /audio\/(wav|x-wav|wave)/);
+
+    // The format menu beside it changes the link and the file name.
+    const menu = job.getByRole('combobox', { name: 'Download format' });
+    await menu.selectOption('flac');
+    assert.match(await download.getAttribute('href'), /^\/api\/v1\/jobs\/[^/]+\/audio\?format=flac$/);
+    assert.match(await download.getAttribute('download'), /^bright-ukulele-melody-with-hand-claps-1234\.flac$/);
+    const flac = await page.request.get(`${baseUrl}${await download.getAttribute('href')}`);
+    assert.equal(flac.status(), 200);
+    assert.equal(flac.headers()['content-type'], 'audio/flac');
+    await menu.selectOption('wav16');
+    assert.match(await download.getAttribute('href'), /^\/api\/v1\/jobs\/[^/]+\/audio$/);
   });
 
   it('fills the form again from a finished track', async () => {

@@ -1,11 +1,12 @@
-//! `dgx-music generate`: one or more prompts to WAV files, with a progress bar.
+//! `dgx-music generate`: one or more prompts to audio files (WAV, FLAC, MP3, Ogg/Vorbis), with a
+//! progress bar.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use musicgen::audio::{self, Normalize, SampleFormat};
+use musicgen::audio::{self, Format, Normalize, SampleFormat, Tags};
 use musicgen::request::{
     validate_continuation, validate_duration, validate_extend_stride, validate_prompt, DEFAULT_EXTEND_STRIDE_SECS,
     MAX_MELODY_SECS, WINDOW_SECS,
@@ -18,7 +19,9 @@ use crate::device::DeviceChoice;
 #[command(after_help = "Examples:\n  dgx-music generate \"ambient piano music\" --duration 16 -o piano.wav\n  \
     dgx-music generate \"lo-fi beat\" \"epic orchestra\" --seed 7   (one file per prompt)\n  \
     dgx-music generate \"jazzy piano solo\" --continue intro.wav --duration 60 -o long.wav\n  \
-    dgx-music generate \"80s synth pop\" --model melody --melody hum.wav --duration 20\n\n\
+    dgx-music generate \"80s synth pop\" --model melody --melody hum.wav --duration 20\n  \
+    dgx-music generate \"warm synth pads\" -o pads.flac   (the format follows the extension)\n  \
+    dgx-music generate \"warm synth pads\" --format mp3   (warm-synth-pads.mp3, 320 kbps)\n\n\
     Tracks longer than 30 s are made in 30 s windows, each starting from the last 30 - stride \
     seconds of the one before (audiocraft's extend_stride).\n\
     The first run downloads facebook/musicgen-small (about 2.4 GB) into the Hugging Face cache.")]
@@ -89,14 +92,21 @@ pub struct Args {
     #[arg(long, default_value = "loudness", value_parser = parse_normalize)]
     normalize: Normalize,
 
-    /// Output WAV file; with several prompts, -1, -2... are appended to its name.
-    /// Default: a name made from the prompt.
+    /// Output file; its extension picks the format (.wav, .flac, .mp3, .ogg) unless --format
+    /// names one. With several prompts, -1, -2... are appended to its name.
+    /// Default: a name made from the prompt, with the format's extension.
     #[arg(short, long)]
     output: Option<PathBuf>,
 
-    /// WAV sample format: pcm16 (16-bit integer) or f32 (32-bit float).
-    #[arg(long, default_value = "pcm16", value_parser = parse_sample_format)]
-    sample_format: SampleFormat,
+    /// Output format, whatever the extension of -o: wav16 (16-bit WAV; `wav` is the same),
+    /// wav24, wav-f32 (32-bit float WAV), flac (16-bit, lossless), mp3 (320 kbps) or ogg
+    /// (Ogg/Vorbis). [default: from -o's extension, else wav16]
+    #[arg(long, value_parser = parse_format)]
+    format: Option<Format>,
+
+    /// WAV sample format, the older spelling of --format for WAV output: pcm16, pcm24 or f32.
+    #[arg(long, value_parser = parse_sample_format)]
+    sample_format: Option<SampleFormat>,
 
     /// No progress bar.
     #[arg(short, long)]
@@ -111,9 +121,38 @@ fn parse_sample_format(s: &str) -> Result<SampleFormat, String> {
     s.parse().map_err(|e: musicgen::Error| e.to_string())
 }
 
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
+}
+
+/// The format of the output: --format, else -o's extension, else 16-bit WAV; --sample-format
+/// picks the WAV depth when the output is a WAV of unstated depth.
+fn output_format(args: &Args) -> anyhow::Result<Format> {
+    let format = match (args.format, &args.output) {
+        (Some(format), _) => format,
+        (None, Some(path)) => Format::from_path(path)?,
+        (None, None) => Format::Wav16,
+    };
+    let Some(sample) = args.sample_format else { return Ok(format) };
+    let wav = match sample {
+        SampleFormat::Pcm16 => Format::Wav16,
+        SampleFormat::Pcm24 => Format::Wav24,
+        SampleFormat::F32 => Format::WavF32,
+    };
+    match format {
+        Format::Wav16 if args.format.is_none() => Ok(wav),
+        same if same == wav => Ok(same),
+        other => anyhow::bail!(
+            "--sample-format is for WAV output, and the output is {other}; leave it out, or use --format wav16, \
+             wav24 or wav-f32 alone"
+        ),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let format = output_format(&args)?;
     let mut request = build_request(&args)?;
-    let outputs = output_paths(&args);
+    let outputs = output_paths(&args, format);
 
     let started = Instant::now();
     let resolved = crate::device::resolve(args.device, args.dtype);
@@ -166,9 +205,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let generation_secs = generation_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    for (mut track, path) in tracks.into_iter().zip(&outputs) {
+    for ((mut track, path), item) in tracks.into_iter().zip(&outputs).zip(&request.items) {
         audio::normalize(&mut track, args.normalize)?;
-        audio::write_wav(path, &track, args.sample_format)?;
+        let tags = Tags {
+            title: item.prompt.clone(),
+            software: format!("DGX Music {}", env!("CARGO_PKG_VERSION")),
+            comment: format!("seed {}, model {}", item.seed, args.model),
+        };
+        let bytes = audio::encode(&track, format, &tags)?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     let audio_secs = request.duration_secs * request.items.len() as f64;
     let listing: String = outputs.iter().map(|path| format!("{}\n", path.display())).collect();
@@ -225,17 +270,20 @@ fn fresh_seed() -> u64 {
     (nanos as u64 ^ (u64::from(std::process::id()) << 32)) % 1_000_000_000
 }
 
-fn output_paths(args: &Args) -> Vec<PathBuf> {
-    let base = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.wav", slug(&args.prompts[0]))));
+fn output_paths(args: &Args, format: Format) -> Vec<PathBuf> {
+    let base = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.{}", slug(&args.prompts[0]), format.extension())));
     if args.prompts.len() == 1 {
         return vec![base];
     }
-    (1..=args.prompts.len()).map(|i| numbered(&base, i)).collect()
+    (1..=args.prompts.len()).map(|i| numbered(&base, i, format)).collect()
 }
 
-fn numbered(base: &Path, i: usize) -> PathBuf {
+fn numbered(base: &Path, i: usize, format: Format) -> PathBuf {
     let stem = base.file_stem().map_or_else(|| "track".into(), |s| s.to_string_lossy().into_owned());
-    let ext = base.extension().map_or_else(|| "wav".into(), |s| s.to_string_lossy().into_owned());
+    let ext = base.extension().map_or_else(|| format.extension().into(), |s| s.to_string_lossy().into_owned());
     base.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
@@ -273,6 +321,7 @@ mod tests {
 
     #[test]
     fn several_prompts_get_numbered_files() {
-        assert_eq!(numbered(Path::new("out/x.wav"), 2), PathBuf::from("out/x-2.wav"));
+        assert_eq!(numbered(Path::new("out/x.wav"), 2, Format::Wav16), PathBuf::from("out/x-2.wav"));
+        assert_eq!(numbered(Path::new("out/x"), 1, Format::Flac), PathBuf::from("out/x-1.flac"));
     }
 }

@@ -45,6 +45,10 @@ fn bad_values_are_refused_before_the_model_loads() {
         (&["generate", "piano", "--device", "tpu", "--model", NO_MODEL], "cuda:N"),
         (&["generate", "piano", "--dtype", "f64", "--model", NO_MODEL], "bf16"),
         (&["generate", "piano", "--normalize", "loud", "--model", NO_MODEL], "loudness"),
+        (&["generate", "piano", "-o", "x.aiff", "--model", NO_MODEL], "wav16, wav24, wav-f32, flac, mp3 or ogg"),
+        (&["generate", "piano", "-o", "x", "--model", NO_MODEL], ".wav, .flac, .mp3 or .ogg"),
+        (&["generate", "piano", "--format", "aac", "--model", NO_MODEL], "wav16, wav24, wav-f32, flac, mp3 or ogg"),
+        (&["generate", "piano", "-o", "x.mp3", "--sample-format", "f32", "--model", NO_MODEL], "--sample-format"),
     ];
     for (args, expected) in cases {
         let out = dgx_music(args);
@@ -273,4 +277,39 @@ fn a_melody_needs_a_melody_checkpoint() {
     let out = dgx_music(&["generate", "piano", "--melody", "/no/such/tune.wav", "--model", NO_MODEL]);
     let err = stderr(&out);
     assert!(err.contains("tune.wav") && !err.contains("nonexistent"), "{err}");
+}
+
+/// The format follows -o's extension or --format; a FLAC holds exactly the samples of the WAV
+/// made with the same seed, and the lossy formats decode to a track at least as long.
+#[test]
+fn output_formats_follow_the_extension_or_format_and_flac_equals_the_wav() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-mono").join("checkpoint");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "warm pads", "--model", model.to_str().unwrap(), "--duration", "0.5"];
+        args.extend(["--seed", "5", "--quiet"]);
+        args.extend(extra);
+        let out = dgx_music_command().args(&args).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+    };
+    run(&["-o", "x.wav"]);
+    run(&["-o", "x.flac"]);
+    run(&["-o", "x.mp3"]);
+    run(&["-o", "x.ogg"]);
+    run(&["--format", "flac", "-o", "x.data"]);
+    run(&["--format", "wav24"]);
+    let decode = |name: &str| {
+        musicgen::audio::read_audio_native(&dir.path().join(name), 60.0).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let wav = decode("x.wav");
+    assert_eq!(wav.len(), 16000);
+    assert_eq!(decode("x.flac"), wav, "the FLAC's samples are the WAV's");
+    assert_eq!(&std::fs::read(dir.path().join("x.data")).unwrap()[..4], b"fLaC");
+    assert_eq!(&std::fs::read(dir.path().join("x.mp3")).unwrap()[..3], b"ID3");
+    assert_eq!(&std::fs::read(dir.path().join("x.ogg")).unwrap()[..4], b"OggS");
+    assert!(decode("x.mp3").len() > wav.len());
+    assert!((wav.len()..=wav.len() + 2048).contains(&decode("x.ogg").len()));
+    // Without -o, the name comes from the prompt and the extension from the format.
+    let wav24 = hound::WavReader::open(dir.path().join("warm-pads.wav")).unwrap();
+    assert_eq!(wav24.spec().bits_per_sample, 24);
 }

@@ -2,6 +2,7 @@
 //! a temporary data directory, HTTP on an ephemeral port.
 
 mod edge;
+mod formats;
 mod harness;
 mod keys;
 mod melody;
