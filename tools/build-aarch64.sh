@@ -86,7 +86,12 @@ if [ "$KIND" = cuda ]; then
   others="$(strings -n 8 "$OUT_BIN" | sed -n 's/^\.target[[:space:]]\+\([a-z_0-9]*\).*/\1/p' | sort -u | grep -vx "$want" || true)"
   [ -z "$others" ] || fail "PTX for $others, expected only $want"
   # libmoe.a's kernels are cubins (machine code), listed by cuobjdump.
-  cubins="$(cuobjdump --list-elf "$OUT_BIN" 2>/dev/null | grep -o 'sm_[0-9]*[af]*' | sort | uniq -c | tr -s ' ' | tr '\n' ';' || true)"
+  command -v cuobjdump >/dev/null \
+    || fail "no cuobjdump in $TOOLCHAIN: remove $TOOLCHAIN/env.sh and run this again (tools/cuda-toolchain.sh installs it)"
+  listing="$(cuobjdump --list-elf "$OUT_BIN")" || fail "cuobjdump cannot read $OUT_BIN"
+  cubins="$(grep -o 'sm_[0-9]*[af]*' <<<"$listing" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
   echo "check: cubins by architecture (cuobjdump):${cubins:- none}"
+  others="$(grep -o 'sm_[0-9]*[af]*' <<<"$listing" | sort -u | grep -vxE "sm_${CAP}[af]?" || true)"
+  [ -z "$others" ] || fail "cubins for $others, expected only sm_$CAP"
 fi
 echo "build-aarch64: checks passed"

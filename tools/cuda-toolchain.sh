@@ -49,6 +49,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl,crt,nvvm]==$CUDA_VERSION"
+# cuobjdump, to inspect what a build embeds (tools/build-aarch64.sh's check). NVIDIA publishes it as a
+# wheel only from 13.2 on; it reads binaries of any older CUDA, and nothing is built with it.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "nvidia-cuda-cuobjdump==13.2.86"
 
 CU="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 for d in bin include lib nvvm; do
