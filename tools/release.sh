@@ -10,7 +10,8 @@
 #   aarch64-cuda-sm121   the DGX Spark's GB10, native (sm_121f)
 #
 # Each is dgx-music-<version>-<flavour>.tar.gz holding one folder of the same name: the stripped
-# binary `dgx-music`, README.md, LICENSE, SHA256SUMS of those, and in the aarch64 CUDA ones the
+# binary `dgx-music`, README.md, LICENSE, THIRD-PARTY.md (the bundled C libraries' licences: LAME is
+# LGPL), SHA256SUMS of those, and in the aarch64 CUDA ones the
 # DGX Spark Dockerfile (docker/spark/Dockerfile). RELEASE_DIR (default <repo>/target/release-archives)
 # also gets SHA256SUMS over the archives. Archives are reproducible: sorted, owner 0, times and
 # gzip header from the last commit.
@@ -80,7 +81,7 @@ for flavour in "${flavours[@]}"; do
   stage="$(mktemp -d)"
   mkdir "$stage/$name"
   install -m 0755 "$bin" "$stage/$name/dgx-music"
-  install -m 0644 README.md LICENSE "$stage/$name/"
+  install -m 0644 README.md LICENSE THIRD-PARTY.md "$stage/$name/"
   if [[ "$flavour" == aarch64-cuda-* ]]; then install -m 0644 docker/spark/Dockerfile "$stage/$name/"; fi
   (cd "$stage/$name" && sha256sum -- * > SHA256SUMS)
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" -C "$stage" -cf - "$name" \
