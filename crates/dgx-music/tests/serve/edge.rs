@@ -221,11 +221,11 @@ async fn a_full_disk_fails_the_job_and_the_upload_saying_so_without_a_path() {
     assert!(error.contains("disk is full") && !error.contains('/'), "{error}");
     assert!(server.log().contains(&data_dir.join("audio").display().to_string()), "the log names the path");
 
-    // An upload is received into incoming/: full too. The server answers as soon as a write fails
-    // and closes the connection; a body larger than the socket buffers would still be being sent
-    // then, and the client would see a broken pipe instead of the answer.
+    // An upload is received into incoming/: full too. The body (12.8 MB) is larger than the socket buffers,
+    // so it is still being sent when the first write fails: the server reads the rest before it
+    // answers, or the client would see a broken pipe instead of the answer.
     incoming.fill();
-    let response = server.upload("tone.wav", harness::tone_wav(0.5, 32000)).await;
+    let response = server.upload("tone.wav", harness::tone_wav(200.0, 32000)).await;
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
     assert_eq!((status, body["error"]["code"].as_str()), (507, Some("insufficient_storage")), "{body}");

@@ -163,19 +163,34 @@ async fn receive(state: &AppState, mut field: Field<'_>, declared: Option<u64>) 
     let io = |err: std::io::Error| {
         ApiError::from_io(&err, format!("receiving an upload into {}: {err}", state.incoming.display()))
     };
-    let mut file = tokio::fs::File::create(&incoming.path).await.map_err(io)?;
+    let mut file = match tokio::fs::File::create(&incoming.path).await {
+        Ok(file) => file,
+        Err(err) => {
+            discard(&mut field).await;
+            return Err(io(err));
+        }
+    };
     let mut size = 0u64;
     while let Some(chunk) = field.chunk().await.map_err(|err| malformed(&err, state.max_upload_bytes))? {
         size += chunk.len() as u64;
         if size > state.max_upload_bytes {
-            // The rest is read up to the route's body limit (body_cap), where the stream ends in an error.
-            while let Ok(Some(_)) = field.chunk().await {}
+            discard(&mut field).await;
             return Err(too_large(declared, state.max_upload_bytes));
         }
-        file.write_all(&chunk).await.map_err(io)?;
+        if let Err(err) = file.write_all(&chunk).await {
+            discard(&mut field).await;
+            return Err(io(err));
+        }
     }
     file.flush().await.map_err(io)?;
     Ok(incoming)
+}
+
+/// Reads the rest of a refused file field, so that the client, still sending it, gets the answer
+/// (a full disk, a file over the limit) instead of a connection closed under it. Bounded by the
+/// route's body limit (body_cap), where the stream ends in an error.
+async fn discard(field: &mut Field<'_>) {
+    while let Ok(Some(_)) = field.chunk().await {}
 }
 
 fn is_multipart_form(headers: &HeaderMap) -> bool {
