@@ -133,6 +133,12 @@ impl AudioStore for LocalAudioStore {
         let bytes =
             musicgen::audio::encode(&audio, format, tags).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
         self.write_atomically(&done, &bytes)?;
+        // The job may have been deleted while this was encoding: delete removes the WAV before its
+        // last sweep of conversions, so a conversion made visible after that sweep finds the WAV gone.
+        if !is_file(&wav)? {
+            let _ = fs::remove_file(&done);
+            return Ok(false);
+        }
         tracing::info!("audio of job {id} converted to {format} ({} bytes)", bytes.len());
         Ok(true)
     }
@@ -187,10 +193,14 @@ impl AudioStore for LocalAudioStore {
     }
 
     fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>> {
-        // The conversions first, the WAV last: a failure leaves the job's audio, and the job, in place.
-        let mut paths: Vec<PathBuf> =
+        // The conversions first, then the WAV: a failure leaves the job's audio, and the job, in
+        // place. Then the conversions again, for one that a running convert made visible meanwhile
+        // (one made visible later sees the WAV gone and removes itself).
+        let conversions: Vec<PathBuf> =
             Format::ALL.into_iter().filter(|f| *f != Format::Wav16).map(|f| self.path_in(id, f)).collect();
+        let mut paths = conversions.clone();
         paths.push(self.path_of(id));
+        paths.extend(conversions);
         async move {
             for path in paths {
                 match tokio::fs::remove_file(&path).await {
@@ -393,6 +403,29 @@ mod tests {
         assert_eq!(store.ids().unwrap(), vec![id], "a conversion is not a track of its own");
         store.delete(id).await.unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conversion_racing_the_delete_of_its_job_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalAudioStore::open(dir.path()).unwrap());
+        // Two seconds of audio: the encoding takes long enough for the delete to land during it.
+        let long = musicgen::Audio {
+            sample_rate: 32000,
+            channels: vec![(0..64000).map(|i| (i as f32 * 0.01).sin()).collect()],
+        };
+        for round in 0..40 {
+            let id = Uuid::new_v4();
+            store.put(id, &long, SampleFormat::Pcm16).unwrap();
+            let converter = store.clone();
+            let conversion = tokio::task::spawn_blocking(move || converter.convert(id, Format::Flac, &Tags::default()));
+            tokio::time::sleep(std::time::Duration::from_micros(200 * (round % 10))).await;
+            store.delete(id).await.unwrap();
+            // The conversion may have finished, found nothing, or failed to read a WAV deleted under it.
+            let _ = conversion.await.unwrap();
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "round {round}: {left:?} outlived the job's delete");
+        }
     }
 
     #[tokio::test]
