@@ -207,11 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     for ((mut track, path), item) in tracks.into_iter().zip(&outputs).zip(&request.items) {
         audio::normalize(&mut track, args.normalize)?;
-        let tags = Tags {
-            title: item.prompt.clone(),
-            software: format!("DGX Music {}", env!("CARGO_PKG_VERSION")),
-            comment: format!("seed {}, model {}", item.seed, args.model),
-        };
+        let tags = Tags::for_track(&item.prompt, item.seed, &args.model);
         let bytes = audio::encode(&track, format, &tags)?;
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -129,7 +129,19 @@ pub struct Tags {
     pub comment: String,
 }
 
+/// What files written by DGX Music name as their encoder.
+pub const SOFTWARE: &str = concat!("DGX Music ", env!("CARGO_PKG_VERSION"));
+
 impl Tags {
+    /// The tags of a generated track: its prompt, this software, and how to make it again.
+    pub fn for_track(prompt: &str, seed: u64, model: &str) -> Tags {
+        Tags {
+            title: prompt.to_string(),
+            software: SOFTWARE.to_string(),
+            comment: format!("seed {seed}, model {model}"),
+        }
+    }
+
     /// The tags as Vorbis comment fields (FLAC, Ogg): `TITLE`, `ENCODER`, `COMMENT`.
     fn vorbis_comments(&self) -> Vec<(&'static str, &str)> {
         [("TITLE", &self.title), ("ENCODER", &self.software), ("COMMENT", &self.comment)]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 mod encode;
 mod read;
 
-pub use encode::{encode, Format, Tags};
+pub use encode::{encode, Format, Tags, SOFTWARE};
 pub use read::{read_audio, read_audio_native};
 
 /// Planar audio: one vector of samples, nominally in [-1, 1], per channel.

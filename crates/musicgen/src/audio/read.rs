@@ -46,10 +46,7 @@ pub fn read_audio(path: &Path, target_rate: u32, channels: usize, max_seconds: f
     if channels == 0 {
         return Err(Error::invalid("channels", "the target must have at least one channel"));
     }
-    if !(max_seconds.is_finite() && max_seconds > 0.0) {
-        return Err(Error::invalid("max_seconds", format!("{max_seconds} is not a positive length")));
-    }
-    let (rate, decoded) = decode(path, max_seconds)?;
+    let Audio { sample_rate: rate, channels: decoded } = read_audio_native(path, max_seconds)?;
     let mixed = mix(decoded, channels);
     let resampled = if rate == target_rate {
         mixed

@@ -357,11 +357,7 @@ impl From<AudioFormat> for Format {
 /// What a downloaded file says about itself, where its format has tags: the prompt, the software
 /// and how to make it again.
 fn tags_of(job: &Job) -> Tags {
-    Tags {
-        title: job.params.item.prompt.clone(),
-        software: format!("DGX Music {}", env!("CARGO_PKG_VERSION")),
-        comment: format!("seed {}, model {}", job.params.item.seed, public_model_id(&job.model)),
-    }
+    Tags::for_track(&job.params.item.prompt, job.params.item.seed, &public_model_id(&job.model))
 }
 
 /// The audio of a completed job, as a WAV or converted; supports Range requests.

@@ -40,7 +40,7 @@ pub(super) fn encode(audio: &Audio, bits: u32, tags: &Tags) -> Result<Vec<u8>> {
 /// A Vorbis comment header without framing bit, as FLAC stores it: little-endian lengths,
 /// the vendor string, then `KEY=value` fields.
 fn vorbis_comment_block(comments: &[(&str, &str)]) -> Vec<u8> {
-    let vendor = concat!("DGX Music ", env!("CARGO_PKG_VERSION"));
+    let vendor = super::SOFTWARE;
     let mut block = Vec::new();
     let put = |text: &[u8], block: &mut Vec<u8>| {
         block.extend_from_slice(&(text.len() as u32).to_le_bytes());
