@@ -133,6 +133,21 @@ impl DelayPattern {
         }
     }
 
+    /// The grid position holding codebook `k` of frame `f`.
+    pub fn position_of(&self, k: usize, f: usize) -> usize {
+        if self.enabled {
+            1 + self.delay(k) + f
+        } else {
+            1 + f
+        }
+    }
+
+    /// Frames whose every codebook is known once grid positions `..=filled` are.
+    pub fn frames_known(&self, filled: usize) -> usize {
+        let longest = if self.enabled { self.per_channel() - 1 } else { 0 };
+        filled.saturating_sub(longest).min(self.frames())
+    }
+
     /// Undoes the delay: `grid` is (codebooks, grid_len) row-major, the result (codebooks, frames).
     pub fn undo(&self, grid: &[u32]) -> Vec<u32> {
         let len = self.grid_len();

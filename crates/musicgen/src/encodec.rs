@@ -33,6 +33,7 @@ mod conv;
 mod lstm;
 mod quantizer;
 mod seanet;
+mod stream;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -42,6 +43,8 @@ use self::quantizer::ResidualVectorQuantizer;
 use self::seanet::{SeanetDecoder, SeanetEncoder};
 use crate::config::EncodecConfig;
 use crate::error::{Error, Result};
+
+pub use self::stream::DecodeStream;
 
 /// The decoding half of an EnCodec checkpoint, loaded once and reused.
 #[derive(Debug, Clone)]

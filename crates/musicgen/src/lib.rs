@@ -36,7 +36,9 @@ pub use audio::{Audio, Normalize, SampleFormat};
 pub use config::MusicgenConfig;
 pub use device::{DType, DeviceSpec};
 pub use error::{Error, Result};
-pub use model::{DeviceMemory, Generation, LoadOptions, ModelInfo, MusicGen, SharedParts, Step};
+pub use model::{
+    DeviceMemory, Generation, LoadOptions, ModelInfo, MusicGen, SharedParts, Step, StreamOptions, DEFAULT_CHUNK_SECS,
+};
 pub use request::{CancelToken, GenerationItem, GenerationRequest, Progress, SamplingParams};
 pub use weights::Checkpoint;
 
@@ -48,7 +50,7 @@ pub mod internals {
     pub use crate::config::{DecoderConfig, EncodecConfig};
     pub use crate::decoder::{Conditioning, Decoder, StepMode};
     pub use crate::delay::DelayPattern;
-    pub use crate::encodec::{EncodecDecoder, EncodecEncoder};
+    pub use crate::encodec::{DecodeStream, EncodecDecoder, EncodecEncoder};
     pub use crate::linear::Linear;
     pub use crate::sampling::{argmax, guide};
     pub use crate::t5::T5Encoder;

@@ -12,7 +12,7 @@ pub(crate) mod random;
 use candle_core::{DType as TensorDType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-pub use self::generation::{Generation, Step};
+pub use self::generation::{Generation, Step, StreamOptions, DEFAULT_CHUNK_SECS};
 use crate::audio::Audio;
 use crate::chroma::{ChromaConfig, ChromaExtractor};
 use crate::config::MusicgenConfig;
@@ -369,8 +369,36 @@ impl MusicGen {
         progress: &mut dyn FnMut(&Progress),
         cancel: &CancelToken,
     ) -> Result<Vec<Audio>> {
-        let started = std::time::Instant::now();
+        if request.is_endless() {
+            return Err(Error::invalid("duration", "an endless track can only be streamed (generate_streaming)"));
+        }
+        self.run(self.start(request)?, progress, &mut |_| Ok(()), cancel)
+    }
+
+    /// [`Self::generate`], handing each item's audio to `on_audio` as it is made (see
+    /// [`Generation::take_audio`]): the pieces, end to end, are the tracks returned. An endless
+    /// request runs until `cancel` is set or `on_audio` returns an error, which is returned.
+    pub fn generate_streaming(
+        &self,
+        request: &GenerationRequest,
+        options: StreamOptions,
+        progress: &mut dyn FnMut(&Progress),
+        on_audio: &mut dyn FnMut(&[Audio]) -> Result<()>,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Audio>> {
         let mut generation = self.start(request)?;
+        generation.stream(options)?;
+        self.run(generation, progress, on_audio, cancel)
+    }
+
+    fn run(
+        &self,
+        mut generation: Generation<'_>,
+        progress: &mut dyn FnMut(&Progress),
+        on_audio: &mut dyn FnMut(&[Audio]) -> Result<()>,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Audio>> {
+        let started = std::time::Instant::now();
         let total_steps = generation.total_steps();
         while !generation.is_finished() {
             if cancel.is_cancelled() {
@@ -378,6 +406,13 @@ impl MusicGen {
             }
             generation.step()?;
             progress(&Progress { step: generation.steps_done(), total_steps, elapsed: started.elapsed() });
+            if let Some(pieces) = generation.take_audio()? {
+                on_audio(&pieces)?;
+            }
+        }
+        // The last piece, whatever its length; then the tracks.
+        while let Some(pieces) = generation.take_audio()? {
+            on_audio(&pieces)?;
         }
         generation.finish()
     }
@@ -503,13 +538,16 @@ impl MusicGen {
     /// The text memory the decoder cross-attends to, `(B, L, hidden)` f32 (projected and zeroed
     /// at padding, as transformers), with the attention mask `(B, L)` u32.
     fn encode_prompts(&self, request: &GenerationRequest) -> Result<(Tensor, Tensor)> {
+        let prompts: Vec<&str> = request.items.iter().map(|item| item.prompt.as_str()).collect();
+        self.encode_texts(&prompts)
+    }
+
+    /// [`Self::encode_prompts`] of the texts themselves.
+    pub(crate) fn encode_texts(&self, prompts: &[&str]) -> Result<(Tensor, Tensor)> {
         let (ids, mask) = match &self.prompts {
-            Prompts::Tokenizer(tokenizer) => {
-                let prompts: Vec<&str> = request.items.iter().map(|item| item.prompt.as_str()).collect();
-                tokenizer.encode_batch(&prompts, &self.device)?
-            }
+            Prompts::Tokenizer(tokenizer) => tokenizer.encode_batch(prompts, &self.device)?,
             Prompts::Synthetic => {
-                let batch = request.items.len();
+                let batch = prompts.len();
                 let vocab = self.config.text_encoder.vocab_size as u32;
                 let ids: Vec<u32> = SYNTHETIC_PROMPT.iter().map(|id| id % vocab).collect();
                 let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?.repeat((batch, 1))?;

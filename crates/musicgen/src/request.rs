@@ -22,6 +22,10 @@ pub const WINDOW_SECS: f64 = 30.0;
 /// the first starts from the last `WINDOW_SECS - stride` seconds of the one before.
 pub const DEFAULT_EXTEND_STRIDE_SECS: f64 = 18.0;
 
+/// The duration of an endless track: windows follow one another as long as it is streamed
+/// ([`crate::Generation::stream`]), memory bounded by one window; only streaming can play it.
+pub const ENDLESS: f64 = f64::INFINITY;
+
 /// How tokens are drawn from the decoder's logits. Defaults follow audiocraft.
 ///
 /// A missing field deserializes to its default, so stored requests stay readable when a
@@ -97,7 +101,8 @@ impl GenerationItem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
     pub items: Vec<GenerationItem>,
-    /// Seconds of audio per item, the continued audio included.
+    /// Seconds of audio per item, the continued audio included; [`ENDLESS`] for a track that
+    /// goes on window after window until its caller stops streaming it.
     pub duration_secs: f64,
     /// Audio every item continues, at the model's sample rate and channel count (what
     /// [`crate::audio::read_audio`] returns for them): each track starts with it, re-synthesised
@@ -135,12 +140,19 @@ impl GenerationRequest {
         frames_for(self.duration_secs, FRAME_RATE)
     }
 
+    /// Whether the track has no end (see [`ENDLESS`]).
+    pub fn is_endless(&self) -> bool {
+        self.duration_secs == ENDLESS
+    }
+
     /// Validates everything that does not need the model; the model adds vocabulary limits.
     pub fn validate(&self, vocab_size: usize) -> Result<()> {
         if self.items.is_empty() {
             return Err(Error::invalid("prompts", "the request has no prompt"));
         }
-        validate_duration(self.duration_secs)?;
+        if !self.is_endless() {
+            validate_duration(self.duration_secs)?;
+        }
         validate_extend_stride(self.extend_stride_secs)?;
         if let Some(audio) = &self.continuation {
             validate_continuation(audio.len(), audio.sample_rate, self.duration_secs)?;

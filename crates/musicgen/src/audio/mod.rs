@@ -80,31 +80,87 @@ const ENERGY_FLOOR: f64 = 2e-3;
 
 /// Applies `strategy` in place.
 pub fn normalize(audio: &mut Audio, strategy: Normalize) -> Result<()> {
-    match strategy {
-        Normalize::None => {}
-        Normalize::Peak => {
-            let peak = audio.peak();
-            if peak > 0.0 {
+    if let Some(level) = Level::of(audio, strategy)? {
+        level.apply(audio);
+    }
+    Ok(())
+}
+
+/// What a strategy does to one track: a gain, then for `loudness` a `tanh` soft clip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Level {
+    gain: f32,
+    soft_clip: bool,
+}
+
+impl Level {
+    /// The level `strategy` sets for `audio`; `None` where it leaves it untouched (`none`, or
+    /// audio too quiet to measure, which audiocraft leaves alone).
+    fn of(audio: &Audio, strategy: Normalize) -> Result<Option<Self>> {
+        match strategy {
+            Normalize::None => Ok(None),
+            Normalize::Peak => {
+                let peak = audio.peak();
                 let target = 10f64.powf(-PEAK_HEADROOM_DB / 20.0) as f32;
-                audio.scale(target / peak);
+                Ok((peak > 0.0).then(|| Self { gain: target / peak, soft_clip: false }))
+            }
+            Normalize::Loudness => {
+                let samples = audio.channels.iter().map(Vec::len).sum::<usize>().max(1);
+                let energy =
+                    (audio.channels.iter().flatten().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples as f64).sqrt();
+                if energy < ENERGY_FLOOR {
+                    return Ok(None);
+                }
+                let loudness = integrated_loudness(audio)?;
+                let gain = if loudness.is_finite() {
+                    10f64.powf((-LOUDNESS_HEADROOM_DB - loudness) / 20.0) as f32
+                } else {
+                    1.0
+                };
+                Ok(Some(Self { gain, soft_clip: true }))
             }
         }
-        Normalize::Loudness => {
-            let samples = audio.channels.iter().map(Vec::len).sum::<usize>().max(1);
-            let energy =
-                (audio.channels.iter().flatten().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples as f64).sqrt();
-            if energy < ENERGY_FLOOR {
-                return Ok(());
-            }
-            let loudness = integrated_loudness(audio)?;
-            if loudness.is_finite() {
-                let gain = 10f64.powf((-LOUDNESS_HEADROOM_DB - loudness) / 20.0) as f32;
-                audio.scale(gain);
-            }
+    }
+
+    fn apply(&self, audio: &mut Audio) {
+        audio.scale(self.gain);
+        if self.soft_clip {
             audio.channels.iter_mut().flatten().for_each(|s| *s = s.tanh());
         }
     }
-    Ok(())
+}
+
+/// Normalisation of audio handed out piece by piece, which cannot wait for the whole track: the
+/// strategy's level is measured on the first piece loud enough to measure (earlier, quieter
+/// pieces pass unchanged) and then fixed for every piece after. A stored track is normalised
+/// whole, so a stream of it differs from the file by the ratio of the two gains
+/// ([`Self::gain`] and the track's).
+#[derive(Debug, Clone)]
+pub struct StreamNormalizer {
+    strategy: Normalize,
+    level: Option<Level>,
+}
+
+impl StreamNormalizer {
+    pub fn new(strategy: Normalize) -> Self {
+        Self { strategy, level: None }
+    }
+
+    /// Normalises the next piece in place.
+    pub fn apply(&mut self, piece: &mut Audio) -> Result<()> {
+        if self.level.is_none() {
+            self.level = Level::of(piece, self.strategy)?;
+        }
+        if let Some(level) = &self.level {
+            level.apply(piece);
+        }
+        Ok(())
+    }
+
+    /// The gain fixed so far (before any soft clip); `None` until a piece fixed it.
+    pub fn gain(&self) -> Option<f32> {
+        self.level.map(|level| level.gain)
+    }
 }
 
 /// Integrated loudness in LUFS (−∞ for audio too short or too quiet to gate).
@@ -189,6 +245,50 @@ fn encode_wav<W: Write + Seek>(writer: W, audio: &Audio, format: SampleFormat) -
     out.finalize().map_err(wav)
 }
 
+/// A 16-bit PCM WAV header for audio that follows it piece by piece (a stream). Given the
+/// length, the header is exact, so the stream is an ordinary WAV file; without one (an endless
+/// track) both sizes are 0xFFFFFFFF, which ffmpeg, sox, aplay and browsers read as "until the
+/// end of the stream".
+pub fn wav_stream_header(sample_rate: u32, channels: u16, samples: Option<usize>) -> [u8; 44] {
+    let block = 2 * channels as u32;
+    let data = samples.and_then(|n| u32::try_from(n as u64 * block as u64).ok()).filter(|&d| d <= u32::MAX - 36);
+    let (riff, data) = data.map_or((u32::MAX, u32::MAX), |d| (d + 36, d));
+    let mut header = [0u8; 44];
+    let fields: [&[u8]; 13] = [
+        b"RIFF",
+        &riff.to_le_bytes(),
+        b"WAVE",
+        b"fmt ",
+        &16u32.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &channels.to_le_bytes(),
+        &sample_rate.to_le_bytes(),
+        &(sample_rate * block).to_le_bytes(),
+        &(block as u16).to_le_bytes(),
+        &16u16.to_le_bytes(),
+        b"data",
+        &data.to_le_bytes(),
+    ];
+    let mut at = 0;
+    for field in fields {
+        header[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+    header
+}
+
+/// `audio` as interleaved 16-bit little-endian PCM (a WAV's data, or raw PCM), by the same
+/// quantisation rule as [`write_wav`].
+pub fn pcm16_bytes(audio: &Audio) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(audio.len() * audio.channels.len() * 2);
+    for i in 0..audio.len() {
+        for channel in &audio.channels {
+            bytes.extend_from_slice(&(to_pcm(channel[i], 16) as i16).to_le_bytes());
+        }
+    }
+    bytes
+}
+
 /// As audiocraft's `i16_pcm`, at any depth: scale by 2^(bits-1), clamp, truncate toward zero.
 /// (Powers of two and the clamp bounds up to 24 bits are exact in f32.)
 fn to_pcm(sample: f32, bits: u32) -> i32 {
@@ -221,6 +321,44 @@ mod tests {
             let expected = to_pcm(audio.channels[0][i], 16) as i16;
             assert_eq!(pair, [expected, expected]);
         }
+    }
+
+    #[test]
+    fn a_streamed_wav_is_the_written_wav() {
+        let audio = sine(440.0, 0.5, 0.3, 2);
+        let mut streamed = wav_stream_header(32000, 2, Some(audio.len())).to_vec();
+        streamed.extend(pcm16_bytes(&audio));
+        assert_eq!(streamed, wav_bytes(&audio, SampleFormat::Pcm16).unwrap());
+        // Open-ended: both sizes unknown, the rest of the header the same.
+        let open = wav_stream_header(32000, 2, None);
+        assert_eq!(open[4..8], [0xff; 4]);
+        assert_eq!(open[40..44], [0xff; 4]);
+        assert_eq!(open[8..40], streamed[8..40]);
+    }
+
+    #[test]
+    fn a_stream_fixes_its_level_on_the_first_audible_piece() {
+        let mut stream = StreamNormalizer::new(Normalize::Loudness);
+        let mut quiet = Audio { sample_rate: 32000, channels: vec![vec![1e-4; 16000]] };
+        stream.apply(&mut quiet).unwrap();
+        assert_eq!(quiet.channels[0][0], 1e-4, "silence passes unchanged");
+        assert_eq!(stream.gain(), None);
+        let first = sine(440.0, 0.05, 1.0, 1);
+        let mut piece = first.clone();
+        stream.apply(&mut piece).unwrap();
+        let gain = stream.gain().unwrap();
+        let mut whole = first.clone();
+        normalize(&mut whole, Normalize::Loudness).unwrap();
+        assert_eq!(piece, whole, "the first audible piece is normalised as a track of its own");
+        // A louder piece later keeps the gain fixed by the first.
+        let mut loud = sine(440.0, 0.2, 1.0, 1);
+        stream.apply(&mut loud).unwrap();
+        assert_eq!(stream.gain(), Some(gain));
+        assert!(
+            (loud.channels[0][8] - (0.2 * (2.0 * std::f32::consts::PI * 440.0 * 8.0 / 32000.0).sin() * gain).tanh())
+                .abs()
+                < 1e-6
+        );
     }
 
     #[test]

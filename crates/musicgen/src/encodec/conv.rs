@@ -192,9 +192,27 @@ impl Conv1d {
 
     /// `(B, T, in)` -> `(B, ceil(T / stride), out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_edges(x, (true, true))
+    }
+
+    /// Input samples on each side that one output sample reads, `(left, right)`, for a
+    /// stride-1 convolution: the padding it adds.
+    pub fn context(&self) -> (usize, usize) {
+        conv_padding(1, self.kernel_size, 1, self.dilation, self.style.causal)
+    }
+
+    /// A stride-1 convolution over a piece of a longer signal: the padding is added only on the
+    /// sides in `(left, right)` that are the signal's true ends; on the others `x` carries
+    /// [`Self::context`] samples of real signal instead, and the output is shorter by them.
+    pub fn forward_piece(&self, x: &Tensor, ends: (bool, bool)) -> Result<Tensor> {
+        debug_assert_eq!(self.stride, 1, "pieces are cut only for stride-1 convolutions");
+        self.forward_edges(x, ends)
+    }
+
+    fn forward_edges(&self, x: &Tensor, (pad_left, pad_right): (bool, bool)) -> Result<Tensor> {
         let (b, length, c_in) = x.dims3()?;
         let (left, right) = conv_padding(length, self.kernel_size, self.stride, self.dilation, self.style.causal);
-        let x = pad1d(x, left, right, self.style.pad_mode, 1)?;
+        let x = pad1d(x, if pad_left { left } else { 0 }, if pad_right { right } else { 0 }, self.style.pad_mode, 1)?;
         if self.stride == 1 {
             let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, CHUNK_ELEMENTS)?;
             return Ok(y.broadcast_add(&self.bias)?);
@@ -285,6 +303,15 @@ impl ConvTranspose1d {
         let taps = phase_stacked(&weight, stride)?;
         let bias = vb.get(c_out, "bias")?;
         Ok(Self { taps, bias, kernel_size, stride, style })
+    }
+
+    /// Input frames each side that the outputs of a run of frames read, given the samples
+    /// `(left, right)` of this layer's output that the layers after it read: the left context
+    /// reaches the frames whose taps overlap the run's first sample, the right one those at the
+    /// first trimmed sample past its end.
+    pub fn input_context(&self, (left, right): (usize, usize)) -> (usize, usize) {
+        let (trim, _) = transposed_trim(self.kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
+        ((left + self.kernel_size - 1).saturating_sub(trim) / self.stride, (right + trim).div_ceil(self.stride))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -18,6 +18,13 @@ struct LstmLayer {
     bias: Tensor,
 }
 
+/// Each layer's hidden and cell state `(B, dim)` after the frames seen so far; empty before
+/// the first (torch's zero initial states).
+#[derive(Debug, Clone, Default)]
+pub(super) struct LstmState {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Lstm {
     layers: Vec<LstmLayer>,
@@ -42,22 +49,38 @@ impl Lstm {
 
     /// `(B, T, dim)` -> `(B, T, dim)`: `lstm(x) + x` with zero initial states.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_from(x, &mut LstmState::default())
+    }
+
+    /// `forward` over frames that follow the ones `state` has seen, leaving it after the last
+    /// of them: running a signal in pieces gives what running it whole gives.
+    pub fn forward_from(&self, x: &Tensor, state: &mut LstmState) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        if state.layers.is_empty() {
+            let zeros = Tensor::zeros((b, self.dim), x.dtype(), x.device())?;
+            state.layers = vec![(zeros.clone(), zeros); self.layers.len()];
+        }
         // Steps outermost, so each step reads one contiguous (B, 4*dim) slab.
         let input = x.transpose(0, 1)?.contiguous()?;
         let mut hidden = input.clone();
-        for layer in &self.layers {
-            hidden = self.run_layer(layer, &hidden, b, t)?;
+        for (layer, (h, c)) in self.layers.iter().zip(&mut state.layers) {
+            hidden = self.run_layer(layer, &hidden, b, t, h, c)?;
         }
         Ok((hidden + input)?.transpose(0, 1)?.contiguous()?)
     }
 
-    fn run_layer(&self, layer: &LstmLayer, xs: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    fn run_layer(
+        &self,
+        layer: &LstmLayer,
+        xs: &Tensor,
+        b: usize,
+        t: usize,
+        h: &mut Tensor,
+        c: &mut Tensor,
+    ) -> Result<Tensor> {
         let dim = self.dim;
         let projected =
             xs.reshape((t * b, dim))?.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?.reshape((t, b, 4 * dim))?;
-        let mut h = Tensor::zeros((b, dim), xs.dtype(), xs.device())?;
-        let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
             let gates = (projected.get(step)? + h.matmul(&layer.w_hh_t)?)?;
@@ -68,8 +91,8 @@ impl Lstm {
             let f = sig.narrow(D::Minus1, dim, dim)?;
             let o = sig.narrow(D::Minus1, 3 * dim, dim)?;
             let g = gates.narrow(D::Minus1, 2 * dim, dim)?.tanh()?;
-            c = ((f * &c)? + (i * g)?)?;
-            h = (o * c.tanh()?)?;
+            *c = ((f * &*c)? + (i * g)?)?;
+            *h = (o * c.tanh()?)?;
             outputs.push(h.clone());
         }
         Ok(Tensor::stack(&outputs, 0)?)

@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::conv::{Conv1d, ConvStyle, ConvTranspose1d};
-use super::lstm::Lstm;
+use super::lstm::{Lstm, LstmState};
 use crate::config::EncodecConfig;
 use crate::error::{Error, Result};
 
@@ -52,6 +52,11 @@ impl ResnetBlock {
             None
         };
         Ok(Self { conv_in, conv_out, shortcut })
+    }
+
+    /// Samples each side one output reads: the 1x1 convolutions read none.
+    fn context(&self) -> (usize, usize) {
+        self.conv_in.context()
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -112,6 +117,41 @@ impl SeanetDecoder {
     /// worth batching.
     pub fn forward_latent(&self, latent: &Tensor) -> Result<Tensor> {
         self.lstm.forward(&self.conv_in.forward(latent)?)
+    }
+
+    /// The first convolution over a piece of the latent frames: `ends` says which sides are
+    /// the track's true ends (padded there; elsewhere `latent` carries [`Self::latent_context`]
+    /// frames of real context, which the output leaves out).
+    pub fn conv_in_piece(&self, latent: &Tensor, ends: (bool, bool)) -> Result<Tensor> {
+        self.conv_in.forward_piece(latent, ends)
+    }
+
+    /// The LSTM over frames that follow those `state` has seen.
+    pub fn lstm_carry(&self, x: &Tensor, state: &mut LstmState) -> Result<Tensor> {
+        self.lstm.forward_from(x, state)
+    }
+
+    /// Latent frames each side that the first convolution reads, `(left, right)`; the LSTM after
+    /// it looks back through its state and never ahead.
+    pub fn latent_context(&self) -> (usize, usize) {
+        self.conv_in.context()
+    }
+
+    /// Frames of `forward_latent`'s output each side that the upsampling stack reads to compute
+    /// one frame's samples, `(left, right)`: its receptive field, walked back from the last
+    /// convolution through every residual block and transposed convolution. A piece of frames
+    /// with this much real context on each side upsamples to exactly the samples the whole
+    /// track gives there.
+    pub fn upsample_context(&self) -> (usize, usize) {
+        let (mut left, mut right) = self.conv_out.context();
+        for stage in self.upsamples.iter().rev() {
+            for block in stage.residuals.iter().rev() {
+                let (l, r) = block.context();
+                (left, right) = (left + l, right + r);
+            }
+            (left, right) = stage.conv.input_context((left, right));
+        }
+        (left, right)
     }
 
     /// The upsampling part, from `forward_latent`'s output to the waveform.

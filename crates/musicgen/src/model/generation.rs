@@ -19,6 +19,7 @@ use super::MusicGen;
 use crate::audio::Audio;
 use crate::decoder::{Conditioning, DecoderState};
 use crate::delay::DelayPattern;
+use crate::encodec::DecodeStream;
 use crate::error::{Error, Result};
 use crate::request::{frames_for, GenerationRequest, WINDOW_SECS};
 use crate::sampling::{guide, Sampler};
@@ -43,18 +44,36 @@ struct WindowPlan {
 
 /// audiocraft's window loop over frame counts: the first window starts at 0 with the continued
 /// audio (if any) as its prompt; each next one starts `stride` frames later, its prompt the
-/// previous window's frames from there on, until the timeline reaches `total` frames.
-fn plan_windows(total: usize, window: usize, stride: usize, prompt: usize) -> Vec<WindowPlan> {
-    let mut plans = vec![WindowPlan { offset: 0, prompt, frames: total.min(window) }];
-    loop {
-        let last = plans[plans.len() - 1];
-        if last.offset + last.frames >= total {
-            return plans;
-        }
-        let offset = last.offset + stride;
-        let prompt = (last.offset + last.frames).saturating_sub(offset);
-        plans.push(WindowPlan { offset, prompt, frames: (total - offset).min(window) });
+/// previous window's frames from there on, until the timeline reaches `total` frames (never,
+/// for an endless track).
+#[derive(Debug, Clone, Copy)]
+struct WindowPlanner {
+    total: Option<usize>,
+    window: usize,
+    stride: usize,
+}
+
+impl WindowPlanner {
+    fn first(&self, prompt: usize) -> WindowPlan {
+        WindowPlan { offset: 0, prompt, frames: self.total.map_or(self.window, |t| t.min(self.window)) }
     }
+
+    fn next(&self, last: &WindowPlan) -> Option<WindowPlan> {
+        let end = last.offset + last.frames;
+        if self.total.is_some_and(|total| end >= total) {
+            return None;
+        }
+        let offset = last.offset + self.stride;
+        let prompt = end.saturating_sub(offset);
+        let frames = self.total.map_or(self.window, |total| (total - offset).min(self.window));
+        Some(WindowPlan { offset, prompt, frames })
+    }
+}
+
+#[cfg(test)]
+fn plan_windows(total: usize, window: usize, stride: usize, prompt: usize) -> Vec<WindowPlan> {
+    let planner = WindowPlanner { total: Some(total), window, stride };
+    std::iter::successors(Some(planner.first(prompt)), |last| planner.next(last)).collect()
 }
 
 /// The window being decoded.
@@ -73,6 +92,33 @@ struct Window {
     prefix: Option<Tensor>,
 }
 
+/// How a streamed generation hands out its audio (see [`Generation::stream`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamOptions {
+    /// Seconds of audio per piece handed out; the first piece comes once this much of music
+    /// and EnCodec's few frames of look-ahead are generated.
+    pub chunk_secs: f64,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self { chunk_secs: DEFAULT_CHUNK_SECS }
+    }
+}
+
+/// The default piece: first audio after half a second of music.
+pub const DEFAULT_CHUNK_SECS: f64 = 0.5;
+
+/// A streamed generation's decoding: codes go to EnCodec as their frames complete.
+struct Streamer {
+    decode: DecodeStream,
+    chunk_frames: usize,
+    /// Samples handed out per item so far.
+    samples_out: usize,
+    /// Everything handed out, per item, which `finish` returns (not kept for an endless track).
+    kept: Option<Vec<Audio>>,
+}
+
 /// A request being generated; made by [`MusicGen::start`].
 pub struct Generation<'m> {
     model: &'m MusicGen,
@@ -83,15 +129,21 @@ pub struct Generation<'m> {
     row_items: Vec<usize>,
     memory: Tensor,
     conditions: Conditions,
-    plans: Vec<WindowPlan>,
-    window_index: usize,
+    planner: WindowPlanner,
+    /// Windows in all (a finite track), or opened so far (an endless one).
+    windows: usize,
     window: Window,
-    /// Each item's codes `(K, frames)` per codebook on the timeline, up to the current window's
-    /// predicted frames (which join it when the window ends).
+    /// Each item's codes `(K, frames)` per codebook on the timeline from frame `kept_from`, up
+    /// to the current window's predicted frames (which join it when the window ends). Only an
+    /// endless track drops frames, once they are streamed and no window prompt needs them.
     kept: Vec<Vec<Vec<u32>>>,
+    kept_from: usize,
     steps_done: usize,
+    /// `usize::MAX` for an endless track.
     total_steps: usize,
-    samples: usize,
+    /// Samples per item of the finished track; `None` for an endless one.
+    samples: Option<usize>,
+    stream: Option<Streamer>,
 }
 
 impl<'m> Generation<'m> {
@@ -107,18 +159,23 @@ impl<'m> Generation<'m> {
         let k = model.decoder.num_codebooks();
         let sample_rate = model.codec.sample_rate() as f64;
         let frame_rate = sample_rate / model.codec.hop_length() as f64;
-        let total = frames_for(request.duration_secs, frame_rate);
+        let endless = request.is_endless();
+        let total = (!endless).then(|| frames_for(request.duration_secs, frame_rate));
         let window = frames_for(WINDOW_SECS, frame_rate);
         // audiocraft: `int(frame_rate * extend_stride)`.
         let stride = ((request.extend_stride_secs * frame_rate + 1e-9).floor() as usize).clamp(1, window - 1);
         let (prompt, prompt_frames) = prompt_codes.unwrap_or_default();
-        if prompt_frames >= total || prompt_frames > window {
+        if total.is_some_and(|total| prompt_frames >= total) || prompt_frames > window {
             return Err(Error::invalid(
                 "continue",
-                format!("{prompt_frames} frames of audio to continue do not fit a track of {total} frames"),
+                format!(
+                    "{prompt_frames} frames of audio to continue do not fit a track of {} frames",
+                    total.unwrap_or(window)
+                ),
             ));
         }
-        let plans = plan_windows(total, window, stride, prompt_frames);
+        let planner = WindowPlanner { total, window, stride };
+        let first = planner.first(prompt_frames);
 
         let mut uncond_rows = Vec::with_capacity(batch);
         let mut uncond_items = Vec::new();
@@ -130,30 +187,27 @@ impl<'m> Generation<'m> {
                 uncond_rows.push(None);
             }
         }
-        let (rows_memory, rows_mask) = if uncond_items.is_empty() {
-            (memory.clone(), mask)
-        } else {
-            let (_, len, hidden) = memory.dims3()?;
-            let n = uncond_items.len();
-            let zeros = Tensor::zeros((n, len, hidden), memory.dtype(), memory.device())?;
-            let no_text = Tensor::zeros((n, len), mask.dtype(), mask.device())?;
-            (Tensor::cat(&[&memory, &zeros], 0)?, Tensor::cat(&[&mask, &no_text], 0)?)
-        };
+        let (rows_memory, rows_mask) = with_unconditional_rows(&memory, &mask, uncond_items.len())?;
         let kept: Vec<Vec<Vec<u32>>> =
             vec![(0..k).map(|c| prompt[c * prompt_frames..(c + 1) * prompt_frames].to_vec()).collect(); batch];
-        let mut total_steps = 0;
-        for plan in &plans {
-            let pattern = model.pattern(plan)?;
-            total_steps += pattern.steps() + 1 - pattern.first_free_position();
+        let (mut windows, mut total_steps) = (0, 0);
+        if total.is_some() {
+            for plan in std::iter::successors(Some(first), |last| planner.next(last)) {
+                let pattern = model.pattern(&plan)?;
+                total_steps += pattern.steps() + 1 - pattern.first_free_position();
+                windows += 1;
+            }
+        } else {
+            (windows, total_steps) = (1, usize::MAX);
         }
         let conditions = Conditions {
             memory: rows_memory,
             mask: rows_mask,
             follows: (0..batch).map(|_| true).chain(uncond_items.iter().map(|_| false)).collect(),
             melody: request.melody.as_ref().map(|m| m.channels.concat()),
-            windowed: plans.len() > 1,
+            windowed: windows > 1 || endless,
         };
-        let window = open_window(model, plans[0], &kept, &conditions)?;
+        let window = open_window(model, first, &kept, 0, &conditions)?;
         Ok(Self {
             model,
             samplers: request.items.iter().map(|item| Sampler::new(item.sampling, item.seed)).collect(),
@@ -161,18 +215,20 @@ impl<'m> Generation<'m> {
             row_items: (0..batch).chain(uncond_items).collect(),
             memory,
             conditions,
-            plans,
-            window_index: 0,
+            planner,
+            windows,
             window,
             kept,
+            kept_from: 0,
             steps_done: 0,
             total_steps,
-            samples: (request.duration_secs * sample_rate).round() as usize,
+            samples: (!endless).then(|| (request.duration_secs * sample_rate).round() as usize),
+            stream: None,
         })
     }
 
     /// Decoder steps in all, over every window: in each, one per predicted position (a prompt's
-    /// prefill counts as the step its last position is).
+    /// prefill counts as the step its last position is). `usize::MAX` for an endless track.
     pub fn total_steps(&self) -> usize {
         self.total_steps
     }
@@ -185,9 +241,9 @@ impl<'m> Generation<'m> {
         self.steps_done >= self.total_steps
     }
 
-    /// Windows this request runs in (1 up to 30 s).
+    /// Windows this request runs in (1 up to 30 s); for an endless track, those opened so far.
     pub fn windows(&self) -> usize {
-        self.plans.len()
+        self.windows
     }
 
     /// musicgen-melody: the current window's prefix `(rows, chroma_length + L, hidden)` f32, rows as
@@ -211,36 +267,140 @@ impl<'m> Generation<'m> {
     /// Each item's codes `(K, frames)` row-major, the delay undone, from the start of the track
     /// (the continued audio's codes first); complete once finished.
     pub fn codes(&self) -> Vec<Vec<u32>> {
-        let current = if self.window.merged { vec![Vec::new(); self.kept.len()] } else { self.window_codes() };
-        self.kept
-            .iter()
-            .zip(current)
-            .map(|(rows, extra)| {
-                let n = extra.len() / rows.len().max(1);
-                rows.iter()
-                    .enumerate()
-                    .flat_map(|(c, row)| row.iter().chain(&extra[c * n..(c + 1) * n]))
-                    .copied()
-                    .collect()
+        self.codes_between(self.kept_from, self.frames_ready())
+    }
+
+    /// Frames of the timeline whose codes are all known: a frame's last codebook comes the
+    /// pattern's longest delay after its first.
+    pub fn frames_ready(&self) -> usize {
+        let window = &self.window;
+        if window.merged {
+            return window.plan.offset + window.pattern.frames();
+        }
+        let known = window.pattern.frames_known(window.position).max(window.plan.prompt);
+        window.plan.offset + known
+    }
+
+    /// Each item's codes `(K, to - from)` row-major for timeline frames `from..to`, which must be
+    /// ready and kept.
+    fn codes_between(&self, from: usize, to: usize) -> Vec<Vec<u32>> {
+        let window = &self.window;
+        let pattern = &window.pattern;
+        let (k, len) = (pattern.num_codebooks(), pattern.grid_len());
+        // Frames past the timeline kept so far are in the window's grid, undelayed here.
+        let in_grid = window.plan.offset + window.plan.prompt;
+        let kept_end = if window.merged { window.plan.offset + pattern.frames() } else { in_grid };
+        (0..self.kept.len())
+            .map(|item| {
+                let mut codes = Vec::with_capacity(k * (to - from));
+                for c in 0..k {
+                    let row = &self.kept[item][c];
+                    let kept_to = to.min(kept_end);
+                    if from < kept_to {
+                        codes.extend_from_slice(&row[from - self.kept_from..kept_to - self.kept_from]);
+                    }
+                    let grid = &window.grid[(item * k + c) * len..(item * k + c + 1) * len];
+                    let first = from.max(kept_end);
+                    codes.extend((first..to.max(first)).map(|f| grid[pattern.position_of(c, f - window.plan.offset)]));
+                }
+                codes
             })
             .collect()
     }
 
-    /// The current window's predicted frames so far, per item `(K, n)` row-major.
-    fn window_codes(&self) -> Vec<Vec<u32>> {
-        let window = &self.window;
-        let pattern = &window.pattern;
-        let per_item = pattern.num_codebooks() * pattern.grid_len();
-        window
-            .grid
-            .chunks(per_item)
-            .map(|grid| {
-                let codes = pattern.undo(grid);
-                let frames = pattern.frames();
-                let k = pattern.num_codebooks();
-                (0..k).flat_map(|c| codes[c * frames + window.plan.prompt..(c + 1) * frames].to_vec()).collect()
-            })
-            .collect()
+    /// Replaces every item's prompt (one per item, in order) from the next window on: an endless
+    /// track's way of changing what it plays. The current window keeps the text it started with.
+    pub fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
+        if prompts.len() != self.samplers.len() {
+            return Err(Error::invalid(
+                "prompt",
+                format!("{} prompt(s) for a request of {} item(s)", prompts.len(), self.samplers.len()),
+            ));
+        }
+        for prompt in prompts {
+            crate::request::validate_prompt(prompt)?;
+        }
+        let (memory, mask) = self.model.encode_texts(prompts)?;
+        let unconditional = self.uncond_rows.iter().flatten().count();
+        (self.conditions.memory, self.conditions.mask) = with_unconditional_rows(&memory, &mask, unconditional)?;
+        self.memory = memory;
+        Ok(())
+    }
+
+    /// Turns on streaming: from now on [`Self::take_audio`] hands out each item's audio as its
+    /// frames complete, and [`Self::finish`] returns what was handed out rather than decoding
+    /// the track again. Must come before the first step.
+    pub fn stream(&mut self, options: StreamOptions) -> Result<()> {
+        if self.steps_done > 0 {
+            return Err(Error::invalid("stream", "streaming must start before the first step"));
+        }
+        if !(options.chunk_secs > 0.0 && options.chunk_secs <= WINDOW_SECS) {
+            return Err(Error::invalid(
+                "chunk",
+                format!("{} seconds per piece must be above 0 and at most {WINDOW_SECS}", options.chunk_secs),
+            ));
+        }
+        let codec = &self.model.codec;
+        let frame_rate = codec.sample_rate() as f64 / codec.hop_length() as f64;
+        let rows = self.samplers.len() * self.model.config.decoder.audio_channels;
+        let channels = self.model.config.decoder.audio_channels;
+        let empty = Audio { sample_rate: codec.sample_rate(), channels: vec![Vec::new(); channels] };
+        self.stream = Some(Streamer {
+            decode: codec.start_stream(rows, None),
+            chunk_frames: ((options.chunk_secs * frame_rate).round() as usize).max(1),
+            samples_out: 0,
+            kept: self.samples.map(|_| vec![empty; self.samplers.len()]),
+        });
+        Ok(())
+    }
+
+    /// Seconds of each item's audio handed out so far by [`Self::take_audio`].
+    pub fn seconds_streamed(&self) -> f64 {
+        self.stream.as_ref().map_or(0.0, |s| s.samples_out as f64 / self.model.codec.sample_rate() as f64)
+    }
+
+    /// Each item's audio that became final since the last call, once at least a piece of it
+    /// (all that is left, when the track is finished); `None` until then, or when streaming is
+    /// off. The pieces of a track, put end to end, are the track: the samples the whole-track
+    /// decode gives (to float rounding), trimmed to its duration.
+    pub fn take_audio(&mut self) -> Result<Option<Vec<Audio>>> {
+        let finished = self.is_finished();
+        let ready = self.frames_ready();
+        let model = self.model;
+        let Some(stream) = &self.stream else { return Ok(None) };
+        let pushed = stream.decode.frames_in();
+        let wanted = stream.decode.frames_out() + stream.chunk_frames + model.codec.stream_lookahead();
+        if stream.decode.is_finished() || !(finished || ready >= wanted) {
+            return Ok(None);
+        }
+        let codes = self.codes_between(pushed, ready);
+        let channels = model.config.decoder.audio_channels;
+        let k = self.window.pattern.num_codebooks();
+        let rows = split_channels(&codes, k, channels, ready - pushed, model.decoder.device())?;
+        let Some(stream) = &mut self.stream else { return Ok(None) };
+        model.codec.stream_push(&mut stream.decode, &rows)?;
+        let Some(wave) = model.codec.stream_pull(&mut stream.decode, finished)? else { return Ok(None) };
+        let mut pieces = Vec::with_capacity(self.samplers.len());
+        let limit = self.samples.map_or(usize::MAX, |total| total - stream.samples_out);
+        for item in 0..self.samplers.len() {
+            let channels = (0..channels)
+                .map(|c| {
+                    let mut samples = wave.get(item * channels + c)?.flatten_all()?.to_vec1::<f32>()?;
+                    samples.truncate(limit);
+                    Ok(samples)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            pieces.push(Audio { sample_rate: model.codec.sample_rate(), channels });
+        }
+        stream.samples_out += pieces.first().map_or(0, Audio::len);
+        if let Some(kept) = &mut stream.kept {
+            for (track, piece) in kept.iter_mut().zip(&pieces) {
+                for (all, new) in track.channels.iter_mut().zip(&piece.channels) {
+                    all.extend_from_slice(new);
+                }
+            }
+        }
+        Ok(Some(pieces))
     }
 
     /// Runs the next decoder step and picks every item's tokens; `None` once all steps ran.
@@ -316,7 +476,8 @@ impl<'m> Generation<'m> {
 
     /// Puts the finished window's predictions on the timeline and opens the next window.
     fn end_window(&mut self) -> Result<()> {
-        let predicted = self.window_codes();
+        let plan = self.window.plan;
+        let predicted = self.codes_between(plan.offset + plan.prompt, plan.offset + self.window.pattern.frames());
         for (rows, codes) in self.kept.iter_mut().zip(predicted) {
             let n = codes.len() / rows.len();
             for (c, row) in rows.iter_mut().enumerate() {
@@ -324,20 +485,36 @@ impl<'m> Generation<'m> {
             }
         }
         self.window.merged = true;
-        if self.window_index + 1 < self.plans.len() {
-            self.window_index += 1;
-            let plan = self.plans[self.window_index];
-            self.window = open_window(self.model, plan, &self.kept, &self.conditions)?;
+        let Some(next) = self.planner.next(&plan) else { return Ok(()) };
+        if self.samples.is_none() {
+            // An endless track keeps only what the next window's prompt and the stream still need.
+            let streamed = self.stream.as_ref().map_or(usize::MAX, |s| s.decode.frames_in());
+            let keep_from = next.offset.min(streamed);
+            let drop = keep_from.saturating_sub(self.kept_from);
+            for rows in &mut self.kept {
+                rows.iter_mut().for_each(|row| drop_front(row, drop));
+            }
+            self.kept_from += drop;
+            self.windows += 1;
         }
+        self.window = open_window(self.model, next, &self.kept, self.kept_from, &self.conditions)?;
         Ok(())
     }
 
     /// Runs any steps left, undoes the delay and decodes the items with EnCodec (stereo: even
-    /// codebooks left, odd right), trimmed to the requested duration. A GPU decodes the whole
-    /// batch in one call (its cost is launches, not arithmetic); the CPU decodes item by item,
-    /// which bounds the memory of long batches and costs nothing there.
+    /// codebooks left, odd right), trimmed to the requested duration. A streamed generation
+    /// returns the pieces it handed out instead, put end to end. A GPU decodes the whole batch
+    /// in one call (its cost is launches, not arithmetic); the CPU decodes item by item, which
+    /// bounds the memory of long batches and costs nothing there.
     pub fn finish(mut self) -> Result<Vec<Audio>> {
+        let Some(track_len) = self.samples else {
+            return Err(Error::invalid("duration", "an endless track has no end to finish at; stream it"));
+        };
         while self.step()?.is_some() {}
+        if self.stream.is_some() {
+            while self.take_audio()?.is_some() {}
+            return Ok(self.stream.and_then(|s| s.kept).unwrap_or_default());
+        }
         let model = self.model;
         let k = self.window.pattern.num_codebooks();
         let channels = model.config.decoder.audio_channels;
@@ -355,7 +532,7 @@ impl<'m> Generation<'m> {
                 let channels = (0..wave.dim(0)?)
                     .map(|c| {
                         let mut samples = wave.get(c)?.to_vec1::<f32>()?;
-                        samples.truncate(self.samples);
+                        samples.truncate(track_len);
                         Ok(samples)
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -364,6 +541,44 @@ impl<'m> Generation<'m> {
         }
         Ok(tracks)
     }
+}
+
+/// Drops the first `n` elements of `row` (all of them if it is shorter).
+fn drop_front(row: &mut Vec<u32>, n: usize) {
+    row.drain(..n.min(row.len()));
+}
+
+/// The memory and mask of every decoder row: the conditional rows', then `unconditional` rows
+/// of zeroed memory and zero mask (guidance's "no text").
+fn with_unconditional_rows(memory: &Tensor, mask: &Tensor, unconditional: usize) -> Result<(Tensor, Tensor)> {
+    if unconditional == 0 {
+        return Ok((memory.clone(), mask.clone()));
+    }
+    let (_, len, hidden) = memory.dims3()?;
+    let zeros = Tensor::zeros((unconditional, len, hidden), memory.dtype(), memory.device())?;
+    let no_text = Tensor::zeros((unconditional, len), mask.dtype(), mask.device())?;
+    Ok((Tensor::cat(&[memory, &zeros], 0)?, Tensor::cat(&[mask, &no_text], 0)?))
+}
+
+/// Per item `(K, n)` codes to EnCodec's stream rows `(items * channels, K / channels, n)`:
+/// codebook `k` belongs to channel `k % channels`, each channel decoded alone, as
+/// [`crate::encodec::EncodecDecoder::decode_interleaved`] does.
+fn split_channels(
+    codes: &[Vec<u32>],
+    k: usize,
+    channels: usize,
+    n: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(codes.len() * k * n);
+    for item in codes {
+        for c in 0..channels {
+            for codebook in (c..k).step_by(channels) {
+                rows.extend_from_slice(&item[codebook * n..(codebook + 1) * n]);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(rows, (codes.len() * channels, k / channels, n), device)?)
 }
 
 /// What every window's decoder rows are conditioned on.
@@ -382,13 +597,20 @@ struct Conditions {
 }
 
 /// A fresh decoder state and grid for `plan`, its prompt taken from the timeline.
-fn open_window(model: &MusicGen, plan: WindowPlan, kept: &[Vec<Vec<u32>>], conditions: &Conditions) -> Result<Window> {
+/// `kept` starts at timeline frame `kept_from`.
+fn open_window(
+    model: &MusicGen,
+    plan: WindowPlan,
+    kept: &[Vec<Vec<u32>>],
+    kept_from: usize,
+    conditions: &Conditions,
+) -> Result<Window> {
     let pattern = model.pattern(&plan)?;
     let k = pattern.num_codebooks();
     let mut grid = vec![model.decoder_start_token; kept.len() * k * pattern.grid_len()];
     for (item, rows) in kept.iter().enumerate() {
         let prompt: Vec<u32> =
-            rows.iter().flat_map(|row| row[plan.offset..plan.offset + plan.prompt].iter().copied()).collect();
+            rows.iter().flat_map(|row| row[plan.offset - kept_from..][..plan.prompt].iter().copied()).collect();
         let per_item = k * pattern.grid_len();
         pattern.write_prompt(&mut grid[item * per_item..(item + 1) * per_item], &prompt);
     }

@@ -15,4 +15,5 @@ mod encodec;
 mod generate;
 mod melody;
 mod sharing;
+mod stream;
 mod t5;
