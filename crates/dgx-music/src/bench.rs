@@ -64,6 +64,11 @@ pub struct Args {
     warmup_duration: f64,
     #[arg(long, default_value = "an upbeat synth-pop track with a driving bassline and bright pads")]
     prompt: String,
+    /// Stream the audio in pieces of this many seconds while it is generated, as `generate
+    /// --stream` does, and report the time to the first audio and whether the stream keeps
+    /// ahead of real time. [default when given without a value: 0.5]
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "0.5")]
+    stream: Option<f64>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -101,6 +106,10 @@ pub struct BenchReport {
     pub steps_per_s: f64,
     pub encodec_s: f64,
     pub total_s: f64,
+    /// `--stream`: seconds from the request to the first audio, and the least time by which a
+    /// piece came before playback needed it (negative: a listener hears a gap).
+    pub first_audio_s: Option<f64>,
+    pub stream_lead_s: Option<f64>,
     /// Seconds of audio per second of wall time for one item (> 1 is faster than real time).
     pub real_time_factor: f64,
     /// The same for the whole batch.
@@ -195,7 +204,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("bench: run {}/{}...", i + 1, args.runs);
         }
         let sampler = nvml_index.and_then(GpuSampler::start);
-        let (phases, audio) = timing::timed_generation(&model, &timed, &sync).context("generation failed")?;
+        let stream = args.stream.map(|chunk_secs| musicgen::StreamOptions { chunk_secs });
+        let (phases, audio) = timing::timed_generation(&model, &timed, stream, &sync).context("generation failed")?;
         let gpu_peak = sampler.map(GpuSampler::finish);
         anyhow::ensure!(
             audio.len() == args.batch,

@@ -45,6 +45,10 @@ pub fn summarise(
         steps_per_s: if ms_per_step > 0.0 { 1e3 / ms_per_step } else { 0.0 },
         encodec_s: m(|r| r.phases.encodec_s),
         total_s,
+        first_audio_s: args.stream.map(|_| m(|r| r.phases.first_audio_s.unwrap_or(f64::NAN))),
+        stream_lead_s: args
+            .stream
+            .map(|_| runs.iter().filter_map(|r| r.phases.stream_lead_s).fold(f64::INFINITY, f64::min)),
         real_time_factor,
         aggregate_real_time_factor: real_time_factor * args.batch as f64,
         peak_host_bytes: host_peak_bytes(),
@@ -109,6 +113,20 @@ pub fn human(r: &BenchReport) -> String {
             }
         ),
     );
+    if let (Some(first), Some(lead)) = (r.first_audio_s, r.stream_lead_s) {
+        row(
+            "stream",
+            format!(
+                "first audio {:.3} s after the request; {}",
+                first,
+                if lead >= 0.0 {
+                    format!("keeps ahead of real time (every piece at least {lead:.2} s early)")
+                } else {
+                    format!("falls behind real time (a piece {:.2} s late)", -lead)
+                }
+            ),
+        );
+    }
     let mem = |b: Option<u64>| b.map(gib).unwrap_or_else(|| "-".into());
     row("peak memory", format!("GPU {}, host {}", mem(r.peak_gpu_bytes), mem(r.peak_host_bytes)));
     row(
