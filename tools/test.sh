@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (`.ci/run` calls this script).
-#   0. Hygiene: `cargo fmt --check` (rustfmt.toml) and clippy on every target with warnings as errors.
+#   0. Hygiene: `cargo fmt --check` (rustfmt.toml) and clippy on every target with warnings as errors,
+#      with the `play` feature (installs Debian's libasound2-dev for it).
 #   1. Rust unit and integration tests: engine parity against the committed transformers fixtures,
 #      the CLI, and the server started as a real process with the tiny fixture model.
 #   2. schemathesis against the API's own OpenAPI document (installs itself into a venv from PyPI).
@@ -17,9 +18,24 @@ cd "$(dirname "$0")/.."
 for component in rustfmt clippy; do
     cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
 done
+# `generate --play` (the `play` feature, cpal) links ALSA: its headers come from Debian's
+# libasound2-dev, installed here when missing; without apt the feature is left out, saying so.
+features=()
+if ! pkg-config --exists alsa 2>/dev/null && command -v apt-get >/dev/null; then
+    as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libasound2-dev pkg-config \
+        || { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+            --no-install-recommends libasound2-dev pkg-config; } || true
+fi
+if pkg-config --exists alsa 2>/dev/null; then
+    features=(--features dgx-music/play)
+else
+    echo "test.sh: no ALSA headers (libasound2-dev): building without the play feature" >&2
+fi
+
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+cargo test --workspace --locked "${features[@]}"
 
 if [[ "${SKIP_API_FUZZ:-0}" != 1 ]]; then
     tools/schemathesis.sh

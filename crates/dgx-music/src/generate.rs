@@ -1,17 +1,22 @@
 //! `dgx-music generate`: one or more prompts to audio files (WAV, FLAC, MP3, Ogg/Vorbis), with a
-//! progress bar.
+//! progress bar; or one prompt streamed while it is made (`--stream`, `--play`), endlessly with
+//! `--duration 0`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use musicgen::audio::{self, Format, Normalize, SampleFormat, Tags};
+use musicgen::audio::{self, Format, Normalize, SampleFormat, StreamNormalizer, Tags};
 use musicgen::request::{
     validate_continuation, validate_duration, validate_extend_stride, validate_prompt, DEFAULT_EXTEND_STRIDE_SECS,
-    MAX_MELODY_SECS, WINDOW_SECS,
+    ENDLESS, MAX_MELODY_SECS, WINDOW_SECS,
 };
-use musicgen::{CancelToken, DType, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams};
+use musicgen::{
+    Audio, CancelToken, DType, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams, StreamOptions,
+    DEFAULT_CHUNK_SECS,
+};
 
 use crate::device::DeviceChoice;
 
@@ -21,7 +26,9 @@ use crate::device::DeviceChoice;
     dgx-music generate \"jazzy piano solo\" --continue intro.wav --duration 60 -o long.wav\n  \
     dgx-music generate \"80s synth pop\" --model melody --melody hum.wav --duration 20\n  \
     dgx-music generate \"warm synth pads\" -o pads.flac   (the format follows the extension)\n  \
-    dgx-music generate \"warm synth pads\" --format mp3   (warm-synth-pads.mp3, 320 kbps)\n\n\
+    dgx-music generate \"warm synth pads\" --format mp3   (warm-synth-pads.mp3, 320 kbps)\n  \
+    dgx-music generate \"ambient piano\" --duration 60 --stream - | aplay   (hear it while it is made)\n  \
+    dgx-music generate \"deep house radio\" --duration 0 --play   (endless, until Ctrl-C)\n\n\
     Tracks longer than 30 s are made in 30 s windows, each starting from the last 30 - stride \
     seconds of the one before (audiocraft's extend_stride).\n\
     The first run downloads facebook/musicgen-small (about 2.4 GB) into the Hugging Face cache.")]
@@ -31,7 +38,8 @@ pub struct Args {
     prompts: Vec<String>,
 
     /// Seconds of audio to generate: the whole track, the continued audio included. Over 30 s
-    /// the track is made in windows (see --extend-stride).
+    /// the track is made in windows (see --extend-stride). 0 with --stream or --play: an endless
+    /// track, window after window until stopped (Ctrl-C, or the reader of --stream leaving).
     #[arg(short, long, default_value_t = 10.0, allow_negative_numbers = true)]
     duration: f64,
 
@@ -108,9 +116,48 @@ pub struct Args {
     #[arg(long, value_parser = parse_sample_format)]
     sample_format: Option<SampleFormat>,
 
+    /// Write the track while it is made to FILE, or to stdout with `-`: a 16-bit WAV whose
+    /// header already holds the track's length (open-ended with --duration 0), so a player can
+    /// start at once: `--stream - | aplay`, `--stream - | ffplay -nodisp -`. The level is fixed
+    /// from the first audible piece (--normalize), where a file is normalised as a whole.
+    /// Files are then written only when -o or --format asks for one.
+    #[arg(long, value_name = "FILE|-")]
+    stream: Option<PathBuf>,
+
+    /// With --stream: raw interleaved 16-bit little-endian PCM at 32 kHz instead of WAV, e.g.
+    /// `--stream - --raw | aplay -f S16_LE -r 32000 -c 1` (-c 2 for stereo models).
+    #[arg(long, requires = "stream")]
+    raw: bool,
+
+    /// Play the track through the default audio output while it is made (builds with the
+    /// `play` feature; says so when the machine has no output device).
+    #[arg(long)]
+    play: bool,
+
+    /// Seconds of audio per streamed piece: the first audio comes once this much music (plus
+    /// EnCodec's 80 ms of look-ahead) is generated.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CHUNK_SECS)]
+    chunk: f64,
+
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+}
+
+impl Args {
+    fn streams(&self) -> bool {
+        self.stream.is_some() || self.play
+    }
+
+    fn endless(&self) -> bool {
+        self.duration == 0.0 && self.streams()
+    }
+
+    /// Whether finished tracks go to files: always, unless the track is streamed and no file
+    /// was asked for.
+    fn writes_files(&self) -> bool {
+        !self.streams() || self.output.is_some() || self.format.is_some() || self.sample_format.is_some()
+    }
 }
 
 fn parse_normalize(s: &str) -> Result<Normalize, String> {
@@ -152,7 +199,22 @@ fn output_format(args: &Args) -> anyhow::Result<Format> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format = output_format(&args)?;
     let mut request = build_request(&args)?;
-    let outputs = output_paths(&args, format);
+    let outputs = if args.writes_files() { output_paths(&args, format) } else { Vec::new() };
+    if args.streams() && args.prompts.len() > 1 {
+        anyhow::bail!(
+            "--stream and --play take one prompt, and {} were given: stream them one after the other, or leave \
+             out --stream/--play to make them as one batch of files",
+            args.prompts.len()
+        );
+    }
+    if args.endless() && args.writes_files() {
+        anyhow::bail!(
+            "an endless track (--duration 0) never ends, so it cannot be written to a file: leave out -o/--format"
+        );
+    }
+    // Opened before the (slow) model load, so a missing device or an unwritable path is said first.
+    let mut sink = args.stream.as_deref().map(StreamSink::open).transpose()?;
+    let player = if args.play { Some(crate::play::Player::open(MUSICGEN_SAMPLE_RATE, 1)?) } else { None };
 
     let started = Instant::now();
     let resolved = crate::device::resolve(args.device, args.dtype);
@@ -194,16 +256,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let bar = crate::progress::generation_bar(args.quiet);
     let generation_started = Instant::now();
-    let tracks = model.generate(
-        &request,
-        &mut |p| {
+    let mut on_progress = |p: &musicgen::Progress| {
+        if args.endless() {
+            bar.set_message(format!("{:.0} s", p.elapsed.as_secs_f64()));
+            bar.tick();
+        } else {
             bar.set_length(p.total_steps as u64);
             bar.set_position(p.step as u64);
-        },
-        &CancelToken::default(),
-    )?;
-    let generation_secs = generation_started.elapsed().as_secs_f64();
+        }
+    };
+    let cancel = CancelToken::default();
+    let result = if args.streams() {
+        let info = model.info();
+        let samples =
+            (!request.is_endless()).then(|| (request.duration_secs * info.sample_rate as f64).round() as usize);
+        // The model's channels are known only now: a stereo model's player reopens for two.
+        let player = match player {
+            Some(_) if info.audio_channels != 1 => {
+                Some(crate::play::Player::open(info.sample_rate, info.audio_channels)?)
+            }
+            other => other,
+        };
+        if let Some(sink) = &mut sink {
+            sink.start(info.sample_rate, info.audio_channels, samples, args.raw)?;
+        }
+        let mut level = StreamNormalizer::new(args.normalize);
+        let mut on_audio = |pieces: &[Audio]| -> musicgen::Result<()> {
+            let mut piece = pieces[0].clone();
+            level.apply(&mut piece)?;
+            if let Some(player) = &player {
+                player.push(&piece);
+            }
+            match &mut sink {
+                Some(sink) => sink.write(&piece),
+                None => Ok(()),
+            }
+        };
+        let options = StreamOptions { chunk_secs: args.chunk };
+        let tracks = model.generate_streaming(&request, options, &mut on_progress, &mut on_audio, &cancel);
+        bar.finish_and_clear();
+        if let Some(player) = player {
+            player.finish()?;
+        }
+        tracks
+    } else {
+        model.generate(&request, &mut on_progress, &cancel)
+    };
     bar.finish_and_clear();
+    let tracks = match result {
+        Err(musicgen::Error::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            // Whoever read the stream has gone (a player closed, `| head`): nothing is wrong.
+            eprintln!(
+                "The stream's reader closed it after {:.1} s; stopped.",
+                generation_started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other?,
+    };
+    let generation_secs = generation_started.elapsed().as_secs_f64();
 
     for ((mut track, path), item) in tracks.into_iter().zip(&outputs).zip(&request.items) {
         audio::normalize(&mut track, args.normalize)?;
@@ -213,7 +324,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let audio_secs = request.duration_secs * request.items.len() as f64;
     let listing: String = outputs.iter().map(|path| format!("{}\n", path.display())).collect();
-    crate::print_out(&listing)?;
+    if sink.as_ref().is_some_and(StreamSink::is_stdout) {
+        eprint!("{listing}");
+    } else {
+        crate::print_out(&listing)?;
+    }
     eprintln!(
         "Generated {audio_secs:.1} s of audio in {generation_secs:.1} s (real-time factor {:.2}x; {:.1} s in total with loading), seed {}",
         audio_secs / generation_secs,
@@ -223,12 +338,57 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `--stream` writes: stdout or a file, WAV or raw PCM.
+struct StreamSink {
+    out: Box<dyn Write>,
+    stdout: bool,
+}
+
+impl StreamSink {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        if path == Path::new("-") {
+            return Ok(Self { out: Box::new(std::io::stdout().lock()), stdout: true });
+        }
+        let file =
+            std::fs::File::create(path).with_context(|| format!("--stream: cannot create {}", path.display()))?;
+        Ok(Self { out: Box::new(file), stdout: false })
+    }
+
+    fn is_stdout(&self) -> bool {
+        self.stdout
+    }
+
+    /// The WAV header, at once, so a player opens the stream before the first piece.
+    fn start(&mut self, sample_rate: u32, channels: usize, samples: Option<usize>, raw: bool) -> musicgen::Result<()> {
+        if !raw {
+            self.out.write_all(&audio::wav_stream_header(sample_rate, channels as u16, samples))?;
+        }
+        Ok(self.out.flush()?)
+    }
+
+    fn write(&mut self, piece: &Audio) -> musicgen::Result<()> {
+        self.out.write_all(&audio::pcm16_bytes(piece))?;
+        Ok(self.out.flush()?)
+    }
+}
+
 /// Checks everything that can be checked before the (slow) model load.
 fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
     for prompt in &args.prompts {
         validate_prompt(prompt)?;
     }
-    validate_duration(args.duration)?;
+    if !args.endless() {
+        validate_duration(args.duration).map_err(|err| {
+            if args.duration == 0.0 {
+                anyhow::anyhow!("{err}; --duration 0 (an endless track) needs --stream or --play")
+            } else {
+                err.into()
+            }
+        })?;
+    }
+    if !(args.chunk > 0.0 && args.chunk <= WINDOW_SECS) {
+        anyhow::bail!("--chunk {} must be above 0 and at most {WINDOW_SECS} seconds", args.chunk);
+    }
     let sampling = SamplingParams {
         top_k: args.top_k.unwrap_or(DEFAULT_TOP_K),
         top_p: args.top_p,
@@ -243,14 +403,14 @@ fn build_request(args: &Args) -> anyhow::Result<GenerationRequest> {
         // Read now, so a bad file is refused before the (slow) model load; every MusicGen codec
         // runs at 32 kHz. The model's own channel count is applied once it is loaded.
         let audio = audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, WINDOW_SECS)?;
-        validate_continuation(audio.len(), audio.sample_rate, args.duration)?;
+        validate_continuation(audio.len(), audio.sample_rate, if args.endless() { ENDLESS } else { args.duration })?;
     }
     let melody = match &args.melody {
         Some(path) => Some(audio::read_audio(path, MUSICGEN_SAMPLE_RATE, 1, MAX_MELODY_SECS)?),
         None => None,
     };
     let items = args.prompts.iter().map(|prompt| GenerationItem { prompt: prompt.clone(), sampling, seed }).collect();
-    let mut request = GenerationRequest::new(items, args.duration);
+    let mut request = GenerationRequest::new(items, if args.endless() { ENDLESS } else { args.duration });
     request.extend_stride_secs = args.extend_stride;
     request.melody = melody;
     Ok(request)

@@ -8,6 +8,7 @@ mod device;
 mod generate;
 mod keys;
 mod models;
+mod play;
 mod progress;
 mod serve;
 mod validate;

@@ -49,6 +49,12 @@ fn bad_values_are_refused_before_the_model_loads() {
         (&["generate", "piano", "-o", "x", "--model", NO_MODEL], ".wav, .flac, .mp3 or .ogg"),
         (&["generate", "piano", "--format", "aac", "--model", NO_MODEL], "wav16, wav24, wav-f32, flac, mp3 or ogg"),
         (&["generate", "piano", "-o", "x.mp3", "--sample-format", "f32", "--model", NO_MODEL], "--sample-format"),
+        (&["generate", "piano", "--duration", "0", "--model", NO_MODEL], "--stream or --play"),
+        (&["generate", "piano", "--raw", "--model", NO_MODEL], "--stream"),
+        (&["generate", "a", "b", "--stream", "-", "--model", NO_MODEL], "one prompt"),
+        (&["generate", "piano", "--stream", "-", "--chunk", "0", "--model", NO_MODEL], "--chunk"),
+        (&["generate", "piano", "--duration", "0", "--stream", "-", "-o", "x.wav", "--model", NO_MODEL], "endless"),
+        (&["generate", "piano", "--stream", "/no-such-dir/x.wav", "--model", NO_MODEL], "cannot create"),
     ];
     for (args, expected) in cases {
         let out = dgx_music(args);
@@ -312,4 +318,89 @@ fn output_formats_follow_the_extension_or_format_and_flac_equals_the_wav() {
     // Without -o, the name comes from the prompt and the extension from the format.
     let wav24 = hound::WavReader::open(dir.path().join("warm-pads.wav")).unwrap();
     assert_eq!(wav24.spec().bits_per_sample, 24);
+}
+
+/// `generate --stream` on the tiny fixture with `extra` options, returning the child with its
+/// stdout piped.
+fn spawn_stream(dir: &Path, extra: &[&str]) -> std::process::Child {
+    let model = fixture("tiny-mono").join("checkpoint");
+    let mut args = vec!["generate", "warm pads", "--model", model.to_str().unwrap(), "--seed", "5", "--quiet"];
+    args.extend(["--stream", "-"]);
+    args.extend(extra);
+    dgx_music_command().args(&args).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// `--stream -` is a WAV that a reader can take from a pipe as it comes: with the same
+/// normalisation, byte for byte the file `-o` writes at the end; `--raw` is the same without
+/// the header.
+#[test]
+fn a_stream_to_stdout_is_the_wav_the_file_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_stream(dir.path(), &["--duration", "2.5", "--normalize", "none", "-o", "x.wav"])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = std::fs::read(dir.path().join("x.wav")).unwrap();
+    assert_eq!(out.stdout.len(), 44 + 2 * 80_000);
+    assert_eq!(out.stdout, file, "the stream is the stored file");
+    assert!(!String::from_utf8_lossy(&out.stdout[44..]).contains("x.wav"), "the file listing went to stderr");
+    let reader = hound::WavReader::new(std::io::Cursor::new(&out.stdout)).unwrap();
+    assert_eq!(reader.len(), 80_000);
+
+    let raw =
+        spawn_stream(dir.path(), &["--duration", "2.5", "--normalize", "none", "--raw"]).wait_with_output().unwrap();
+    assert!(raw.status.success(), "{}", stderr(&raw));
+    assert_eq!(raw.stdout, file[44..], "--raw is the WAV's samples");
+    assert!(!dir.path().join("warm-pads.wav").exists(), "a stream writes no file unless asked");
+
+    // Loudness (the default) fixes its gain on the first piece: the same length, a louder track.
+    let loud = spawn_stream(dir.path(), &["--duration", "2.5"]).wait_with_output().unwrap();
+    assert!(loud.status.success(), "{}", stderr(&loud));
+    assert_eq!(loud.stdout.len(), file.len());
+    assert_ne!(loud.stdout[44..], file[44..]);
+}
+
+/// Audio comes out while the track is still being made, and an endless track runs past one
+/// window until its reader leaves, which ends the command quietly.
+#[test]
+fn streamed_audio_comes_before_the_end_and_an_endless_track_stops_with_its_reader() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_stream(dir.path(), &["--duration", "90"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 44 + 32_000];
+    stdout.read_exact(&mut first).unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "a second of audio came only once the 90 s track was done");
+    let header = hound::WavReader::new(std::io::Cursor::new(&first[..44])).unwrap();
+    assert_eq!(header.len(), 90 * 32_000, "the header holds the whole track's length");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = spawn_stream(dir.path(), &["--duration", "0", "--extend-stride", "20"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut header = [0u8; 44];
+    stdout.read_exact(&mut header).unwrap();
+    assert_eq!(header[40..44], [0xff; 4], "an endless stream's header leaves the length open");
+    // 40 s: past the first 30 s window.
+    let mut audio = vec![0u8; 2 * 32_000 * 40];
+    stdout.read_exact(&mut audio).unwrap();
+    assert!(audio[2 * 32_000 * 35..].iter().any(|&b| b != 0), "the second window has sound");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("closed"), "{err}");
+}
+
+/// `--play` plays where there is an output device; where there is none (CI), or the build has
+/// no audio output, it says so and what to do instead, before loading any model.
+#[test]
+fn play_without_an_output_device_says_what_to_do() {
+    let out = dgx_music(&["generate", "piano", "--play", "--model", NO_MODEL]);
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    if !out.status.success() && !err.contains("nonexistent") {
+        assert!(err.contains("--play") || err.contains("audio output"), "{err}");
+        assert!(err.contains("--stream -") || err.contains("-o "), "no way out offered: {err}");
+    }
 }
