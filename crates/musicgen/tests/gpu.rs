@@ -397,3 +397,45 @@ fn a_borrowed_t5_and_encodec_take_no_gpu_memory_and_change_no_sample() {
     let alone = MusicGen::load(copy.path().to_str().unwrap(), &options).unwrap();
     assert_eq!(track(&twin), track(&alone), "borrowed parts on the GPU give the same samples");
 }
+
+/// Streaming on the GPU: the pieces, end to end, against the same codes decoded whole (cuBLAS
+/// may sum a piece's products in another order than the whole track's, so equality is to float
+/// rounding; how many 16-bit samples that moves is printed for docs/PERFORMANCE.md).
+#[test]
+fn streamed_pieces_on_the_gpu_are_the_whole_track_decode() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in FIXTURES {
+        let model = MusicGen::load(
+            checkpoint(name).to_str().unwrap(),
+            &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+        )
+        .unwrap();
+        let sampling = SamplingParams { top_k: 32, ..SamplingParams::default() };
+        let request =
+            GenerationRequest::new(vec![GenerationItem { prompt: "ambient piano".into(), sampling, seed: 3 }], 34.0);
+        let whole = model.generate(&request, &mut |_| {}, &musicgen::CancelToken::default()).unwrap();
+        let streamed = model
+            .generate_streaming(
+                &request,
+                musicgen::StreamOptions::default(),
+                &mut |_| {},
+                &mut |_| Ok(()),
+                &musicgen::CancelToken::default(),
+            )
+            .unwrap();
+        let (w, s) = (whole[0].channels.concat(), streamed[0].channels.concat());
+        assert_eq!(w.len(), s.len());
+        let worst = w.iter().zip(&s).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let pcm = |v: f32| (v.clamp(-1.0, 1.0) * 32768.0).clamp(-32768.0, 32767.0) as i32;
+        let moved = w.iter().zip(&s).filter(|(a, b)| pcm(**a) != pcm(**b)).count();
+        let peak = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{name} on the GPU, 34 s (two windows) in 0.5 s pieces: max abs diff {worst:e} (peak {peak:.2}), \
+             {moved} of {} 16-bit samples differ",
+            w.len()
+        );
+        assert!(worst <= 1e-4 * peak.max(1.0), "{name}: streamed audio differs from the whole decode by {worst}");
+    }
+}
