@@ -14,6 +14,8 @@
 #                 a case like bf16x1-eager runs with --eager, without CUDA graphs)
 #   transformers  tools/bench_transformers.py on the same cases (TF_CASES)
 #   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
+#   stream        bench --stream (time to first audio, lead over real time) for small, medium and large
+#                 bf16 (STREAM_MODELS, STREAM_DURATION default 60 s), and generate --stream - read back
 #   smoke         one short bench and one short transformers case: proves the scripts run
 #   long          dgx-music bench small bf16 batch 1 at each of LONG_DURATIONS (default "16 120 300") seconds,
 #                 LONG_ROUNDS rounds (default 1) alternating the durations: tracks over 30 s run in windows,
@@ -100,6 +102,28 @@ stage_long() {
   done
 }
 
+stage_stream() {
+  # Time to first audio and the stream's lead over real time, per model (STREAM_MODELS), bf16 batch 1,
+  # 60 s tracks (two windows); then `generate --stream -` on the fixture checkpoint into a WAV reader.
+  for m in ${STREAM_MODELS:-small medium large}; do
+    MODEL="$m" DURATION="${STREAM_DURATION:-60}" BENCH_TAG="stream $m" bench_case bf16x1 --stream "${STREAM_CHUNK:-0.5}"
+  done
+  say "generate --stream - on the GPU (tiny fixture)"
+  local fixture="$REPO_ROOT/crates/musicgen/tests/fixtures/tiny-mono/checkpoint"
+  if "$DGX" generate "ambient piano" --model "$fixture" --device cuda --duration 40 --seed 1 --normalize none \
+      --stream - -o "$WORK/stream-file.wav" --quiet > "$WORK/stream.wav" 2>>"$LOG"; then
+    python3 - "$WORK/stream.wav" "$WORK/stream-file.wav" <<'PY' 2>&1 | tee -a "$LOG"
+import sys, wave
+a, b = (open(p, "rb").read() for p in sys.argv[1:3])
+w = wave.open(sys.argv[1])
+print(f"stream: {w.getnframes()} frames at {w.getframerate()} Hz, {w.getnchannels()} channel(s); "
+      f"{'identical to' if a == b else 'DIFFERENT from'} the file -o wrote ({len(a)} bytes)")
+PY
+  else
+    echo "generate --stream failed" | tee -a "$LOG"
+  fi
+}
+
 stage_transformers() {
   say "transformers $TF_CASES"
   python3 "$BIN_DIR/bench_transformers.py" --model "$MODEL" --duration "$DURATION" --runs "$RUNS" \
@@ -154,7 +178,7 @@ stage_smoke() {
 
 for stage in "$@"; do
   case "$stage" in
-    env|validate|tests|bench|long|transformers|profile|smoke|compare) "stage_$stage" ;;
+    env|validate|tests|bench|long|stream|transformers|profile|smoke|compare) "stage_$stage" ;;
     *) echo "unknown stage $stage" | tee -a "$LOG" ;;
   esac
 done
