@@ -104,8 +104,12 @@ struct Pieces {
 
 impl Pieces {
     /// A piece starting `audio_at` seconds into the track arrived `at` seconds after the request.
+    /// The first piece starts playback, so only the later ones can be early or late.
     fn arrived(&mut self, at: f64, audio_at: f64) {
-        let first = *self.first.get_or_insert(at);
+        let Some(first) = self.first else {
+            self.first = Some(at);
+            return;
+        };
         let lead = first + audio_at - at;
         self.lead = Some(self.lead.map_or(lead, |l| l.min(lead)));
     }
