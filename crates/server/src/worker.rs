@@ -22,9 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use musicgen::audio::{Normalize, SampleFormat};
+use musicgen::audio::{pcm16_bytes, Normalize, SampleFormat, StreamNormalizer};
 use musicgen::request::MAX_MELODY_SECS;
-use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
+use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress, StreamOptions};
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::engines::{Engines, LoadError};
 use crate::events::Events;
 use crate::job::{public_model_id, Job, JobStatus, UploadRef};
+use crate::live::{LiveAudio, LiveTrack};
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, Outcome};
 use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
@@ -115,6 +116,8 @@ pub struct WorkerContext {
     pub audio: Arc<dyn AudioStore>,
     pub uploads: Arc<dyn AudioStore>,
     pub events: Events,
+    /// Where each running job's audio is published as it is made.
+    pub live: LiveAudio,
     pub metrics: Arc<Metrics>,
     pub max_batch: usize,
     pub runtime: Handle,
@@ -249,6 +252,7 @@ impl Worker {
                 return;
             }
         };
+        let mut streams = self.open_live(engine.info(), &ids, &request, head.as_ref());
         let started = Instant::now();
         let mut last_report: Option<Instant> = None;
         let mut on_progress = |progress: &Progress| {
@@ -264,7 +268,11 @@ impl Worker {
                 ctx.events.changed(id);
             }
         };
-        let result = catch_unwind(AssertUnwindSafe(|| engine.generate(&request, &mut on_progress, &token)));
+        let mut on_audio = |pieces: &[Audio]| self.publish(&ids, &mut streams, pieces);
+        // Streaming always: the pieces end to end are the returned tracks, so it costs no second decode.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.generate_streaming(&request, StreamOptions::default(), &mut on_progress, &mut on_audio, &token)
+        }));
         let took = started.elapsed().as_secs_f64();
 
         match result {
@@ -290,9 +298,60 @@ impl Worker {
             }
         }
         *self.handle.registry() = None;
+        // After the store has the outcome: a reader that finds no live track finds the final status.
         for &id in &ids {
+            ctx.live.end(id);
             ctx.events.changed(id);
         }
+    }
+
+    /// A live track per job, starting with the head its stored track will start with.
+    fn open_live(
+        &self,
+        info: &ModelInfo,
+        ids: &[Uuid],
+        request: &GenerationRequest,
+        head: Option<&Audio>,
+    ) -> Vec<(Arc<LiveTrack>, StreamNormalizer)> {
+        let rate = info.sample_rate;
+        // The engine's own length rule, so the WAV header is exact.
+        let generated = (request.duration_secs * f64::from(rate)).round() as usize;
+        let head_len = head.map_or(0, Audio::len);
+        let head_pcm = head.map(pcm16_bytes).unwrap_or_default();
+        let channels = u16::try_from(info.audio_channels).unwrap_or(u16::MAX);
+        let streams = ids
+            .iter()
+            .map(|&id| {
+                let track = self.context.live.open(id, rate, channels, head_len + generated, head_pcm.clone());
+                // Per track, as the stored file's normalisation: batching cannot change a stream's level.
+                (track, StreamNormalizer::new(Normalize::Loudness))
+            })
+            .collect();
+        for &id in ids {
+            self.context.events.changed(id);
+        }
+        streams
+    }
+
+    /// Appends each job's next piece to its live track (a cancelled job's track ends instead).
+    fn publish(
+        &self,
+        ids: &[Uuid],
+        streams: &mut [(Arc<LiveTrack>, StreamNormalizer)],
+        pieces: &[Audio],
+    ) -> musicgen::Result<()> {
+        let live = self.live_ids();
+        for ((&id, (track, normalizer)), piece) in ids.iter().zip(streams.iter_mut()).zip(pieces) {
+            if !live.contains(&id) {
+                self.context.live.end(id);
+                continue;
+            }
+            let mut piece = piece.clone();
+            normalizer.apply(&mut piece)?;
+            track.push(&pcm16_bytes(&piece));
+            self.context.events.changed(id);
+        }
+        Ok(())
     }
 
     /// The engine's request for a batch (its jobs share duration, continuation, melody and stride),

@@ -30,6 +30,7 @@ use crate::state::AppState;
         jobs::get_job,
         jobs::delete_job,
         jobs::get_audio,
+        jobs::stream_audio,
         jobs::job_events,
         uploads::create_upload,
         uploads::get_upload,
@@ -101,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", get(jobs::list_jobs))
         .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/jobs/{id}/audio", get(jobs::get_audio))
+        .route("/jobs/{id}/stream", get(jobs::stream_audio))
         .route("/jobs/{id}/events", get(jobs::job_events))
         .route("/health", get(system::health))
         .route("/models", get(system::models))
