@@ -5,6 +5,9 @@
 //! the outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
 //! registry of the running batch.
 //!
+//! Every batch is generated streaming (no second decode: the pieces end to end are the tracks), each
+//! job's pieces published to its [`LiveTrack`] as they come, for `GET /jobs/{id}/stream`.
+//!
 //! A batch that continues audio reads it from the uploads store: its last 30 s at most prompt the
 //! engine, and what comes before (the head of a long track being extended) is put back in front
 //! of each track, untouched. A melody is read mixed to mono and lined up with the whole track.
