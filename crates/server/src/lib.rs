@@ -19,6 +19,7 @@ mod live;
 mod lock;
 mod metrics;
 mod net;
+mod radio;
 pub mod request;
 mod state;
 pub mod store;

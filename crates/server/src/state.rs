@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
-use crate::job::{public_model_id, Job, JobView};
+use crate::job::{public_model_id, Job, JobStatus, JobView};
 use crate::limits::Limits;
 use crate::live::LiveAudio;
 use crate::metrics::Metrics;
@@ -55,7 +55,15 @@ impl AppState {
 impl Shared {
     /// The job JSON as this server tells it: its models, and the audio a running job has made.
     pub fn view(&self, job: &Job) -> JobView {
-        job.view(self.models.ids(), self.live.seconds(job.id))
+        let mut view = job.view(self.models.ids(), self.live.seconds(job.id));
+        if view.status == JobStatus::Queued && view.waiting_reason.is_none() && self.worker.radio.is_on() {
+            view.waiting_reason = Some(
+                "the radio (GET /api/v1/radio) is playing on this server's worker; queued jobs run once its \
+                 listener leaves"
+                    .into(),
+            );
+        }
+        view
     }
 }
 

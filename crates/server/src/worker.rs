@@ -26,8 +26,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use musicgen::audio::{pcm16_bytes, Normalize, SampleFormat, StreamNormalizer};
-use musicgen::request::MAX_MELODY_SECS;
-use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress, StreamOptions};
+use musicgen::request::{ENDLESS, MAX_MELODY_SECS};
+use musicgen::{
+    Audio, CancelToken, GenerationItem, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress, SamplingParams,
+    StreamOptions,
+};
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
@@ -38,6 +41,7 @@ use crate::events::Events;
 use crate::job::{public_model_id, Job, JobStatus, UploadRef};
 use crate::live::{LiveAudio, LiveTrack};
 use crate::metrics::Metrics;
+use crate::radio::{Radio, Station};
 use crate::store::{AudioStore, JobStore, Outcome};
 use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
 
@@ -71,6 +75,8 @@ pub struct WorkerHandle {
     stopping: Arc<AtomicBool>,
     /// Canonical ids of the models in memory now, for `GET /models`.
     loaded: Arc<Mutex<Vec<String>>>,
+    /// The radio station this worker plays instead of jobs while it is listened to.
+    pub radio: Radio,
 }
 
 impl WorkerHandle {
@@ -176,6 +182,10 @@ impl Worker {
         let models = engines.ids();
         self.record_device_memory(&engines);
         while !self.handle.is_stopping() {
+            if let Some(station) = self.handle.radio.waiting() {
+                self.play_radio(&mut engines, &station);
+                continue;
+            }
             match self.block_on(self.context.jobs.claim_batch(&models, self.context.max_batch, Utc::now())) {
                 Ok(batch) if batch.is_empty() => {
                     let wake = self.handle.wake.clone();
@@ -206,6 +216,66 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Plays `station` until its listener leaves or the server stops; queued jobs wait meanwhile.
+    fn play_radio(&self, engines: &mut Engines, station: &Station) {
+        let ctx = &self.context;
+        // Queued jobs' JSON now says why they wait: their event streams re-read on any announcement.
+        ctx.events.changed(station.id);
+        if let Some(audio) = station.take_audio() {
+            let played = match engines.get(&station.model) {
+                Some(Ok(engine)) => {
+                    tracing::info!(radio = %station.id, "the radio starts: {:?}", station.prompt());
+                    catch_unwind(AssertUnwindSafe(|| {
+                        self.broadcast(engine, station, &audio).map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|_| Err("the engine crashed".into()))
+                }
+                Some(Err(err)) => Err(crate::ServerError::from(err).to_string()),
+                None => Err(format!("this server does not run model {}", public_model_id(&station.model))),
+            };
+            match played {
+                Ok(windows) => {
+                    tracing::info!(radio = %station.id, "the radio stops after {windows} window(s): its listener left")
+                }
+                // The listener hears the stream end; the log says why.
+                Err(err) => tracing::error!(radio = %station.id, "the radio stops: {err}"),
+            }
+        }
+        self.handle.radio.close(station.id);
+        ctx.events.changed(station.id);
+    }
+
+    /// The endless track of `station`, piece by piece into `audio`; the windows it took.
+    fn broadcast(
+        &self,
+        engine: &MusicGen,
+        station: &Station,
+        audio: &tokio::sync::mpsc::Sender<axum::body::Bytes>,
+    ) -> musicgen::Result<usize> {
+        let defaults = SamplingParams::default();
+        let sampling = SamplingParams { top_k: defaults.top_k.min(engine.info().vocab_size), ..defaults };
+        let item = GenerationItem { prompt: station.prompt(), sampling, seed: station.seed };
+        let mut generation = engine.start(&GenerationRequest::new(vec![item], ENDLESS))?;
+        generation.stream(StreamOptions::default())?;
+        let mut normalizer = StreamNormalizer::new(Normalize::Loudness);
+        // Checked after every step: generation stops within a step of the listener leaving.
+        while station.is_listened() && !self.handle.is_stopping() {
+            if let Some(prompt) = station.take_new_prompt() {
+                generation.set_prompts(&[&prompt])?;
+                tracing::info!(radio = %station.id, "the radio's next window follows {prompt:?}");
+            }
+            generation.step()?;
+            if let Some(mut pieces) = generation.take_audio()? {
+                normalizer.apply(&mut pieces[0])?;
+                // Waits while the listener is behind; fails once it is gone.
+                if audio.blocking_send(pcm16_bytes(&pieces[0]).into()).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(generation.windows())
     }
 
     fn record_device_memory(&self, engines: &Engines) {

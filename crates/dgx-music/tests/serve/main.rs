@@ -7,6 +7,7 @@ mod harness;
 mod keys;
 mod melody;
 mod models;
+mod radio;
 mod stream;
 mod uploads;
 
