@@ -49,7 +49,10 @@ done
 [[ -n "$addr" ]] || { cat "$log"; echo "dgx-music serve did not start within 120 s" >&2; exit 1; }
 
 status=0
+# GET /radio is left out: its answer never ends while read (an endless track), which a fuzzer that
+# reads whole bodies can only time out on; the serve tests cover it (tests/serve/radio.rs).
 "$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
+    --exclude-path-regex '^/api/v1/radio$' \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --max-examples "$examples" \
     --header "Authorization: Bearer $token" \

@@ -365,6 +365,24 @@ describe('the page of dgx-music serve', () => {
       { timeout: 60_000 },
     );
     assert.equal(await job.getAttribute('data-status'), 'running', 'the job is still running when cancelled');
+
+    // Heard while it is made: the live player reads the stream's WAV header and schedules its samples.
+    await job.getByRole('button', { name: /^Listen/ }).click();
+    const wave = job.locator('canvas.live-wave');
+    await page.waitForFunction((el) => Number(el.dataset.scheduled ?? 0) > 0, await wave.elementHandle(), { timeout: 60_000 });
+    assert.equal(await wave.getAttribute('data-sample-rate'), '32000', 'the header was parsed');
+    assert.equal(await wave.getAttribute('data-channels'), '1');
+    assert.match(await job.locator('.live-status').textContent(), /Listening · .* made so far/);
+    assert.equal(await job.getAttribute('data-status'), 'running', 'the audio arrives before the job ends');
+    await page.waitForFunction((el) => el.dataset.drawn === 'true', await wave.elementHandle(), { timeout: 10_000 });
+    const inked = await wave.evaluate((el) => {
+      const { data } = el.getContext('2d').getImageData(0, 0, el.width, el.height);
+      let count = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count += 1;
+      return count / (el.width * el.height);
+    });
+    assert.ok(inked > 0.005, `the growing waveform covers ${(inked * 100).toFixed(2)}% of its canvas`);
+    assert.equal(await job.getByRole('button', { name: /^Listen/ }).getAttribute('aria-pressed'), 'true');
     await page.evaluate(() => window.scrollTo(0, 0));
     await shoot('running-desktop', DESKTOP);
     await job.getByRole('button', { name: 'Cancel', exact: true }).click();

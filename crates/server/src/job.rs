@@ -185,8 +185,9 @@ impl Job {
         }
     }
 
-    /// The job JSON, as told by a server whose worker runs the models `served` (canonical ids).
-    pub fn view(&self, served: &[String]) -> JobView {
+    /// The job JSON, as told by a server whose worker runs the models `served` (canonical ids), with
+    /// `streamed_secs` of its audio made so far (its live track's; read only while it runs).
+    pub fn view(&self, served: &[String], streamed_secs: f64) -> JobView {
         let item = &self.params.item;
         let sampling = &item.sampling;
         let waiting_reason = (self.status == JobStatus::Queued && !served.contains(&self.model)).then(|| {
@@ -224,6 +225,12 @@ impl Job {
             finished_at: self.finished_at.map(timestamp),
             queue_position: self.queue_position,
             audio_duration: self.audio_duration,
+            audio_seconds_ready: match self.status {
+                JobStatus::Running => streamed_secs,
+                JobStatus::Completed => self.audio_duration.unwrap_or(0.0),
+                // A failed or cancelled job's audio is gone once it ends; a queued one has none yet.
+                JobStatus::Queued | JobStatus::Failed | JobStatus::Cancelled => 0.0,
+            },
             generation_time: self.generation_time,
             real_time_factor: match (self.audio_duration, self.generation_time) {
                 (Some(audio), Some(took)) if took > 0.0 => Some(audio / took),
@@ -283,6 +290,10 @@ pub struct JobView {
     pub queue_position: Option<u64>,
     /// Seconds of audio produced.
     pub audio_duration: Option<f64>,
+    /// Seconds of audio `GET /api/v1/jobs/{id}/stream` has now: growing while the job runs (an
+    /// extended track's head counts from the start), the duration once completed, 0 otherwise.
+    #[schema(minimum = 0.0)]
+    pub audio_seconds_ready: f64,
     /// Wall-clock seconds the generation took.
     pub generation_time: Option<f64>,
     /// audio_duration / generation_time; above 1 is faster than real time.
@@ -385,7 +396,7 @@ mod tests {
         assert_eq!(public_model_id("/srv/models/tiny-mono/checkpoint"), "local/tiny-mono/checkpoint");
         assert_eq!(public_model_id("/checkpoint"), "local/checkpoint");
         let job = Job::new(params(), "/srv/models/tiny-mono".into(), Utc::now());
-        let view = job.view(&["/home/me/melody".to_string()]);
+        let view = job.view(&["/home/me/melody".to_string()], 0.0);
         assert_eq!(view.model, "local/models/tiny-mono");
         let reason = view.waiting_reason.unwrap();
         assert!(reason.contains("local/models/tiny-mono") && reason.contains("runs local/me/melody"), "{reason}");
@@ -395,12 +406,12 @@ mod tests {
     #[test]
     fn view_derives_url_and_real_time_factor_from_state() {
         let mut job = Job::new(params(), "tiny".into(), Utc::now());
-        let queued = job.view(&["tiny".to_string()]);
+        let queued = job.view(&["tiny".to_string()], 0.0);
         assert_eq!(queued.audio_url, None);
         assert_eq!(queued.real_time_factor, None);
         assert_eq!(queued.waiting_reason, None);
-        assert_eq!(job.view(&["other".to_string(), "tiny".to_string()]).waiting_reason, None, "one of its models");
-        let elsewhere = job.view(&["facebook/musicgen-small".to_string()]).waiting_reason.unwrap();
+        assert_eq!(job.view(&["other".to_string(), "tiny".to_string()], 0.0).waiting_reason, None, "one of its models");
+        let elsewhere = job.view(&["facebook/musicgen-small".to_string()], 0.0).waiting_reason.unwrap();
         assert!(
             elsewhere.contains("--model tiny") && elsewhere.contains("runs facebook/musicgen-small"),
             "{elsewhere}"
@@ -408,10 +419,15 @@ mod tests {
         job.status = JobStatus::Completed;
         job.audio_duration = Some(8.0);
         job.generation_time = Some(2.0);
-        let done = job.view(&["other".to_string()]);
+        let done = job.view(&["other".to_string()], 3.0);
         assert_eq!(done.waiting_reason, None, "only queued jobs wait");
         assert_eq!(done.audio_url, Some(format!("/api/v1/jobs/{}/audio", job.id)));
         assert_eq!(done.real_time_factor, Some(4.0));
+        assert_eq!(done.audio_seconds_ready, 8.0, "a completed job streams its whole track");
+        job.status = JobStatus::Running;
+        assert_eq!(job.view(&["tiny".to_string()], 3.0).audio_seconds_ready, 3.0);
+        job.status = JobStatus::Cancelled;
+        assert_eq!(job.view(&["tiny".to_string()], 3.0).audio_seconds_ready, 0.0);
         let json = serde_json::to_value(&done).unwrap();
         assert_eq!(json["status"], "completed");
         assert!(json["created_at"].as_str().unwrap().ends_with('Z'));
@@ -431,7 +447,7 @@ mod tests {
         params.extend_stride_secs = 10.0;
         let json = params.to_json().unwrap();
         assert_eq!(JobParams::from_json(&json, 8.0).unwrap(), params);
-        let view = Job::new(params.clone(), "tiny".into(), Utc::now()).view(&["tiny".to_string()]);
+        let view = Job::new(params.clone(), "tiny".into(), Utc::now()).view(&["tiny".to_string()], 0.0);
         let shown = view.continue_from.unwrap();
         assert_eq!(shown.upload, params.continue_from.as_ref().unwrap().upload.to_string());
         assert_eq!((shown.filename.as_str(), shown.duration_secs, view.extend_stride), ("riff.flac", 4.5, 10.0));

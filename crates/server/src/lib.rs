@@ -15,9 +15,11 @@ mod events;
 pub mod job;
 pub mod keys;
 mod limits;
+mod live;
 mod lock;
 mod metrics;
 mod net;
+mod radio;
 pub mod request;
 mod state;
 pub mod store;
@@ -41,6 +43,7 @@ pub use state::{AppState, Models, Shared};
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
 use crate::limits::Limits;
+use crate::live::LiveAudio;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
 
@@ -125,6 +128,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     upload::sweep(&*jobs, &*uploads, config.unused_upload_max_age).await?;
     let events = Events::default();
     let metrics = Arc::new(Metrics::default());
+    let live = LiveAudio::default();
 
     let spawned = worker::spawn(
         config.models.clone(),
@@ -140,6 +144,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
             audio: audio.clone(),
             uploads: uploads.clone(),
             events: events.clone(),
+            live: live.clone(),
             metrics: metrics.clone(),
             max_batch: config.max_batch.max(1),
             runtime: tokio::runtime::Handle::current(),
@@ -174,6 +179,7 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         max_queue: config.max_queue,
         events,
         event_streams: StreamLimit::new(config.http.max_event_streams),
+        live,
         metrics,
         worker: worker.clone(),
         shutdown: shutdown_rx,

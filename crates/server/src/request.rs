@@ -227,7 +227,7 @@ impl FromRequest<AppState> for Generate {
     }
 }
 
-fn unknown_model(name: &str, state: &AppState) -> ApiError {
+pub(crate) fn unknown_model(name: &str, state: &AppState) -> ApiError {
     let shown: String = name.chars().take(100).collect();
     let offered: Vec<String> = state.models.all().iter().map(|model| public_model_id(&model.id)).collect();
     ApiError::invalid(

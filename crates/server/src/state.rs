@@ -8,8 +8,9 @@ use tokio::sync::watch;
 
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
-use crate::job::public_model_id;
+use crate::job::{public_model_id, Job, JobStatus, JobView};
 use crate::limits::Limits;
+use crate::live::LiveAudio;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore};
 use crate::worker::WorkerHandle;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub events: Events,
     /// Open SSE streams, bounded.
     pub event_streams: StreamLimit,
+    /// The audio of running jobs so far, for their streams.
+    pub live: LiveAudio,
     pub metrics: Arc<Metrics>,
     pub worker: WorkerHandle,
     /// Becomes `true` when the server stops accepting work; open SSE streams end on it.
@@ -46,6 +49,21 @@ pub struct Shared {
 impl AppState {
     pub fn new(shared: Shared) -> Self {
         AppState(Arc::new(shared))
+    }
+}
+
+impl Shared {
+    /// The job JSON as this server tells it: its models, and the audio a running job has made.
+    pub fn view(&self, job: &Job) -> JobView {
+        let mut view = job.view(self.models.ids(), self.live.seconds(job.id));
+        if view.status == JobStatus::Queued && view.waiting_reason.is_none() && self.worker.radio.is_on() {
+            view.waiting_reason = Some(
+                "the radio (GET /api/v1/radio) is playing on this server's worker; queued jobs run once its \
+                 listener leaves"
+                    .into(),
+            );
+        }
+        view
     }
 }
 

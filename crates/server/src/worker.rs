@@ -5,6 +5,9 @@
 //! the outcome; the async runtime only talks to it through the store, a wake-up [`Notify`] and the
 //! registry of the running batch.
 //!
+//! Every batch is generated streaming (no second decode: the pieces end to end are the tracks), each
+//! job's pieces published to its [`LiveTrack`] as they come, for `GET /jobs/{id}/stream`.
+//!
 //! A batch that continues audio reads it from the uploads store: its last 30 s at most prompt the
 //! engine, and what comes before (the head of a long track being extended) is put back in front
 //! of each track, untouched. A melody is read mixed to mono and lined up with the whole track.
@@ -22,9 +25,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use musicgen::audio::{Normalize, SampleFormat};
-use musicgen::request::MAX_MELODY_SECS;
-use musicgen::{Audio, CancelToken, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress};
+use musicgen::audio::{pcm16_bytes, Normalize, SampleFormat, StreamNormalizer};
+use musicgen::request::{ENDLESS, MAX_MELODY_SECS};
+use musicgen::{
+    Audio, CancelToken, GenerationItem, GenerationRequest, LoadOptions, ModelInfo, MusicGen, Progress, SamplingParams,
+    StreamOptions,
+};
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
@@ -33,7 +39,9 @@ use uuid::Uuid;
 use crate::engines::{Engines, LoadError};
 use crate::events::Events;
 use crate::job::{public_model_id, Job, JobStatus, UploadRef};
+use crate::live::{LiveAudio, LiveTrack};
 use crate::metrics::Metrics;
+use crate::radio::{Radio, Station};
 use crate::store::{AudioStore, JobStore, Outcome};
 use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
 
@@ -67,6 +75,8 @@ pub struct WorkerHandle {
     stopping: Arc<AtomicBool>,
     /// Canonical ids of the models in memory now, for `GET /models`.
     loaded: Arc<Mutex<Vec<String>>>,
+    /// The radio station this worker plays instead of jobs while it is listened to.
+    pub radio: Radio,
 }
 
 impl WorkerHandle {
@@ -115,6 +125,8 @@ pub struct WorkerContext {
     pub audio: Arc<dyn AudioStore>,
     pub uploads: Arc<dyn AudioStore>,
     pub events: Events,
+    /// Where each running job's audio is published as it is made.
+    pub live: LiveAudio,
     pub metrics: Arc<Metrics>,
     pub max_batch: usize,
     pub runtime: Handle,
@@ -170,6 +182,10 @@ impl Worker {
         let models = engines.ids();
         self.record_device_memory(&engines);
         while !self.handle.is_stopping() {
+            if let Some(station) = self.handle.radio.waiting() {
+                self.play_radio(&mut engines, &station);
+                continue;
+            }
             match self.block_on(self.context.jobs.claim_batch(&models, self.context.max_batch, Utc::now())) {
                 Ok(batch) if batch.is_empty() => {
                     let wake = self.handle.wake.clone();
@@ -200,6 +216,66 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Plays `station` until its listener leaves or the server stops; queued jobs wait meanwhile.
+    fn play_radio(&self, engines: &mut Engines, station: &Station) {
+        let ctx = &self.context;
+        // Queued jobs' JSON now says why they wait: their event streams re-read on any announcement.
+        ctx.events.changed(station.id);
+        if let Some(audio) = station.take_audio() {
+            let played = match engines.get(&station.model) {
+                Some(Ok(engine)) => {
+                    tracing::info!(radio = %station.id, "the radio starts: {:?}", station.prompt());
+                    catch_unwind(AssertUnwindSafe(|| {
+                        self.broadcast(engine, station, &audio).map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|_| Err("the engine crashed".into()))
+                }
+                Some(Err(err)) => Err(crate::ServerError::from(err).to_string()),
+                None => Err(format!("this server does not run model {}", public_model_id(&station.model))),
+            };
+            match played {
+                Ok(windows) => {
+                    tracing::info!(radio = %station.id, "the radio stops after {windows} window(s): its listener left")
+                }
+                // The listener hears the stream end; the log says why.
+                Err(err) => tracing::error!(radio = %station.id, "the radio stops: {err}"),
+            }
+        }
+        self.handle.radio.close(station.id);
+        ctx.events.changed(station.id);
+    }
+
+    /// The endless track of `station`, piece by piece into `audio`; the windows it took.
+    fn broadcast(
+        &self,
+        engine: &MusicGen,
+        station: &Station,
+        audio: &tokio::sync::mpsc::Sender<axum::body::Bytes>,
+    ) -> musicgen::Result<usize> {
+        let defaults = SamplingParams::default();
+        let sampling = SamplingParams { top_k: defaults.top_k.min(engine.info().vocab_size), ..defaults };
+        let item = GenerationItem { prompt: station.prompt(), sampling, seed: station.seed };
+        let mut generation = engine.start(&GenerationRequest::new(vec![item], ENDLESS))?;
+        generation.stream(StreamOptions::default())?;
+        let mut normalizer = StreamNormalizer::new(Normalize::Loudness);
+        // Checked after every step: generation stops within a step of the listener leaving.
+        while station.is_listened() && !self.handle.is_stopping() {
+            if let Some(prompt) = station.take_new_prompt() {
+                generation.set_prompts(&[&prompt])?;
+                tracing::info!(radio = %station.id, "the radio's next window follows {prompt:?}");
+            }
+            generation.step()?;
+            if let Some(mut pieces) = generation.take_audio()? {
+                normalizer.apply(&mut pieces[0])?;
+                // Waits while the listener is behind; fails once it is gone.
+                if audio.blocking_send(pcm16_bytes(&pieces[0]).into()).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(generation.windows())
     }
 
     fn record_device_memory(&self, engines: &Engines) {
@@ -249,6 +325,7 @@ impl Worker {
                 return;
             }
         };
+        let mut streams = self.open_live(engine.info(), &ids, &request, head.as_ref());
         let started = Instant::now();
         let mut last_report: Option<Instant> = None;
         let mut on_progress = |progress: &Progress| {
@@ -264,7 +341,11 @@ impl Worker {
                 ctx.events.changed(id);
             }
         };
-        let result = catch_unwind(AssertUnwindSafe(|| engine.generate(&request, &mut on_progress, &token)));
+        let mut on_audio = |pieces: &[Audio]| self.publish(&ids, &mut streams, pieces);
+        // Streaming always: the pieces end to end are the returned tracks, so it costs no second decode.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.generate_streaming(&request, StreamOptions::default(), &mut on_progress, &mut on_audio, &token)
+        }));
         let took = started.elapsed().as_secs_f64();
 
         match result {
@@ -290,9 +371,60 @@ impl Worker {
             }
         }
         *self.handle.registry() = None;
+        // After the store has the outcome: a reader that finds no live track finds the final status.
         for &id in &ids {
+            ctx.live.end(id);
             ctx.events.changed(id);
         }
+    }
+
+    /// A live track per job, starting with the head its stored track will start with.
+    fn open_live(
+        &self,
+        info: &ModelInfo,
+        ids: &[Uuid],
+        request: &GenerationRequest,
+        head: Option<&Audio>,
+    ) -> Vec<(Arc<LiveTrack>, StreamNormalizer)> {
+        let rate = info.sample_rate;
+        // The engine's own length rule, so the WAV header is exact.
+        let generated = (request.duration_secs * f64::from(rate)).round() as usize;
+        let head_len = head.map_or(0, Audio::len);
+        let head_pcm = head.map(pcm16_bytes).unwrap_or_default();
+        let channels = u16::try_from(info.audio_channels).unwrap_or(u16::MAX);
+        let streams = ids
+            .iter()
+            .map(|&id| {
+                let track = self.context.live.open(id, rate, channels, head_len + generated, head_pcm.clone());
+                // Per track, as the stored file's normalisation: batching cannot change a stream's level.
+                (track, StreamNormalizer::new(Normalize::Loudness))
+            })
+            .collect();
+        for &id in ids {
+            self.context.events.changed(id);
+        }
+        streams
+    }
+
+    /// Appends each job's next piece to its live track (a cancelled job's track ends instead).
+    fn publish(
+        &self,
+        ids: &[Uuid],
+        streams: &mut [(Arc<LiveTrack>, StreamNormalizer)],
+        pieces: &[Audio],
+    ) -> musicgen::Result<()> {
+        let live = self.live_ids();
+        for ((&id, (track, normalizer)), piece) in ids.iter().zip(streams.iter_mut()).zip(pieces) {
+            if !live.contains(&id) {
+                self.context.live.end(id);
+                continue;
+            }
+            let mut piece = piece.clone();
+            normalizer.apply(&mut piece)?;
+            track.push(&pcm16_bytes(&piece));
+            self.context.events.changed(id);
+        }
+        Ok(())
     }
 
     /// The engine's request for a batch (its jobs share duration, continuation, melody and stride),

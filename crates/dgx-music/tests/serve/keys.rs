@@ -80,5 +80,10 @@ async fn a_network_server_needs_a_key_to_start_and_keys_work_while_it_runs() {
     assert_eq!(client.get(&job_url).bearer_auth(&admin).send().await.unwrap().status(), 200);
     let bad = create_key(&data_dir, "other", &[]);
     assert_eq!(client.get(&job_url).bearer_auth(&bad).send().await.unwrap().status(), 404);
+    let stream_url = format!("{job_url}/stream");
+    assert_eq!(client.get(&stream_url).bearer_auth(&bad).send().await.unwrap().status(), 404, "as /audio");
+    let own = client.get(&stream_url).bearer_auth(&laptop).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(own.bytes().await.unwrap().starts_with(b"RIFF"), "its owner hears it");
     server.stop().await;
 }

@@ -7,6 +7,8 @@ mod harness;
 mod keys;
 mod melody;
 mod models;
+mod radio;
+mod stream;
 mod uploads;
 
 use std::collections::HashSet;

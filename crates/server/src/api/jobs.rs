@@ -1,8 +1,9 @@
 //! Job endpoints: submit, read, list, cancel/delete, audio, progress events.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::Stream;
-use musicgen::audio::{Format, Tags};
+use musicgen::audio::{wav_stream_header, Format, Tags};
 use musicgen::ModelInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -171,7 +172,7 @@ pub async fn generate(
     state.worker.wake();
     state.events.changed(job.id);
     let location = job_path(job.id, "");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view(state.models.ids()))).into_response())
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(state.view(&job))).into_response())
 }
 
 /// Deletes the snapshots made for a refused request (unless another job uses them meanwhile).
@@ -249,12 +250,7 @@ pub async fn list_jobs(
     let limit = parse_count(query.limit.as_deref(), "limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let offset = parse_count(query.offset.as_deref(), "offset", 0, 0..=i64::MAX as u64)?;
     let page = state.jobs.list(status, caller.filter(), limit, offset).await?;
-    Ok(Json(JobList {
-        jobs: page.jobs.iter().map(|job| job.view(state.models.ids())).collect(),
-        total: page.total,
-        limit,
-        offset,
-    }))
+    Ok(Json(JobList { jobs: page.jobs.iter().map(|job| state.view(job)).collect(), total: page.total, limit, offset }))
 }
 
 /// One job.
@@ -271,7 +267,7 @@ pub async fn get_job(
     Extension(caller): Extension<Caller>,
     JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(load(&state, &caller, id).await?.view(state.models.ids())))
+    Ok(Json(state.view(&load(&state, &caller, id).await?)))
 }
 
 /// Cancel a queued or running job, or delete a finished one and its audio, and the uploads it used
@@ -299,7 +295,7 @@ pub async fn delete_job(
             tracing::info!("job {id} cancelled");
         }
         state.events.changed(id);
-        return Ok(Json(job.view(state.models.ids())).into_response());
+        return Ok(Json(state.view(&job)).into_response());
     }
     // The file goes first: if it cannot be removed the job stays, listed and deletable again, rather
     // than leaving a file no record names.
@@ -411,6 +407,106 @@ pub async fn get_audio(
     state.audio.serve(id, format, request).await?.ok_or_else(deleted)
 }
 
+/// How long a stream of a job that is not running yet waits before reading it again without a
+/// wake-up (the worker announces each start; a missed announcement only costs this).
+const STREAM_POLL: Duration = Duration::from_secs(1);
+
+/// The audio of a job while it is made: a 16-bit PCM WAV sent in chunks as the job runs.
+///
+/// A running job's stream is an exact WAV header (its length is known from the duration), the audio
+/// made so far (a stream joined mid-job starts with what exists), then each piece as it is made,
+/// about every 0.5 s of music, ending with the job. A queued job's response starts once it runs. A
+/// completed job's stream is its stored WAV, byte for byte as `GET /jobs/{id}/audio`. A failed or
+/// cancelled job answers 409 (its audio is gone); a stream open while it fails or is cancelled ends
+/// where its audio ended, short of the length in the header.
+///
+/// Chunked WAV and not Ogg/Opus: every browser, ffplay and aplay read it, no encoder adds latency,
+/// and the samples are the stored file's. A stream's level is fixed on its first audible piece, the
+/// file's on the whole track, so the two differ by one gain before the soft clip: stream
+/// `tanh(g_stream·x)`, file `tanh(g_file·x)`; an extended track's head is identical in both.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}/stream", tag = "jobs",
+    params(("id" = String, Path, format = Uuid, description = "Job id")),
+    responses(
+        (status = 200, description = "16-bit PCM WAV, chunked: the audio so far, then each piece as it is made", content_type = "audio/wav"),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 409, description = "The job failed or was cancelled: it has no audio", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
+pub async fn stream_audio(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    // Subscribe before the first read, so that the start of the job is not missed.
+    let mut receiver = state.events.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let mut job = load(&state, &caller, id).await?;
+    let track = loop {
+        if let Some(track) = state.live.get(id) {
+            break track;
+        }
+        match job.status {
+            JobStatus::Completed => {
+                // No Range or validators passed on: the stream is always the whole file.
+                let file = state.audio.serve(id, Format::Wav16, Request::new(Body::empty())).await?;
+                return file.ok_or_else(|| ApiError::NotFound(format!("the audio of job {id} was deleted")));
+            }
+            JobStatus::Failed | JobStatus::Cancelled => {
+                return Err(ApiError::Conflict(format!(
+                    "job {id} is {}; it has no audio to stream (a stream open while it ran ended with its audio)",
+                    job.status
+                )))
+            }
+            JobStatus::Queued | JobStatus::Running => {}
+        }
+        tokio::select! {
+            _ = receiver.recv() => {}
+            _ = tokio::time::sleep(STREAM_POLL) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                return Err(ApiError::Unavailable("the server is shutting down; retry once it is back".into()));
+            }
+        }
+        job = load(&state, &caller, id).await?;
+    };
+    let header = wav_stream_header(track.sample_rate, track.channels, Some(track.total_samples));
+    let watcher = track.watch();
+    let body = futures_util::stream::unfold(
+        (Some(header), 0usize, track, watcher, false),
+        |(mut header, mut sent, track, mut watcher, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (pcm, ended) = track.read_from(sent, &mut watcher);
+                sent += pcm.len();
+                let chunk = match header.take() {
+                    Some(header) => Bytes::from([&header[..], &pcm].concat()),
+                    None => pcm,
+                };
+                if !chunk.is_empty() {
+                    return Some((Ok::<_, Infallible>(chunk), (None, sent, track, watcher, ended)));
+                }
+                // The track lives as long as this reader holds it, so its sender cannot go first.
+                if ended || watcher.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
+    let disposition = format!("inline; filename=\"dgx-music-{id}.wav\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "audio/wav".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
 enum EventsState {
     Start(Box<Job>),
     Watching { last: String, status: JobStatus },
@@ -458,9 +554,7 @@ pub async fn job_events(
                         continue;
                     }
                     match state.jobs.get(id).await {
-                        Ok(Some(job))
-                            if serde_json::to_string(&job.view(state.models.ids())).ok().as_ref() != Some(&last) =>
-                        {
+                        Ok(Some(job)) if serde_json::to_string(&state.view(&job)).ok().as_ref() != Some(&last) => {
                             break job
                         }
                         Ok(Some(_)) => continue,
@@ -472,7 +566,7 @@ pub async fn job_events(
                     }
                 },
             };
-            let json = serde_json::to_string(&job.view(state.models.ids())).unwrap_or_default();
+            let json = serde_json::to_string(&state.view(&job)).unwrap_or_default();
             let event = Event::default().event("job").data(json.clone());
             let next = if job.status.is_terminal() {
                 EventsState::Done

@@ -1,6 +1,7 @@
 //! The HTTP surface: `/api/v1/...`, `/metrics`, and the web page's routes merged in.
 
 mod jobs;
+mod radio;
 mod session;
 mod system;
 mod uploads;
@@ -8,7 +9,7 @@ mod uploads;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use utoipa::OpenApi;
 
@@ -30,9 +31,12 @@ use crate::state::AppState;
         jobs::get_job,
         jobs::delete_job,
         jobs::get_audio,
+        jobs::stream_audio,
         jobs::job_events,
         uploads::create_upload,
         uploads::get_upload,
+        radio::listen,
+        radio::change,
         system::health,
         system::models,
         system::metrics,
@@ -45,6 +49,7 @@ use crate::state::AppState;
     modifiers(&KeyAuth),
     tags(
         (name = "jobs", description = "Generation jobs and their audio"),
+        (name = "radio", description = "An endless track, made while you listen, its prompt changeable between windows"),
         (name = "uploads", description = "Audio to continue: uploaded files, and copies of finished tracks being extended"),
         (name = "service", description = "Health, models, metrics, the page's session cookie and this document"),
     )
@@ -80,7 +85,7 @@ impl utoipa::Modify for KeyAuth {
             if path == "/api/v1/openapi.json" {
                 continue;
             }
-            for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
+            for operation in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
                 operation.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
                 operation.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
             }
@@ -101,7 +106,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", get(jobs::list_jobs))
         .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/jobs/{id}/audio", get(jobs::get_audio))
+        .route("/jobs/{id}/stream", get(jobs::stream_audio))
         .route("/jobs/{id}/events", get(jobs::job_events))
+        .route("/radio", get(radio::listen))
+        .route("/radio/{id}", put(radio::change))
         .route("/health", get(system::health))
         .route("/models", get(system::models))
         .route("/metrics", get(system::metrics))

@@ -108,6 +108,7 @@ async fn start_with(options: Options) -> TestServer {
         max_queue,
         events: Events::default(),
         event_streams: StreamLimit::new(http.max_event_streams),
+        live: crate::live::LiveAudio::default(),
         metrics: Arc::new(Metrics::default()),
         worker: WorkerHandle::default(),
         shutdown,

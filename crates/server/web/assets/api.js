@@ -30,10 +30,37 @@ export const apiKey = {
 // Every 401 is announced once per answer, so that the page can ask for a key.
 export const unauthorized = new EventTarget();
 
-async function request(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } };
+function withKey(headers) {
   const key = apiKey.get();
-  if (key) init.headers.Authorization = `Bearer ${key}`;
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+function unreachable(path) {
+  return new ApiError({
+    status: 0,
+    code: 'network',
+    message: "Can't reach the DGX Music server. Check that `dgx-music serve` is still running.",
+    path,
+  });
+}
+
+/** The ApiError of a refused answer (`data` is its JSON body, if any); a 401 is announced. */
+function refusal(response, data, path) {
+  const error = data?.error ?? {};
+  if (response.status === 401) unauthorized.dispatchEvent(new CustomEvent('unauthorized', { detail: error.message }));
+  return new ApiError({
+    status: response.status,
+    code: error.code ?? `http_${response.status}`,
+    message: error.message ?? `The server answered ${response.status} ${response.statusText}.`,
+    field: error.field ?? null,
+    retryAfter: response.headers.get('Retry-After'),
+    path,
+  });
+}
+
+async function request(method, path, body) {
+  const init = { method, headers: withKey({ Accept: 'application/json' }) };
   if (body instanceof FormData) {
     // The browser writes the multipart Content-Type with its boundary.
     init.body = body;
@@ -45,12 +72,7 @@ async function request(method, path, body) {
   try {
     response = await fetch(path, init);
   } catch {
-    throw new ApiError({
-      status: 0,
-      code: 'network',
-      message: "Can't reach the DGX Music server. Check that `dgx-music serve` is still running.",
-      path,
-    });
+    throw unreachable(path);
   }
   if (response.status === 204) return null;
   const text = await response.text();
@@ -60,19 +82,21 @@ async function request(method, path, body) {
   } catch {
     data = null;
   }
-  if (!response.ok) {
-    const error = data?.error ?? {};
-    if (response.status === 401) unauthorized.dispatchEvent(new CustomEvent('unauthorized', { detail: error.message }));
-    throw new ApiError({
-      status: response.status,
-      code: error.code ?? `http_${response.status}`,
-      message: error.message ?? `The server answered ${response.status} ${response.statusText}.`,
-      field: error.field ?? null,
-      retryAfter: response.headers.get('Retry-After'),
-      path,
-    });
-  }
+  if (!response.ok) throw refusal(response, data, path);
   return data;
+}
+
+/** The response of `GET /jobs/{id}/stream`, its body unread (a WAV that grows while the job runs). */
+async function audioStream(path, signal) {
+  let response;
+  try {
+    response = await fetch(path, { headers: withKey({ Accept: 'audio/wav' }), signal });
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    throw unreachable(path);
+  }
+  if (!response.ok) throw refusal(response, await response.json().catch(() => null), path);
+  return response;
 }
 
 const jobPath = (id) => `/api/v1/jobs/${encodeURIComponent(id)}`;
@@ -91,6 +115,8 @@ export const api = {
   // 200 with the cancelled job while it was queued or running, 204 (null here) once deleted.
   remove: (id) => request('DELETE', jobPath(id)),
   eventsUrl: (id) => `${jobPath(id)}/events`,
+  // Starts answering once the job runs: the audio so far, then each piece as it is made.
+  stream: (id, signal) => audioStream(`${jobPath(id)}/stream`, signal),
   // Copies the key into an HttpOnly cookie, which the audio players and event streams carry.
   startSession: () => request('POST', '/api/v1/session'),
   endSession: () => request('DELETE', '/api/v1/session'),

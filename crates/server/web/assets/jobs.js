@@ -6,6 +6,7 @@ import { api, plainWords } from './api.js';
 import {
   describeContinuation, formatAgo, formatLength, formatModel, formatSpeed, formatTook, slug,
 } from './format.js';
+import { LivePlayer } from './live.js';
 import { attachWaveform } from './waveform.js';
 
 const PAGE = 20;
@@ -103,6 +104,8 @@ class JobCard {
       fill: $('.bar-fill'),
       state: $('.job-state'),
       error: $('.job-error'),
+      live: $('.live'),
+      listen: $('.listen'),
       player: $('.player'),
       canvas: $('.waveform'),
       audio: $('audio'),
@@ -134,6 +137,12 @@ class JobCard {
       event.preventDefault();
       this.submitExtend();
     });
+    // Heard while it is made; the card shows it while the job runs or the player still plays.
+    this.live = new LivePlayer(
+      { button: this.parts.listen, canvas: $('.live-wave'), status: $('.live-status') },
+      () => this.showLive(),
+    );
+    this.parts.listen.addEventListener('click', () => this.live.toggle(this.job.id));
     this.actionError = null;
     this.playerReady = false;
     this.confirmTimer = 0;
@@ -257,6 +266,8 @@ class JobCard {
     p.error.textContent = error ?? '';
     p.cancel.hidden = !isActive(job);
     p.remove.hidden = isActive(job);
+    p.listen.setAttribute('aria-label', `Listen to “${job.prompt.slice(0, 60)}” while it is made`);
+    this.showLive();
     p.downloadGroup.hidden = job.status !== 'completed' || !job.audio_url;
     p.extend.hidden = job.status !== 'completed' || this.room() < 1;
     if (p.extend.hidden && !p.extendForm.hidden) p.extendForm.hidden = true;
@@ -265,6 +276,13 @@ class JobCard {
     p.useMelody.setAttribute('aria-label', `Use as melody: the next track follows the tune of “${job.prompt.slice(0, 60)}”`);
     p.again.setAttribute('aria-label', `Again: fill the form with the settings of “${job.prompt.slice(0, 60)}”`);
     if (job.status === 'completed' && job.audio_url && !this.playerReady) this.showPlayer(job);
+  }
+
+  showLive() {
+    const running = this.job.status === 'running';
+    this.parts.live.hidden = !running && !this.live.active && this.parts.live.querySelector('.live-status').dataset.state !== 'error';
+    // A finished track plays from its own player; Listen is offered while it is made.
+    this.parts.listen.hidden = !running && !this.live.active;
   }
 
   /** The download link in the format the menu shows: the stored WAV, or `?format=` converted once by the server. */
@@ -405,6 +423,7 @@ export class JobList {
   }
 
   drop(card) {
+    card.live.stop();
     this.closeStream(card.job.id);
     card.el.remove();
     this.cards.delete(card.job.id);

@@ -52,7 +52,8 @@ async function loadPeaks(url) {
   return { peaks, seconds: buffer.duration };
 }
 
-function draw(canvas, peaks, played) {
+/** Bars of `peaks` (0..=1) across the canvas; the first `played` share in the played colour. */
+export function drawPeaks(canvas, peaks, played) {
   const dpr = window.devicePixelRatio || 1;
   const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
   const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
@@ -98,7 +99,7 @@ export function attachWaveform(canvas, audio, url) {
   let frame = 0;
   const played = () => (audio.duration > 0 ? audio.currentTime / audio.duration : 0);
   const redraw = () => {
-    if (peaks) draw(canvas, peaks, played());
+    if (peaks) drawPeaks(canvas, peaks, played());
   };
   const animate = () => {
     redraw();
