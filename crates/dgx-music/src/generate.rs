@@ -268,8 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cancel = CancelToken::default();
     let result = if args.streams() {
         let info = model.info();
-        let samples =
-            (!request.is_endless()).then(|| (request.duration_secs * info.sample_rate as f64).round() as usize);
+        let samples = request.samples(info.sample_rate);
         // The model's channels are known only now: a stereo model's player reopens for two.
         let player = match player {
             Some(_) if info.audio_channels != 1 => {

@@ -140,6 +140,12 @@ impl GenerationRequest {
         frames_for(self.duration_secs, FRAME_RATE)
     }
 
+    /// Samples per channel of each finished track at `sample_rate`: what `finish` returns and a
+    /// stream's WAV header announces; `None` for an endless track.
+    pub fn samples(&self, sample_rate: u32) -> Option<usize> {
+        (!self.is_endless()).then(|| (self.duration_secs * f64::from(sample_rate)).round() as usize)
+    }
+
     /// Whether the track has no end (see [`ENDLESS`]).
     pub fn is_endless(&self) -> bool {
         self.duration_secs == ENDLESS

@@ -387,8 +387,8 @@ impl Worker {
         head: Option<&Audio>,
     ) -> Vec<(Arc<LiveTrack>, StreamNormalizer)> {
         let rate = info.sample_rate;
-        // The engine's own length rule, so the WAV header is exact.
-        let generated = (request.duration_secs * f64::from(rate)).round() as usize;
+        // The engine's own length rule, so the WAV header is exact (jobs always end).
+        let generated = request.samples(rate).unwrap_or(0);
         let head_len = head.map_or(0, Audio::len);
         let head_pcm = head.map(pcm16_bytes).unwrap_or_default();
         let channels = u16::try_from(info.audio_channels).unwrap_or(u16::MAX);

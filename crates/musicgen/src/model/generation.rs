@@ -222,7 +222,7 @@ impl<'m> Generation<'m> {
             kept_from: 0,
             steps_done: 0,
             total_steps,
-            samples: (!endless).then(|| (request.duration_secs * sample_rate).round() as usize),
+            samples: request.samples(model.codec.sample_rate()),
             stream: None,
         })
     }
