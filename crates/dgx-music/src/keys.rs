@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use dgx_music_server::keys::{ApiKey, NewKey};
-use dgx_music_server::store::{KeyStore, SqliteJobStore};
+use dgx_music_server::store::{Database, DatabaseUrl, KeyStore, Leases};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -22,6 +22,10 @@ pub struct Args {
     /// The server's data directory [default: the platform's data directory + dgx-music].
     #[arg(long, env = "DGX_MUSIC_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// The server's --database, if it has one (postgres:// for API nodes that share it) [default:
+    /// dgx-music.db in the data directory].
+    #[arg(long, env = "DGX_MUSIC_DATABASE", value_name = "URL", global = true)]
+    database: Option<DatabaseUrl>,
 }
 
 #[derive(Subcommand)]
@@ -50,17 +54,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => crate::serve::default_data_dir()?,
     };
+    let url = args.database.unwrap_or_else(|| DatabaseUrl::Sqlite(data_dir.join("dgx-music.db")));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("data directory {}", data_dir.display()))?;
-        let store = SqliteJobStore::open(&data_dir.join("dgx-music.db")).await?;
-        let result = command(&store, args.command).await;
-        store.close().await;
+        if let DatabaseUrl::Sqlite(path) = &url {
+            let dir = path.parent().unwrap_or(&data_dir);
+            std::fs::create_dir_all(dir).with_context(|| format!("data directory {}", dir.display()))?;
+        }
+        let database = Database::open(&url, Leases::default()).await?;
+        let result = command(&*database.keys(), args.command).await;
+        database.close().await;
         result
     })
 }
 
-async fn command(store: &SqliteJobStore, command: Command) -> anyhow::Result<ExitCode> {
+async fn command(store: &dyn KeyStore, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Create { name, admin } => {
             let name = name.trim();

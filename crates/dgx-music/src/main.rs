@@ -12,6 +12,7 @@ mod play;
 mod progress;
 mod serve;
 mod validate;
+mod worker;
 
 /// Text-to-music on your own GPU with Meta's MusicGen. No Python needed.
 #[derive(Parser)]
@@ -25,15 +26,17 @@ struct Cli {
 enum Command {
     /// Generate music from a text prompt and write it to a WAV file.
     Generate(generate::Args),
-    /// Run the HTTP API, job queue and web page.
+    /// Run the HTTP API, job queue and web page (and, unless --no-worker, the generation).
     Serve(serve::Args),
+    /// Generate the jobs of a shared queue (PostgreSQL), for API nodes on this or other machines.
+    Worker(worker::Args),
     /// Check the GPU, driver and CUDA build; ends in PASS or FAIL with advice.
     Validate(validate::Args),
     /// Measure generation speed on this machine.
     Bench(bench::Args),
     /// List, download or remove cached checkpoints.
     Models(models::Args),
-    /// Create, list or revoke the API keys of a server's data directory.
+    /// Create, list or revoke the API keys of a server's data directory or shared database.
     Keys(keys::Args),
 }
 
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Models(args) => models::run(args),

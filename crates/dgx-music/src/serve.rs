@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dgx_music_server::HttpConfig;
+use dgx_music_server::store::{DatabaseUrl, Leases, StorageUrl};
+use dgx_music_server::{HttpConfig, WorkerSettings};
 use musicgen::DType;
 
 use crate::device::DeviceChoice;
@@ -21,33 +22,17 @@ pub struct Args {
     /// directory + dgx-music, e.g. ~/.local/share/dgx-music].
     #[arg(long, env = "DGX_MUSIC_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Hugging Face hub id, short name (small, medium, large, stereo-*, melody, melody-large,
-    /// stereo-melody, stereo-melody-large) or local checkpoint directory. Repeat it to offer several
-    /// (`--model small --model melody`; the environment variable takes a comma-separated list):
-    /// requests pick one with `model`, the first is the default, and checkpoints with the same T5
-    /// or EnCodec share one copy. With a melody checkpoint, POST /generate takes `melody` and the
-    /// page shows a melody picker.
-    #[arg(long, env = "DGX_MUSIC_MODEL", value_delimiter = ',', default_value = "facebook/musicgen-small")]
-    model: Vec<String>,
-    /// Models kept in memory at once [default: all of them]; when a job needs another, the least
-    /// recently used is unloaded first (loading takes seconds: a budget for a small GPU).
-    #[arg(long, env = "DGX_MUSIC_MAX_LOADED", value_parser = clap::value_parser!(u32).range(1..))]
-    max_loaded: Option<u32>,
-    /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
-    /// else the CPU (the log says why).
-    #[arg(long, env = "DGX_MUSIC_DEVICE", default_value = "auto")]
-    device: DeviceChoice,
-    /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
-    #[arg(long, env = "DGX_MUSIC_DTYPE", value_parser = crate::device::parse_dtype)]
-    dtype: Option<DType>,
+    /// The API and page only: jobs run on `dgx-music worker` processes (on this machine or others)
+    /// that share the --database (postgres://) and --storage. Without it, this process generates too.
+    #[arg(long, env = "DGX_MUSIC_NO_WORKER")]
+    no_worker: bool,
+    #[command(flatten)]
+    worker: WorkerArgs,
+    #[command(flatten)]
+    stores: StoreArgs,
     /// Queued jobs beyond which new requests get 429 Too Many Requests.
     #[arg(long, env = "DGX_MUSIC_MAX_QUEUE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
-    /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
-    /// audio only with jobs continuing the same audio with the same stride; jobs that follow a
-    /// melody only with jobs following the same melody).
-    #[arg(long, env = "DGX_MUSIC_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    max_batch: u32,
     /// Largest audio file accepted by POST /api/v1/uploads, in megabytes (10^6 bytes); larger ones
     /// get 413 Payload Too Large.
     #[arg(long, env = "DGX_MUSIC_MAX_UPLOAD_MB", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -101,8 +86,96 @@ pub struct Args {
     log_format: LogFormat,
 }
 
+/// What a worker runs: shared by `serve` (its own worker threads) and `dgx-music worker`.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Hugging Face hub id, short name (small, medium, large, stereo-*, melody, melody-large,
+    /// stereo-melody, stereo-melody-large) or local checkpoint directory. Repeat it to offer several
+    /// (`--model small --model melody`; the environment variable takes a comma-separated list):
+    /// requests pick one with `model`, the first is the default, and checkpoints with the same T5
+    /// or EnCodec share one copy. With a melody checkpoint, POST /generate takes `melody` and the
+    /// page shows a melody picker.
+    #[arg(long, env = "DGX_MUSIC_MODEL", value_delimiter = ',', default_value = "facebook/musicgen-small")]
+    model: Vec<String>,
+    /// Models kept in memory at once [default: all of them]; when a job needs another, the least
+    /// recently used is unloaded first (loading takes seconds: a budget for a small GPU).
+    #[arg(long, env = "DGX_MUSIC_MAX_LOADED", value_parser = clap::value_parser!(u32).range(1..))]
+    max_loaded: Option<u32>,
+    /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
+    /// else the CPU (the log says why). Repeat it for a worker thread per device, each with its own
+    /// copy of the models (`--device cuda:0 --device cuda:1`; the environment variable takes a
+    /// comma-separated list). On an API node (--no-worker) --model only orders the workers' models.
+    #[arg(long, env = "DGX_MUSIC_DEVICE", value_delimiter = ',', default_value = "auto")]
+    device: Vec<DeviceChoice>,
+    /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, env = "DGX_MUSIC_DTYPE", value_parser = crate::device::parse_dtype)]
+    dtype: Option<DType>,
+    /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
+    /// audio only with jobs continuing the same audio with the same stride; jobs that follow a
+    /// melody only with jobs following the same melody).
+    #[arg(long, env = "DGX_MUSIC_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_batch: u32,
+}
+
+/// Where the jobs and the audio are: shared by `serve`, `worker` and `keys`.
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// The job queue and history: sqlite://PATH (one process; default: dgx-music.db in the data
+    /// directory) or postgres://USER:PASSWORD@HOST:PORT/DATABASE, which API nodes and workers on many
+    /// machines share.
+    #[arg(long, env = "DGX_MUSIC_DATABASE", value_name = "URL")]
+    pub database: Option<DatabaseUrl>,
+    /// The tracks and uploads: a directory (default: the data directory) or s3://BUCKET/PREFIX, with
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for MinIO and other S3 servers,
+    /// AWS_ENDPOINT_URL from the environment. Every node of one service names the same storage.
+    #[arg(long, env = "DGX_MUSIC_STORAGE", value_name = "URL")]
+    pub storage: Option<StorageUrl>,
+    /// Seconds a claimed job stays a worker's without a heartbeat (it renews it every third): a
+    /// worker killed, cut off or powered down loses its jobs to the queue after this (PostgreSQL).
+    #[arg(long, env = "DGX_MUSIC_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=3600))]
+    lease_secs: u32,
+    /// Times a job may lose its worker before it fails, saying so, instead of going back to the queue.
+    #[arg(long, env = "DGX_MUSIC_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+}
+
+impl StoreArgs {
+    pub fn leases(&self) -> Leases {
+        Leases { lease: Duration::from_secs(self.lease_secs.into()), max_attempts: self.max_attempts }
+    }
+}
+
+impl WorkerArgs {
+    /// The devices resolved (`auto` once, the log saying why it fell back), each device once.
+    pub fn settings(&self) -> anyhow::Result<WorkerSettings> {
+        let mut devices = Vec::new();
+        let mut dtype = None;
+        for &choice in &self.device {
+            let resolved = crate::device::resolve(choice, self.dtype);
+            if let Some(note) = resolved.note() {
+                tracing::info!("{note}");
+            }
+            if devices.contains(&resolved.device) {
+                anyhow::bail!(
+                    "--device {choice} names device {} twice; give each device once (one worker thread each)",
+                    resolved.device
+                );
+            }
+            dtype.get_or_insert(resolved.dtype);
+            devices.push(resolved.device);
+        }
+        Ok(WorkerSettings {
+            max_loaded: self.max_loaded.map_or(self.model.len(), |n| n as usize),
+            models: self.model.clone(),
+            devices,
+            dtype: dtype.unwrap_or_default(),
+            max_batch: self.max_batch as usize,
+        })
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
     Text,
     Json,
 }
@@ -120,7 +193,8 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("this system has no data directory for the current user; pass --data-dir DIR"))
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Log lines to stderr, as text or JSON; `RUST_LOG` filters.
+pub fn init_logs(format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The decoder logs a client's bad upload at ERROR level, yet it is the client's problem and the
@@ -130,14 +204,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // Another subcommand path may already have installed a subscriber; keep it then.
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match args.log_format {
+    let _ = match format {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
         LogFormat::Json => logs.json().with_current_span(true).try_init(),
     };
-    let resolved = crate::device::resolve(args.device, args.dtype);
-    if let Some(note) = resolved.note() {
-        tracing::info!("{note}");
-    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_logs(args.log_format);
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -146,12 +220,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         host: args.host,
         port: args.port,
         data_dir,
-        max_loaded: args.max_loaded.map_or(args.model.len(), |n| n as usize),
-        models: args.model,
-        device: resolved.device,
-        dtype: resolved.dtype,
+        database: args.stores.database.clone(),
+        storage: args.stores.storage.clone(),
+        worker: if args.no_worker { None } else { Some(args.worker.settings()?) },
+        leases: args.stores.leases(),
+        preferred_models: args.worker.model.clone(),
         max_queue: args.max_queue as usize,
-        max_batch: args.max_batch as usize,
         max_upload_bytes: u64::from(args.max_upload_mb) * 1_000_000,
         unused_upload_max_age: Duration::from_secs_f64(args.unused_upload_hours * 3600.0),
         insecure_no_auth: args.insecure_no_auth,

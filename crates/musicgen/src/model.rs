@@ -39,7 +39,7 @@ pub struct LoadOptions {
 }
 
 /// What a loaded model is, for logs, `/api/v1/models` and `bench`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     /// The `--model` value it was loaded from (hub id, short name or directory), as given.
     pub source: String,

@@ -118,6 +118,11 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
             StoreError::AudioIo { source, .. } => ApiError::from_io(source, err.to_string()),
+            // A database restart or a network cut: nothing was done, so the same request can be retried.
+            StoreError::Unavailable(_) => {
+                tracing::warn!("{err}");
+                ApiError::Unavailable("the job database cannot be reached right now; retry in a few seconds".into())
+            }
             _ => ApiError::Internal(err.to_string()),
         }
     }
@@ -186,6 +191,9 @@ impl IntoResponse for ApiError {
             ApiError::QueueFull { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
+            }
             ApiError::Unauthorized(_) => {
                 response
                     .headers_mut()
@@ -230,8 +238,15 @@ pub enum ServerError {
     #[error("the generation worker stopped unexpectedly")]
     WorkerDied,
     #[error(
+        "{role} shares the job queue with other processes, and SQLite belongs to one process: give \
+         --database postgres://USER:PASSWORD@HOST:PORT/DATABASE (README: \"Many GPUs, many machines\"), or run \
+         `dgx-music serve` alone, which generates too"
+    )]
+    NeedsSharedDatabase { role: &'static str },
+    #[error(
         "--host {host} lets other machines in, and this server has no API key yet: create one with \
-         `dgx-music keys create --name NAME --data-dir {}` (clients send it as Authorization: Bearer), \
+         `dgx-music keys create --name NAME --data-dir {}` (with this server's --database, if it has one; \
+         clients send it as Authorization: Bearer), \
          or serve only this machine with --host 127.0.0.1; --insecure-no-auth serves the network without keys",
         data_dir.display()
     )]

@@ -27,6 +27,12 @@ impl Events {
         let _ = self.sender.send(id);
     }
 
+    /// Announces that any job may have changed (the store's notifications were interrupted): every
+    /// stream re-reads its job. The nil id stands for all.
+    pub fn everything(&self) {
+        let _ = self.sender.send(Uuid::nil());
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.sender.subscribe()
     }

@@ -1,11 +1,13 @@
-//! DGX Music server: the REST API under `/api/v1`, a persistent SQLite job queue with the
-//! generation history, audio storage, progress events and the web page.
+//! DGX Music server: the REST API under `/api/v1`, a persistent job queue with the generation
+//! history (SQLite, or PostgreSQL shared by many machines), audio storage (a directory or S3),
+//! progress events, the web page, and the workers that generate.
 //!
 //! [`run`] is `dgx-music serve`: it locks the data directory (one server per directory), binds
 //! the port, opens the stores, requeues jobs a crash interrupted, sweeps uploads no job uses, loads
-//! the models on the worker thread, then answers; on SIGTERM/Ctrl-C it stops accepting, ends event
-//! streams, lets the running step finish, requeues its jobs, gives requests in flight
-//! [`SHUTDOWN_GRACE`] and exits.
+//! the models on a worker thread per device (none with `--no-worker`), then answers; on
+//! SIGTERM/Ctrl-C it stops accepting, ends event streams, lets the running step finish, requeues its
+//! jobs, gives requests in flight [`SHUTDOWN_GRACE`] and exits. [`run_worker`] is `dgx-music worker`:
+//! the worker threads alone, on a shared database.
 
 mod api;
 pub mod auth;
@@ -34,37 +36,39 @@ use std::time::Duration;
 use musicgen::{DType, DeviceSpec, LoadOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 pub use api::{router, ApiDoc};
 pub use error::{ApiError, ServerError};
 pub use net::{parse_allowed_host, parse_cors_origin, HttpConfig, SHUTDOWN_GRACE};
-pub use state::{AppState, Models, Shared};
+pub use state::{AppState, ModelCatalog, Models, Shared};
 
 use crate::auth::AuthPolicy;
 use crate::events::{Events, StreamLimit};
 use crate::limits::Limits;
 use crate::live::LiveAudio;
 use crate::metrics::Metrics;
-use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
+use crate::store::{Database, DatabaseUrl, JobStore, Leases, PgJobStore, Storage, StorageUrl};
+use crate::worker::Workers;
 
 /// Everything `dgx-music serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// Holds `dgx-music.db`, `audio/` (tracks), `uploads/` (audio jobs continue) and `incoming/`.
+    /// Holds `incoming/` (uploads being received) and, by default, `dgx-music.db`, `audio/` (tracks)
+    /// and `uploads/` (audio jobs continue). One server per directory.
     pub data_dir: PathBuf,
-    /// Hub ids, short names or checkpoint directories; never empty. The first is the default for
-    /// requests that name none.
-    pub models: Vec<String>,
-    /// Models the worker keeps loaded at once; the least recently used is unloaded for another.
-    pub max_loaded: usize,
-    pub device: DeviceSpec,
-    pub dtype: DType,
+    /// `--database`; `None`: SQLite in the data directory.
+    pub database: Option<DatabaseUrl>,
+    /// `--storage`; `None`: the data directory.
+    pub storage: Option<StorageUrl>,
+    /// What the worker threads of this process run; `None` (`--no-worker`): the API and page only.
+    pub worker: Option<WorkerSettings>,
+    /// Claims' lease and attempts (PostgreSQL).
+    pub leases: Leases,
     /// Queued jobs beyond which `POST /generate` answers 429.
     pub max_queue: usize,
-    /// Jobs of equal duration (and continuation) generated together.
-    pub max_batch: usize,
     /// Largest upload accepted, in bytes of the file.
     pub max_upload_bytes: u64,
     /// Uploads no job uses are deleted once this old.
@@ -81,6 +85,32 @@ pub struct ServerConfig {
     pub max_queued_per_key: u64,
     /// Timeouts, connection and stream limits, allowed hosts and CORS origins.
     pub http: HttpConfig,
+    /// On an API node, the models to offer first (as `--model` names them) among the workers' models.
+    pub preferred_models: Vec<String>,
+}
+
+/// What worker threads run: the same models on each device.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Hub ids, short names or checkpoint directories; never empty. The first is the default for
+    /// requests that name none.
+    pub models: Vec<String>,
+    /// Models a worker keeps loaded at once; the least recently used is unloaded for another.
+    pub max_loaded: usize,
+    /// One worker thread per device, each with its own copy of the models.
+    pub devices: Vec<DeviceSpec>,
+    pub dtype: DType,
+    /// Jobs of equal duration (and continuation) generated together.
+    pub max_batch: usize,
+}
+
+/// Everything `dgx-music worker` can be told.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub database: DatabaseUrl,
+    pub storage: StorageUrl,
+    pub worker: WorkerSettings,
+    pub leases: Leases,
 }
 
 /// Whether `host` (as given to `--host`) only reaches this machine.
@@ -98,6 +128,14 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     result
 }
 
+/// Runs `dgx-music worker` until SIGTERM or Ctrl-C: generation only, on a shared database.
+pub fn run_worker(config: WorkerConfig) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(work(config));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
 async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
@@ -107,60 +145,81 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr()?;
-    let sqlite = Arc::new(SqliteJobStore::open(&data_dir.join("dgx-music.db")).await?);
-    let requeued = sqlite.requeue_all_running().await?;
+    let database_url = config.database.clone().unwrap_or_else(|| DatabaseUrl::Sqlite(data_dir.join("dgx-music.db")));
+    if config.worker.is_none() && !matches!(database_url, DatabaseUrl::Postgres(_)) {
+        return Err(ServerError::NeedsSharedDatabase { role: "serve --no-worker" });
+    }
+    let database = Database::open(&database_url, config.leases).await?;
+    tracing::info!("jobs in {}", database_url.describe());
+    let jobs = database.jobs();
+    let keys = database.keys();
+    // SQLite: this process holds the lock, so whatever is running was interrupted. PostgreSQL: only
+    // the jobs whose worker stopped renewing its lease.
+    let requeued = jobs.recover_interrupted().await?;
     if requeued > 0 {
-        tracing::info!("{requeued} job(s) interrupted by the last shutdown or crash are queued again");
+        tracing::info!("{requeued} job(s) interrupted by a shutdown or crash are queued again");
     }
     let network = !is_loopback(&config.host);
-    if network && !config.insecure_no_auth && !sqlite.has_active_keys().await? {
+    if network && !config.insecure_no_auth && !keys.has_active_keys().await? {
         return Err(ServerError::NoKeys { host: config.host.clone(), data_dir: data_dir.clone() });
     }
     if config.insecure_no_auth {
         tracing::warn!("--insecure-no-auth: anyone who reaches {} can use and delete every job", config.host);
     }
-    let jobs: Arc<dyn JobStore> = sqlite.clone();
-    let keys: Arc<dyn KeyStore> = sqlite.clone();
-    let audio: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("audio"))?);
-    let uploads: Arc<dyn AudioStore> = Arc::new(LocalAudioStore::open(data_dir.join("uploads"))?);
+    let storage_url = config.storage.clone().unwrap_or_else(|| StorageUrl::Dir(data_dir.clone()));
+    let Storage { audio, uploads } = Storage::open(&storage_url).await?;
+    tracing::info!("audio in {}", storage_url.describe());
     let incoming = empty_dir(&data_dir.join("incoming"))?;
-    upload::remove_orphan_files(&*jobs, &*uploads).await?;
+    // Only where this process is the store's one user: elsewhere another node may be between
+    // storing an upload's file and recording it.
+    if !database.is_shared() {
+        upload::remove_orphan_files(&*jobs, &*uploads).await?;
+    }
     upload::sweep(&*jobs, &*uploads, config.unused_upload_max_age).await?;
     let events = Events::default();
     let metrics = Arc::new(Metrics::default());
     let live = LiveAudio::default();
 
-    let spawned = worker::spawn(
-        config.models.clone(),
-        config.max_loaded,
-        LoadOptions {
-            device: config.device,
-            dtype: config.dtype,
-            on_download: Some(log_downloads()),
-            ..LoadOptions::default()
-        },
-        worker::WorkerContext {
-            jobs: jobs.clone(),
-            audio: audio.clone(),
-            uploads: uploads.clone(),
-            events: events.clone(),
-            live: live.clone(),
-            metrics: metrics.clone(),
-            max_batch: config.max_batch.max(1),
-            runtime: tokio::runtime::Handle::current(),
-        },
-    )?;
-    let mut models = spawned.loaded.await.map_err(|_| ServerError::WorkerDied)??.into_iter();
-    let default = models.next().ok_or(ServerError::NoModels)?;
-    let models = Models::new(default, models.collect());
-    jobs.set_served_models(models.ids()).await?;
+    let context = worker::WorkerContext {
+        id: String::new(),
+        heartbeat: config.leases.lease / 3,
+        patience: config.leases.lease,
+        jobs: jobs.clone(),
+        audio: audio.clone(),
+        uploads: uploads.clone(),
+        events: events.clone(),
+        live: live.clone(),
+        metrics: metrics.clone(),
+        max_batch: 1,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (workers, threads, models) = match &config.worker {
+        Some(settings) => {
+            let (workers, threads, infos) = start_workers(settings, context).await?;
+            let mut infos = infos.into_iter();
+            let default = infos.next().ok_or(ServerError::NoModels)?;
+            (workers, threads, Models::new(default, infos.collect()))
+        }
+        None => {
+            tracing::info!("no worker in this process (--no-worker): jobs run on `dgx-music worker` processes");
+            (Workers::default(), Vec::new(), Models::from_list(Vec::new()))
+        }
+    };
+    let catalog = Arc::new(ModelCatalog::new(models));
+    if let Database::Postgres(pg) = &database {
+        tokio::spawn(forward_changes(pg.clone(), events.clone(), workers.clone()));
+        tokio::spawn(sweep_leases(jobs.clone(), config.leases));
+        if workers.is_empty() {
+            refresh_catalog(&*jobs, &catalog, &config.preferred_models).await;
+            tokio::spawn(follow_workers(jobs.clone(), catalog.clone(), config.preferred_models.clone()));
+        }
+    }
 
     tracing::info!("data in {}", data_dir.display());
     tracing::info!("listening on http://{local} (API at http://{local}/api/v1)");
 
     upload::spawn_sweeper(jobs.clone(), uploads.clone(), config.unused_upload_max_age);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let worker = spawned.handle.clone();
     let state = AppState::new(Shared {
         jobs,
         keys,
@@ -175,32 +234,180 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         uploads,
         incoming,
         max_upload_bytes: config.max_upload_bytes,
-        models,
+        models: catalog,
         max_queue: config.max_queue,
         events,
         event_streams: StreamLimit::new(config.http.max_event_streams),
         live,
         metrics,
-        worker: worker.clone(),
+        workers: workers.clone(),
         shutdown: shutdown_rx,
     });
     let app = net::layers(router(state), &config.http, local.ip());
+    let stopping = workers.clone();
     net::serve(listener, app, &config.http, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new jobs; the running step finishes and its jobs are requeued");
-        worker.stop();
+        stopping.stop();
         let _ = shutdown_tx.send(true);
     })
     .await?;
 
-    spawned.handle.stop();
-    let thread = spawned.thread;
-    if tokio::task::spawn_blocking(move || thread.join()).await.map_or(true, |joined| joined.is_err()) {
-        tracing::error!("the worker thread panicked while stopping");
-    }
-    sqlite.close().await;
+    workers.stop();
+    join_workers(threads).await;
+    database.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn work(config: WorkerConfig) -> Result<(), ServerError> {
+    if !matches!(config.database, DatabaseUrl::Postgres(_)) {
+        return Err(ServerError::NeedsSharedDatabase { role: "worker" });
+    }
+    let database = Database::open(&config.database, config.leases).await?;
+    tracing::info!("jobs in {}", config.database.describe());
+    let jobs = database.jobs();
+    let Storage { audio, uploads } = Storage::open(&config.storage).await?;
+    tracing::info!("audio in {}", config.storage.describe());
+    let events = Events::default();
+    let context = worker::WorkerContext {
+        id: String::new(),
+        heartbeat: config.leases.lease / 3,
+        patience: config.leases.lease,
+        jobs: jobs.clone(),
+        audio,
+        uploads,
+        events: events.clone(),
+        // Nobody here reads a live track: the API node that serves a stream has the stored file.
+        live: LiveAudio::default(),
+        metrics: Arc::new(Metrics::default()),
+        max_batch: 1,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (workers, threads, _) = start_workers(&config.worker, context).await?;
+    if let Database::Postgres(pg) = &database {
+        tokio::spawn(forward_changes(pg.clone(), events, workers.clone()));
+    }
+    tracing::info!("worker ready: {} thread(s) take jobs", threads.len());
+    shutdown_signal().await;
+    tracing::info!("shutting down: the running step finishes and its jobs go back to the queue");
+    workers.stop();
+    join_workers(threads).await;
+    database.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A worker thread per device, each loading every model; returns once all have loaded, with the
+/// models' descriptions (the first device's) in the order given.
+async fn start_workers(
+    settings: &WorkerSettings,
+    context: worker::WorkerContext,
+) -> Result<(Workers, Vec<std::thread::JoinHandle<()>>, Vec<musicgen::ModelInfo>), ServerError> {
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    let mut infos = Vec::new();
+    let tag = &Uuid::new_v4().simple().to_string()[..6];
+    for (index, device) in settings.devices.iter().enumerate() {
+        let id = format!("{}-{}-{}-{tag}", host_name(), std::process::id(), device_label(device, index));
+        let spawned = worker::spawn(
+            settings.models.clone(),
+            settings.max_loaded,
+            LoadOptions { device: *device, dtype: settings.dtype, on_download: Some(log_downloads()), ..LoadOptions::default() },
+            worker::WorkerContext { id: id.clone(), max_batch: settings.max_batch.max(1), ..context.clone() },
+        )?;
+        let loaded = spawned.loaded.await.map_err(|_| ServerError::WorkerDied)??;
+        tracing::info!("worker {id} runs {} model(s) on {}", loaded.len(), loaded.first().map_or("?", |m| m.device.as_str()));
+        if infos.is_empty() {
+            infos = loaded;
+        }
+        handles.push(spawned.handle);
+        threads.push(spawned.thread);
+    }
+    Ok((Workers::new(handles), threads, infos))
+}
+
+async fn join_workers(threads: Vec<std::thread::JoinHandle<()>>) {
+    for thread in threads {
+        if tokio::task::spawn_blocking(move || thread.join()).await.map_or(true, |joined| joined.is_err()) {
+            tracing::error!("a worker thread panicked while stopping");
+        }
+    }
+}
+
+/// Every change of a job, whichever machine made it, reaches this node's event streams; one that
+/// leaves `running` reaches the worker that runs it (a cancellation from another API node).
+async fn forward_changes(store: Arc<PgJobStore>, events: Events, workers: Workers) {
+    store
+        .watch(move |id, status| {
+            if id.is_nil() {
+                events.everything();
+                return;
+            }
+            events.changed(id);
+            if status != "running" {
+                workers.cancelled(id);
+            }
+        })
+        .await
+}
+
+/// Jobs whose worker died are requeued even while no worker claims (which sweeps too).
+async fn sweep_leases(jobs: Arc<dyn JobStore>, leases: Leases) {
+    loop {
+        tokio::time::sleep(leases.lease / 3).await;
+        if let Err(err) = jobs.recover_interrupted().await {
+            tracing::debug!("cannot sweep expired leases: {err}");
+        }
+    }
+}
+
+/// An API node offers what live workers run: checked every few seconds.
+async fn follow_workers(jobs: Arc<dyn JobStore>, catalog: Arc<ModelCatalog>, preferred: Vec<String>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        refresh_catalog(&*jobs, &catalog, &preferred).await;
+    }
+}
+
+async fn refresh_catalog(jobs: &dyn JobStore, catalog: &ModelCatalog, preferred: &[String]) {
+    match jobs.served_models().await {
+        Ok(mut infos) => {
+            // The `--model`s of this node first, in their order; then the rest as the store lists them.
+            let rank = |info: &musicgen::ModelInfo| {
+                let public = job::public_model_id(&info.id);
+                preferred
+                    .iter()
+                    .position(|name| {
+                        let name = name.trim();
+                        public == name || info.id == name || musicgen::hub::hub_id(name).as_deref() == Some(info.id.as_str())
+                    })
+                    .unwrap_or(usize::MAX)
+            };
+            infos.sort_by_key(|info| rank(info));
+            let ids: Vec<String> = infos.iter().map(|info| job::public_model_id(&info.id)).collect();
+            if catalog.replace(Models::from_list(infos)) {
+                tracing::info!("the live workers run: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
+            }
+        }
+        Err(err) => tracing::debug!("cannot read the workers' models: {err}"),
+    }
+}
+
+/// This machine's name, for worker ids that say where a worker runs.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+fn device_label(device: &DeviceSpec, index: usize) -> String {
+    let label: String = device.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{label}{index}")
 }
 
 /// Creates `dir` if needed and removes what an interrupted run left in it.

@@ -215,10 +215,12 @@ impl FromRequest<AppState> for Generate {
                 ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
             }
         })?;
-        let mut body = parse_body(&bytes, state.models.default_model().vocab_size)?;
+        let models = state.models();
+        let default = models.default_model().ok_or_else(no_models)?;
+        let mut body = parse_body(&bytes, default.vocab_size)?;
         let model = match body.model.take() {
-            None => state.models.default_model(),
-            Some(name) => state.models.find(&name).ok_or_else(|| unknown_model(&name, state))?,
+            None => default,
+            Some(name) => models.find(&name).ok_or_else(|| unknown_model(&name, state))?,
         };
         // A fresh v4 UUID is 122 bits from the OS generator: a good random seed without another RNG.
         let random_seed = Uuid::new_v4().as_u64_pair().0;
@@ -227,9 +229,21 @@ impl FromRequest<AppState> for Generate {
     }
 }
 
+/// An API node before any worker registered (or after the last one left).
+pub(crate) fn no_models() -> ApiError {
+    ApiError::Unavailable(
+        "no worker is running any model now; start one (`dgx-music worker --database ... --storage ...`) \
+         and retry: its models are offered once it has loaded them"
+            .into(),
+    )
+}
+
 pub(crate) fn unknown_model(name: &str, state: &AppState) -> ApiError {
     let shown: String = name.chars().take(100).collect();
-    let offered: Vec<String> = state.models.all().iter().map(|model| public_model_id(&model.id)).collect();
+    let offered: Vec<String> = state.models().all().iter().map(|model| public_model_id(&model.id)).collect();
+    if offered.is_empty() {
+        return no_models();
+    }
     ApiError::invalid(
         Some("model"),
         format!(

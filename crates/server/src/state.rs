@@ -1,7 +1,7 @@
 //! What every handler shares.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use musicgen::ModelInfo;
 use tokio::sync::watch;
@@ -13,7 +13,8 @@ use crate::limits::Limits;
 use crate::live::LiveAudio;
 use crate::metrics::Metrics;
 use crate::store::{AudioStore, JobStore, KeyStore};
-use crate::worker::WorkerHandle;
+use crate::radio::Radio;
+use crate::worker::Workers;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -33,7 +34,9 @@ pub struct Shared {
     pub incoming: PathBuf,
     /// Largest upload accepted, in bytes of the file.
     pub max_upload_bytes: u64,
-    pub models: Models,
+    /// The models offered: those of this process's workers, or on an API-only node those of the
+    /// live workers the store knows (refreshed by [`crate::catalog`]).
+    pub models: Arc<ModelCatalog>,
     pub max_queue: usize,
     pub events: Events,
     /// Open SSE streams, bounded.
@@ -41,7 +44,8 @@ pub struct Shared {
     /// The audio of running jobs so far, for their streams.
     pub live: LiveAudio,
     pub metrics: Arc<Metrics>,
-    pub worker: WorkerHandle,
+    /// The worker threads of this process (none on an API-only node).
+    pub workers: Workers,
     /// Becomes `true` when the server stops accepting work; open SSE streams end on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -53,10 +57,15 @@ impl AppState {
 }
 
 impl Shared {
+    /// The models offered now.
+    pub fn models(&self) -> Arc<Models> {
+        self.models.current()
+    }
+
     /// The job JSON as this server tells it: its models, and the audio a running job has made.
     pub fn view(&self, job: &Job) -> JobView {
-        let mut view = job.view(self.models.ids(), self.live.seconds(job.id));
-        if view.status == JobStatus::Queued && view.waiting_reason.is_none() && self.worker.radio.is_on() {
+        let mut view = job.view(self.models().ids(), self.live.seconds(job.id));
+        if view.status == JobStatus::Queued && view.waiting_reason.is_none() && self.workers.radio().is_some_and(Radio::is_on) {
             view.waiting_reason = Some(
                 "the radio (GET /api/v1/radio) is playing on this server's worker; queued jobs run once its \
                  listener leaves"
@@ -75,7 +84,32 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The models a server offers, as loaded at start-up; the first is the default.
+/// The models offered, swapped whole when workers come and go, so a request sees one consistent set.
+pub struct ModelCatalog {
+    current: RwLock<Arc<Models>>,
+}
+
+impl ModelCatalog {
+    pub fn new(models: Models) -> Self {
+        ModelCatalog { current: RwLock::new(Arc::new(models)) }
+    }
+
+    pub fn current(&self) -> Arc<Models> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Replaces the set; `true` when it changed.
+    pub fn replace(&self, models: Models) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.ids == models.ids {
+            return false;
+        }
+        *current = Arc::new(models);
+        true
+    }
+}
+
+/// The models a server offers; the first is the default. Empty on an API node no worker serves yet.
 pub struct Models {
     all: Vec<ModelInfo>,
     ids: Vec<String>,
@@ -83,14 +117,18 @@ pub struct Models {
 
 impl Models {
     pub fn new(default: ModelInfo, others: Vec<ModelInfo>) -> Self {
-        let all: Vec<ModelInfo> = std::iter::once(default).chain(others).collect();
+        Self::from_list(std::iter::once(default).chain(others).collect())
+    }
+
+    /// The models in this order, the first the default (none at all on an API node no worker serves).
+    pub fn from_list(all: Vec<ModelInfo>) -> Self {
         let ids = all.iter().map(|model| model.id.clone()).collect();
         Models { all, ids }
     }
 
     /// The model of requests that name none: the first `--model`.
-    pub fn default_model(&self) -> &ModelInfo {
-        &self.all[0]
+    pub fn default_model(&self) -> Option<&ModelInfo> {
+        self.all.first()
     }
 
     pub fn all(&self) -> &[ModelInfo] {

@@ -12,10 +12,16 @@
 //! engine, and what comes before (the head of a long track being extended) is put back in front
 //! of each track, untouched. A melody is read mixed to mono and lined up with the whole track.
 //!
-//! Cancellation: the API marks a job cancelled in the store first, then tells the registry; the
-//! worker registers a batch first, then re-reads its jobs' statuses. Whichever comes second sees
-//! the other, so no cancellation is lost. The engine's token is set only when every job of the
-//! batch is cancelled (or at shutdown), since the other jobs' results are still wanted.
+//! Cancellation: the API marks a job cancelled in the store first, then tells the registry (in this
+//! process directly; from another machine through the store's change notifications); the worker
+//! registers a batch first, then re-reads its jobs' statuses. Whichever comes second sees the other,
+//! so no cancellation is lost. A progress write or heartbeat that finds a job no longer this worker's
+//! (cancelled, or its lease lost) counts as a cancellation too. The engine's token is set only when
+//! every job of the batch is cancelled (or at shutdown), since the other jobs' results are still wanted.
+//!
+//! Each worker has an id unique across machines and restarts (`host-pid-device`): its claims are
+//! leases in the store, renewed by a heartbeat task on the runtime (the worker thread is busy in the
+//! engine), and every write it makes is fenced by that id.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,13 +48,15 @@ use crate::job::{public_model_id, Job, JobStatus, UploadRef};
 use crate::live::{LiveAudio, LiveTrack};
 use crate::metrics::Metrics;
 use crate::radio::{Radio, Station};
-use crate::store::{AudioStore, JobStore, Outcome};
+use crate::store::{AudioStore, JobStore, Outcome, Registration, StoreError, StoreResult};
 use crate::upload::{melody_from, Plan, MAX_UPLOAD_SECS};
 
 /// Progress is written and announced at most this often (the SSE contract is ~10 events/s).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// How long an idle worker sleeps before looking at the queue again without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Between two tries of a write the database refused for being unreachable.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 struct RunningBatch {
     ids: Vec<Uuid>,
@@ -89,6 +97,14 @@ impl WorkerHandle {
         self.wake.notify_one();
     }
 
+    /// The jobs of the running batch that nobody cancelled.
+    fn live_ids(&self) -> Vec<Uuid> {
+        match self.registry().as_ref() {
+            Some(batch) => batch.ids.iter().copied().filter(|id| !batch.cancelled.contains(id)).collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// The store says `id` is cancelled; stop the engine if its whole batch now is.
     pub fn cancelled(&self, id: Uuid) {
         if let Some(batch) = self.registry().as_mut() {
@@ -119,8 +135,57 @@ impl WorkerHandle {
     }
 }
 
+/// The worker threads of this process as the API sees them: one per device, none on an API-only node.
+#[derive(Clone, Default)]
+pub struct Workers {
+    handles: Vec<WorkerHandle>,
+}
+
+impl Workers {
+    pub fn new(handles: Vec<WorkerHandle>) -> Self {
+        Workers { handles }
+    }
+
+    /// No worker in this process (`serve --no-worker`): jobs run on `dgx-music worker` processes.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// A job was queued: idle workers look at the queue now rather than at their next poll.
+    pub fn wake(&self) {
+        self.handles.iter().for_each(WorkerHandle::wake);
+    }
+
+    /// The store says `id` is cancelled: whichever worker runs it drops it.
+    pub fn cancelled(&self, id: Uuid) {
+        self.handles.iter().for_each(|handle| handle.cancelled(id));
+    }
+
+    pub fn stop(&self) {
+        self.handles.iter().for_each(WorkerHandle::stop);
+    }
+
+    /// Whether some worker of this process has the model with canonical id `id` in memory.
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.handles.iter().any(|handle| handle.is_loaded(id))
+    }
+
+    /// The radio plays on the first worker: it holds a device for as long as it is listened to.
+    pub fn radio(&self) -> Option<&Radio> {
+        self.handles.first().map(|handle| &handle.radio)
+    }
+}
+
 /// What the worker needs besides the model.
+#[derive(Clone)]
 pub struct WorkerContext {
+    /// Names this worker's claims in the store: unique across machines and restarts.
+    pub id: String,
+    /// How often the heartbeat renews the leases (a third of the lease, so two may be missed).
+    pub heartbeat: Duration,
+    /// How long a write the database refused for being unreachable is tried again (the lease: past
+    /// it the job is another worker's anyway).
+    pub patience: Duration,
     pub jobs: Arc<dyn JobStore>,
     pub audio: Arc<dyn AudioStore>,
     pub uploads: Arc<dyn AudioStore>,
@@ -150,7 +215,7 @@ pub fn spawn(
     let handle = WorkerHandle::default();
     let (loaded_tx, loaded) = oneshot::channel();
     let worker = Worker { handle: handle.clone(), context };
-    let thread = std::thread::Builder::new().name("dgx-music-worker".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name(format!("worker {}", worker.context.id)).spawn(move || {
         let loaded = worker.handle.clone();
         let on_change = Box::new(move |ids| loaded.set_loaded(ids));
         let engines = match Engines::load_all(&models, max_loaded, options, on_change) {
@@ -160,12 +225,47 @@ pub fn spawn(
                 return;
             }
         };
-        if loaded_tx.send(Ok(engines.infos())).is_err() {
-            return;
+        let registration = Registration { worker: worker.context.id.clone(), models: engines.infos() };
+        // Registered before anyone is told: an API node offers a model only once a worker runs it.
+        if let Err(err) = worker.block_on(worker.context.jobs.heartbeat(&registration, &[])) {
+            tracing::warn!("worker {}: cannot register its models yet: {err}; the heartbeat retries", registration.worker);
         }
-        worker.run(engines);
+        let heartbeat = worker.context.runtime.spawn(heartbeat(worker.handle.clone(), worker.context.clone(), registration));
+        if loaded_tx.send(Ok(engines.infos())).is_ok() {
+            worker.run(engines);
+        }
+        heartbeat.abort();
+        if let Err(err) = worker.block_on(worker.context.jobs.leave(&worker.context.id)) {
+            tracing::warn!("worker {}: cannot unregister: {err}; its models are dropped once its lease passes", worker.context.id);
+        }
     })?;
     Ok(SpawnedWorker { handle, loaded, thread })
+}
+
+/// Renews the leases of the running batch and the worker's registration until aborted; a job the
+/// store says is no longer this worker's is dropped (another worker may have it by now).
+async fn heartbeat(handle: WorkerHandle, context: WorkerContext, registration: Registration) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(context.heartbeat).await;
+        let holding = handle.live_ids();
+        match context.jobs.heartbeat(&registration, &holding).await {
+            Ok(held) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("worker {}: the store answers again", context.id);
+                }
+                for id in holding.into_iter().filter(|id| !held.contains(id)) {
+                    tracing::warn!("worker {}: job {id} is no longer ours (cancelled, or our lease expired); dropping it", context.id);
+                    handle.cancelled(id);
+                }
+            }
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!("worker {}: cannot renew its leases: {err}; retrying", context.id);
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 struct Worker {
@@ -186,7 +286,8 @@ impl Worker {
                 self.play_radio(&mut engines, &station);
                 continue;
             }
-            match self.block_on(self.context.jobs.claim_batch(&models, self.context.max_batch, Utc::now())) {
+            let claim = self.context.jobs.claim_batch(&self.context.id, &models, self.context.max_batch, Utc::now());
+            match self.block_on(claim) {
                 Ok(batch) if batch.is_empty() => {
                     let wake = self.handle.wake.clone();
                     self.block_on(async move {
@@ -335,8 +436,11 @@ impl Worker {
             }
             last_report = Some(Instant::now());
             for id in self.live_ids() {
-                if let Err(err) = self.block_on(ctx.jobs.set_progress(id, progress.fraction())) {
-                    tracing::warn!("cannot record progress of job {id}: {err}");
+                match self.block_on(ctx.jobs.set_progress(id, &ctx.id, progress.fraction())) {
+                    Ok(true) => {}
+                    Ok(false) => self.handle.cancelled(id),
+                    // A database restart: the job goes on; its lease outlives a short outage.
+                    Err(err) => tracing::debug!("cannot record progress of job {id}: {err}"),
                 }
                 ctx.events.changed(id);
             }
@@ -481,9 +585,21 @@ impl Worker {
 
     /// Jobs of the running batch that nobody cancelled.
     fn live_ids(&self) -> Vec<Uuid> {
-        match self.handle.registry().as_ref() {
-            Some(batch) => batch.ids.iter().copied().filter(|id| !batch.cancelled.contains(id)).collect(),
-            None => Vec::new(),
+        self.handle.live_ids()
+    }
+
+    /// `write` until it succeeds, fails for another reason than an unreachable database, or
+    /// `patience` has passed: a database restart must not lose a finished job.
+    fn persist<T>(&self, what: &str, mut write: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+        let started = Instant::now();
+        loop {
+            match write() {
+                Err(StoreError::Unavailable(why)) if started.elapsed() < self.context.patience => {
+                    tracing::warn!("worker {}: cannot record {what} yet ({why}); retrying", self.context.id);
+                    std::thread::sleep(STORE_RETRY);
+                }
+                other => return other,
+            }
         }
     }
 
@@ -494,6 +610,12 @@ impl Worker {
         let mut audio_seconds = 0.0;
         for (&id, mut track) in ids.iter().zip(tracks) {
             if !live.contains(&id) {
+                continue;
+            }
+            // Checked right before the file is written: a job whose lease was lost meanwhile may be
+            // another worker's by now, and its track must not be replaced.
+            if let Ok(false) = self.block_on(ctx.jobs.set_progress(id, &ctx.id, 1.0)) {
+                tracing::warn!("job {id} is no longer this worker's (cancelled, or its lease lost); its track is dropped");
                 continue;
             }
             // Same listening level as `dgx-music generate`; per track, so batching cannot change it.
@@ -521,19 +643,28 @@ impl Worker {
                 Outcome::Completed { audio_duration, .. } => Some(*audio_duration),
                 Outcome::Failed { .. } => None,
             };
-            match self.block_on(ctx.jobs.finish(id, outcome, Utc::now())) {
+            let what = format!("the end of job {id}");
+            match self.persist(&what, || self.block_on(ctx.jobs.finish(id, &ctx.id, outcome.clone(), Utc::now()))) {
                 Ok(true) => {
                     if let Some(seconds) = produced {
+                        // One line per completion: what tells, across machines, that no job ran twice.
+                        tracing::info!("worker {} completed job {id}", ctx.id);
                         completed += 1;
                         audio_seconds += seconds;
                     }
                 }
-                Ok(false) => {
-                    // Cancelled while the file was being written: nobody may see that audio.
-                    if let Err(err) = self.block_on(ctx.audio.delete(id)) {
-                        tracing::warn!("cannot remove the audio of cancelled job {id}: {err}");
+                Ok(false) => match self.block_on(ctx.jobs.get(id)) {
+                    // Another worker completed it after this one's lease expired: the audio is its.
+                    Ok(Some(job)) if job.status == JobStatus::Completed => {
+                        tracing::warn!("job {id} was completed by another worker after this one lost its lease")
                     }
-                }
+                    // Cancelled while the file was being written: nobody may see that audio.
+                    _ => {
+                        if let Err(err) = self.block_on(ctx.audio.delete(id)) {
+                            tracing::warn!("cannot remove the audio of cancelled job {id}: {err}");
+                        }
+                    }
+                },
                 Err(err) => tracing::error!("cannot record the end of job {id}: {err}"),
             }
         }
@@ -545,7 +676,8 @@ impl Worker {
         tracing::error!("batch failed: {error}");
         for &id in ids {
             let outcome = Outcome::Failed { error: error.to_string() };
-            if let Err(err) = self.block_on(self.context.jobs.finish(id, outcome, Utc::now())) {
+            let finish = || self.block_on(self.context.jobs.finish(id, &self.context.id, outcome.clone(), Utc::now()));
+            if let Err(err) = self.persist(&format!("the failure of job {id}"), finish) {
                 tracing::error!("cannot record the failure of job {id}: {err}");
             }
         }
@@ -553,7 +685,7 @@ impl Worker {
 
     fn requeue_all(&self, ids: &[Uuid]) {
         for &id in ids {
-            match self.block_on(self.context.jobs.requeue(id)) {
+            match self.block_on(self.context.jobs.requeue(id, &self.context.id)) {
                 Ok(true) => tracing::info!("job {id} goes back to the queue for the next start"),
                 Ok(false) => {}
                 Err(err) => tracing::error!("cannot requeue job {id}: {err}; it is requeued at the next start"),

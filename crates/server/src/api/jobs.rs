@@ -56,7 +56,7 @@ fn not_found(id: Uuid) -> ApiError {
 /// The refusal of a melody for `model`, a text-to-music model: which of the server's models take
 /// one, or how to start a server with one.
 fn no_melody(state: &AppState, model: &ModelInfo) -> ApiError {
-    let melodic: Vec<String> = state.models.all().iter().filter(|m| m.melody).map(|m| public_model_id(&m.id)).collect();
+    let melodic: Vec<String> = state.models().all().iter().filter(|m| m.melody).map(|m| public_model_id(&m.id)).collect();
     let remedy = if melodic.is_empty() {
         "start the server with --model facebook/musicgen-melody (or -melody-large, -stereo-melody, \
          -stereo-melody-large) besides it"
@@ -169,7 +169,7 @@ pub async fn generate(
         _ => Some(0),
     };
     let job = Job { queue_position, ..job };
-    state.worker.wake();
+    state.workers.wake();
     state.events.changed(job.id);
     let location = job_path(job.id, "");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(state.view(&job))).into_response())
@@ -291,7 +291,7 @@ pub async fn delete_job(
     if !job.status.is_terminal() {
         let job = state.jobs.cancel(id, Utc::now()).await?.ok_or_else(|| not_found(id))?;
         if job.status == JobStatus::Cancelled {
-            state.worker.cancelled(id);
+            state.workers.cancelled(id);
             tracing::info!("job {id} cancelled");
         }
         state.events.changed(id);
@@ -544,7 +544,7 @@ pub async fn job_events(
                     let reread = tokio::select! {
                         received = receiver.recv() => match received {
                             // Queue positions move when any job starts or leaves the queue.
-                            Ok(changed) => changed == id || status == JobStatus::Queued,
+                            Ok(changed) => changed == id || changed.is_nil() || status == JobStatus::Queued,
                             Err(RecvError::Lagged(_)) => true,
                             Err(RecvError::Closed) => return None,
                         },

@@ -89,7 +89,7 @@ impl<S: Send + Sync> FromRequestParts<S> for StationId {
             headers(("X-Radio-Id" = String, description = "The station's id, for PUT /api/v1/radio/{id}"))),
         (status = 400, description = "No prompt, a prompt over 2000 characters, or a model this server does not run", body = ErrorBody),
         (status = 409, description = "A station is playing: one at a time", body = ErrorBody),
-        (status = 503, description = "Shutting down", body = ErrorBody),
+        (status = 503, description = "Shutting down, or an API node without a worker of its own", body = ErrorBody),
     )
 )]
 pub async fn listen(
@@ -105,13 +105,22 @@ pub async fn listen(
         ApiError::invalid(Some("prompt"), "prompt is required: describe the music, e.g. ?prompt=ambient%20piano")
     })?;
     musicgen::request::validate_prompt(&prompt)?;
+    // The radio's audio goes from the worker thread to this connection without the store in between.
+    let radio = state.workers.radio().ok_or_else(|| {
+        ApiError::Unavailable(
+            "the radio plays on a worker of the node that serves it, and this one has none (serve --no-worker); \
+             listen on a `dgx-music serve` node that runs its own worker"
+                .into(),
+        )
+    })?;
+    let models = state.models();
     let model = match query.model.as_deref() {
-        None => state.models.default_model(),
-        Some(name) => state.models.find(name).ok_or_else(|| unknown_model(name, &state))?,
+        None => models.default_model().ok_or_else(crate::request::no_models)?,
+        Some(name) => models.find(name).ok_or_else(|| unknown_model(name, &state))?,
     };
     // A fresh v4 UUID is 122 bits from the OS generator, as for a job's seed.
     let seed = Uuid::new_v4().as_u64_pair().0 & crate::request::MAX_SEED;
-    let opened = state.worker.radio.open(caller.owner(), model.id.clone(), prompt, seed);
+    let opened = radio.open(caller.owner(), model.id.clone(), prompt, seed);
     let (station, listening, audio) = opened.map_err(|playing| {
         ApiError::Conflict(format!(
             "the radio is playing (station {}, model {}); this server plays one station at a time: try again \
@@ -120,7 +129,7 @@ pub async fn listen(
             public_model_id(&playing.model)
         ))
     })?;
-    state.worker.wake();
+    state.workers.wake();
     let channels = u16::try_from(model.audio_channels).unwrap_or(u16::MAX);
     let header = Bytes::copy_from_slice(&wav_stream_header(model.sample_rate, channels, None));
     let body = futures_util::stream::unfold(
@@ -169,7 +178,7 @@ pub async fn change(
     body: Result<Json<RadioChange>, JsonRejection>,
 ) -> Result<Json<RadioView>, ApiError> {
     let station =
-        state.worker.radio.get(id).filter(|station| station.is_listened() && caller.sees(station.owner)).ok_or_else(
+        state.workers.radio().and_then(|radio| radio.get(id)).filter(|station| station.is_listened() && caller.sees(station.owner)).ok_or_else(
             || ApiError::NotFound(format!("no radio station {id} is playing; start one with GET /api/v1/radio")),
         )?;
     let Json(change) = body.map_err(|rejection| match rejection {

@@ -17,13 +17,15 @@ pub struct Health {
     /// Always "ok" when the server answers.
     pub status: String,
     pub version: String,
-    /// The id of the server's default model, the first of `models`.
-    pub model: String,
-    /// The ids of every model this server runs (jobs for other models stay queued).
+    /// The id of the server's default model, the first of `models`; null on an API node (`serve
+    /// --no-worker`) while no worker runs.
+    pub model: Option<String>,
+    /// The ids of every model this server runs, or on an API node every model a live worker runs
+    /// (jobs for other models stay queued).
     pub models: Vec<String>,
-    /// e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
-    pub device: String,
-    pub dtype: String,
+    /// The default model's device, e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
+    pub device: Option<String>,
+    pub dtype: Option<String>,
     /// Jobs waiting to run.
     pub queue_depth: u64,
     /// Jobs being generated now.
@@ -37,13 +39,15 @@ pub struct Health {
 )]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let counts = state.jobs.count_by_status().await?;
+    let models = state.models();
+    let default = models.default_model();
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        model: public_model_id(&state.models.default_model().id),
-        models: state.models.ids().iter().map(|id| public_model_id(id)).collect(),
-        device: state.models.default_model().device.clone(),
-        dtype: state.models.default_model().dtype.clone(),
+        model: default.map(|model| public_model_id(&model.id)),
+        models: models.ids().iter().map(|id| public_model_id(id)).collect(),
+        device: default.map(|model| model.device.clone()),
+        dtype: default.map(|model| model.dtype.clone()),
         queue_depth: counts.get(&JobStatus::Queued).copied().unwrap_or(0),
         running: counts.get(&JobStatus::Running).copied().unwrap_or(0),
     }))
@@ -85,10 +89,11 @@ pub struct Models {
 /// The models this server can generate with, and what each supports.
 #[utoipa::path(get, path = "/api/v1/models", tag = "service", responses((status = 200, description = "The models", body = Models)))]
 pub async fn models(State(state): State<AppState>) -> Json<Models> {
-    let entries = state.models.all().iter().enumerate().map(|(i, m)| ModelEntry {
+    let models = state.models();
+    let entries = models.all().iter().enumerate().map(|(i, m)| ModelEntry {
         id: public_model_id(&m.id),
         default: i == 0,
-        loaded: state.worker.is_loaded(&m.id),
+        loaded: state.workers.is_loaded(&m.id),
         sample_rate: m.sample_rate,
         audio_channels: m.audio_channels as u64,
         stereo: m.audio_channels == 2,
@@ -123,7 +128,7 @@ pub async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Val
     // The models are known only at run time; the short names also accepted are left out.
     if let Some(model) = doc.pointer_mut("/components/schemas/GenerateBody/properties/model") {
         let ids: Vec<serde_json::Value> =
-            state.models.ids().iter().map(|id| public_model_id(id).into()).chain([serde_json::Value::Null]).collect();
+            state.models().ids().iter().map(|id| public_model_id(id).into()).chain([serde_json::Value::Null]).collect();
         model["enum"] = serde_json::Value::Array(ids);
     }
     Json(doc)

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::net::HttpConfig;
 use crate::state::{AppState, Shared};
 use crate::store::{AudioStore, JobStore, KeyStore, LocalAudioStore, SqliteJobStore};
-use crate::worker::WorkerHandle;
+use crate::worker::Workers;
 
 struct TestServer {
     base: String,
@@ -94,7 +94,8 @@ async fn start_with(options: Options) -> TestServer {
     std::fs::create_dir(&incoming).unwrap();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let models = crate::state::Models::new(tiny_model("tiny", 1, melody), others);
-    jobs.set_served_models(models.ids()).await.unwrap();
+    let registration = crate::store::Registration { worker: "tests".into(), models: models.all().to_vec() };
+    jobs.heartbeat(&registration, &[]).await.unwrap();
     let state = AppState::new(Shared {
         jobs: jobs.clone(),
         keys: keys.clone(),
@@ -104,13 +105,13 @@ async fn start_with(options: Options) -> TestServer {
         uploads,
         incoming,
         max_upload_bytes: 1_000_000,
-        models,
+        models: Arc::new(crate::state::ModelCatalog::new(models)),
         max_queue,
         events: Events::default(),
         event_streams: StreamLimit::new(http.max_event_streams),
         live: crate::live::LiveAudio::default(),
         metrics: Arc::new(Metrics::default()),
-        worker: WorkerHandle::default(),
+        workers: Workers::default(),
         shutdown,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,8 +263,8 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
     // A job that started 20 s ago and is a quarter done has 60 s to go: that is the wait.
     let started = chrono::Utc::now() - chrono::Duration::seconds(20);
-    let running = server.jobs.claim_batch(&["tiny".to_string()], 1, started).await.unwrap();
-    server.jobs.set_progress(running[0].id, 0.25).await.unwrap();
+    let running = server.jobs.claim_batch("tests", &["tiny".to_string()], 1, started).await.unwrap();
+    server.jobs.set_progress(running[0].id, "tests", 0.25).await.unwrap();
     assert_eq!(post().await.unwrap().status(), StatusCode::ACCEPTED, "the claim freed a place");
     let full = post().await.unwrap();
     let wait: u64 = full.headers()["retry-after"].to_str().unwrap().parse().unwrap();

@@ -264,7 +264,7 @@ pub async fn create_upload(State(state): State<AppState>, request: Request) -> R
         ));
     };
 
-    let (rate, channels) = state.models.upload_format();
+    let (rate, channels) = state.models().upload_format();
     let files = state.uploads.clone();
     let id = Uuid::new_v4();
     let stored = tokio::task::spawn_blocking(move || {
@@ -410,7 +410,7 @@ async fn resolve(state: &AppState, caller: &Caller, id: Uuid, usage: Use) -> Res
             format!("{field} {id}: that job is {}; only a completed job's track can be {done_with}", job.status),
         ));
     }
-    let (rate, channels) = state.models.upload_format();
+    let (rate, channels) = state.models().upload_format();
     let (tracks, uploads) = (state.audio.clone(), state.uploads.clone());
     let snapshot_id = Uuid::new_v4();
     let stored = tokio::task::spawn_blocking(move || {

@@ -1,12 +1,19 @@
-//! Persistence behind two traits, so that a multi-machine deployment can add PostgreSQL and an
-//! object store as new implementations without touching the API or the worker:
-//! - [`JobStore`]: the queue, the history and the records of uploads (SQLite now: [`SqliteJobStore`]).
-//! - [`AudioStore`]: audio files by id (a local directory now: [`LocalAudioStore`]); one holds the
+//! Persistence behind two traits, so that the API and the worker are the same on one machine and on many:
+//! - [`JobStore`]: the queue, the history and the records of uploads: [`SqliteJobStore`] (one process,
+//!   `serve`) or [`PgJobStore`] (PostgreSQL, shared by API nodes and workers on many machines).
+//! - [`AudioStore`]: audio files by id, in a local directory ([`LocalAudioStore`]); one holds the
 //!   generated tracks, another the uploads that jobs continue.
+//!
+//! A claim names its worker: in PostgreSQL it is a lease that the worker renews ([`JobStore::heartbeat`])
+//! and that every later write of the worker is fenced by, so a worker presumed dead can never complete a
+//! job that was given to another. SQLite runs in one process, whose worker threads die with it: it
+//! keeps no leases, and a start requeues what was running ([`JobStore::recover_interrupted`]).
 //!
 //! Methods return boxed futures so that both traits are object safe (`Arc<dyn JobStore>`).
 
 mod audio;
+mod open;
+mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -17,9 +24,12 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use musicgen::audio::{Format, Tags};
+use musicgen::ModelInfo;
 use uuid::Uuid;
 
 pub use audio::LocalAudioStore;
+pub use open::{redact, Database, DatabaseUrl, Storage, StorageUrl};
+pub use postgres::{Leases, PgJobStore, CHANGES_CHANNEL};
 pub use sqlite::SqliteJobStore;
 
 use crate::job::{Job, JobStatus};
@@ -30,6 +40,9 @@ use crate::upload::Upload;
 pub enum StoreError {
     #[error("database: {0}")]
     Database(String),
+    /// The database cannot be reached now (restarting, network): worth retrying, unlike [`Self::Database`].
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     #[error("database migration: {0}")]
     Migration(String),
     #[error(
@@ -59,7 +72,9 @@ impl StoreError {
             }
             StoreError::AudioIo { source, .. } => format!("the audio file could not be written ({source})"),
             StoreError::Damaged { .. } => "the database is damaged".into(),
-            StoreError::Database(_) | StoreError::Migration(_) => "a database error".into(),
+            StoreError::Database(_) | StoreError::Migration(_) | StoreError::Unavailable(_) => {
+                "a database error".into()
+            }
             StoreError::Corrupt { .. } | StoreError::AudioEncoding(_) | StoreError::AudioDecoding { .. } => {
                 self.to_string()
             }
@@ -127,6 +142,13 @@ pub enum Enqueued {
     UploadGone(Uuid),
 }
 
+/// A worker as the store knows it: its id (unique across machines and restarts) and its models.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub worker: String,
+    pub models: Vec<ModelInfo>,
+}
+
 /// How a running job ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -160,33 +182,51 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Marks the oldest queued job of one of `models` (canonical ids) and up to `max_batch - 1`
     /// later queued jobs of its model with the same duration, continuation, melody (upload or none)
-    /// and stride as running, oldest first. Jobs of other models are never claimed: they wait for a
-    /// server that runs theirs.
+    /// and stride as running for `worker`, oldest first. Jobs of other models are never claimed: they
+    /// wait for a worker that runs theirs. Concurrent claims never take the same job.
     fn claim_batch<'a>(
         &'a self,
+        worker: &'a str,
         models: &'a [String],
         max_batch: usize,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Vec<Job>>>;
 
-    /// Updates the progress of a job that is still running.
-    fn set_progress(&self, id: Uuid, progress: f64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Updates the progress of a job `worker` runs; `false` when it no longer does (cancelled, or its
+    /// lease lost): the worker drops it.
+    fn set_progress<'a>(&'a self, id: Uuid, worker: &'a str, progress: f64) -> BoxFuture<'a, StoreResult<bool>>;
 
-    /// Ends a running job; `false` when it was no longer running (cancelled meanwhile).
-    fn finish(&self, id: Uuid, outcome: Outcome, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Ends a job `worker` runs; `false` when it no longer does (cancelled meanwhile, or its lease
+    /// lost and the job given to another worker).
+    fn finish<'a>(
+        &'a self,
+        id: Uuid,
+        worker: &'a str,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
 
     /// Cancels a queued or running job; returns the job after the attempt, or `None` if unknown.
     fn cancel(&self, id: Uuid, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<Option<Job>>>;
 
-    /// Puts a running job back in the queue (shutdown, crash recovery); `false` if not running.
-    fn requeue(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Gives a job `worker` runs back to the queue (a worker that stops), not counted as an attempt;
+    /// `false` if it no longer runs it.
+    fn requeue<'a>(&'a self, id: Uuid, worker: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
 
-    /// Records the canonical ids of the models this directory's server runs (at each start), which
-    /// queue positions count across.
-    fn set_served_models(&self, models: &[String]) -> BoxFuture<'_, StoreResult<()>>;
+    /// A worker says it is alive: records the models it runs (which API nodes offer and queue
+    /// positions count across), renews its claims on `holding`, and returns those it still holds.
+    fn heartbeat<'a>(&'a self, worker: &'a Registration, holding: &'a [Uuid]) -> BoxFuture<'a, StoreResult<Vec<Uuid>>>;
 
-    /// Puts every running job back in the queue: after a crash nothing runs at start.
-    fn requeue_all_running(&self) -> BoxFuture<'_, StoreResult<u64>>;
+    /// A worker stops: its models are no longer offered on its account.
+    fn leave<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// The models of the workers alive now, each once, for an API node without a worker of its own.
+    fn served_models(&self) -> BoxFuture<'_, StoreResult<Vec<ModelInfo>>>;
+
+    /// Puts jobs whose worker is gone back in the queue, or fails those that lost their worker
+    /// `max_attempts` times, saying so; returns how many. SQLite (one process, called at its start):
+    /// every running job. PostgreSQL: only jobs whose lease expired, never a live worker's.
+    fn recover_interrupted(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// Deletes a job in a terminal status; `false` if it is not (or does not exist).
     fn delete_finished(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>>;
@@ -252,4 +292,24 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Whether any key is not revoked: then every API request needs one.
     fn has_active_keys(&self) -> BoxFuture<'_, StoreResult<bool>>;
+}
+
+/// A model's description as a worker registers it, for tests of the stores.
+#[cfg(test)]
+pub(crate) fn model_info(id: &str) -> ModelInfo {
+    ModelInfo {
+        source: id.into(),
+        id: id.into(),
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        sample_rate: 32_000,
+        audio_channels: 1,
+        num_codebooks: 4,
+        decoder_layers: 2,
+        decoder_hidden_size: 16,
+        vocab_size: 2048,
+        parameters: 1000,
+        step_mode: "growing".into(),
+        melody: false,
+    }
 }

@@ -14,7 +14,9 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Enqueued, JobPage, JobStore, Outcome, QueueLoad, RunningLoad, StoreError, StoreResult};
+use musicgen::ModelInfo;
+
+use super::{Enqueued, JobPage, JobStore, Outcome, QueueLoad, Registration, RunningLoad, StoreError, StoreResult};
 use crate::job::{timestamp, Job, JobParams, JobStatus};
 use crate::upload::Upload;
 
@@ -272,8 +274,10 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
+    // One process: the worker threads die with it, so a claim needs no lease and no owner.
     fn claim_batch<'a>(
         &'a self,
+        _worker: &'a str,
         models: &'a [String],
         max_batch: usize,
         now: DateTime<Utc>,
@@ -313,20 +317,26 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
-    fn set_progress(&self, id: Uuid, progress: f64) -> BoxFuture<'_, StoreResult<()>> {
+    fn set_progress<'a>(&'a self, id: Uuid, _worker: &'a str, progress: f64) -> BoxFuture<'a, StoreResult<bool>> {
         async move {
-            sqlx::query("UPDATE jobs SET progress = ?2 WHERE id = ?1 AND status = 'running'")
+            let result = sqlx::query("UPDATE jobs SET progress = ?2 WHERE id = ?1 AND status = 'running'")
                 .bind(id.to_string())
                 .bind(progress.clamp(0.0, 1.0))
                 .execute(&self.pool)
                 .await
                 .map_err(db)?;
-            Ok(())
+            Ok(result.rows_affected() == 1)
         }
         .boxed()
     }
 
-    fn finish(&self, id: Uuid, outcome: Outcome, now: DateTime<Utc>) -> BoxFuture<'_, StoreResult<bool>> {
+    fn finish<'a>(
+        &'a self,
+        id: Uuid,
+        _worker: &'a str,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
         async move {
             let query = match outcome {
                 Outcome::Completed { audio_duration, generation_time } => sqlx::query(
@@ -366,7 +376,7 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
-    fn requeue(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>> {
+    fn requeue<'a>(&'a self, id: Uuid, _worker: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
         async move {
             let result = sqlx::query(
                 "UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE id = ?1 AND status = 'running'",
@@ -380,31 +390,73 @@ impl JobStore for SqliteJobStore {
         .boxed()
     }
 
-    fn set_served_models(&self, models: &[String]) -> BoxFuture<'_, StoreResult<()>> {
-        let models = models.to_vec();
+    fn heartbeat<'a>(&'a self, worker: &'a Registration, holding: &'a [Uuid]) -> BoxFuture<'a, StoreResult<Vec<Uuid>>> {
         async move {
             let mut tx = self.pool.begin().await.map_err(db)?;
-            sqlx::query("DELETE FROM served_models").execute(&mut *tx).await.map_err(db)?;
-            for model in models {
-                sqlx::query("INSERT OR IGNORE INTO served_models (model) VALUES (?1)")
-                    .bind(model)
-                    .execute(&mut *tx)
+            for model in &worker.models {
+                let info = serde_json::to_string(model)
+                    .map_err(|e| StoreError::Corrupt { id: model.id.clone(), message: e.to_string() })?;
+                sqlx::query(
+                    "INSERT INTO served_models (model, info) VALUES (?1, ?2) \
+                     ON CONFLICT (model) DO UPDATE SET info = excluded.info",
+                )
+                .bind(&model.id)
+                .bind(info)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            let mut held = Vec::with_capacity(holding.len());
+            for &id in holding {
+                let running: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1 AND status = 'running'")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(db)?;
+                if running.is_some() {
+                    held.push(id);
+                }
             }
-            tx.commit().await.map_err(db)
+            tx.commit().await.map_err(db)?;
+            Ok(held)
         }
         .boxed()
     }
 
-    fn requeue_all_running(&self) -> BoxFuture<'_, StoreResult<u64>> {
+    // The rows stay until the next start: the models of one process's workers are the same.
+    fn leave<'a>(&'a self, _worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn served_models(&self) -> BoxFuture<'_, StoreResult<Vec<ModelInfo>>> {
         async move {
+            let infos: Vec<String> = sqlx::query_scalar("SELECT info FROM served_models WHERE info IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+            infos
+                .iter()
+                .map(|info| {
+                    serde_json::from_str(info)
+                        .map_err(|e| StoreError::Corrupt { id: "(served model)".into(), message: e.to_string() })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn recover_interrupted(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        async move {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            // This start's workers register their models again.
+            sqlx::query("DELETE FROM served_models").execute(&mut *tx).await.map_err(db)?;
             let result = sqlx::query(
                 "UPDATE jobs SET status = 'queued', progress = 0, started_at = NULL WHERE status = 'running'",
             )
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
+            tx.commit().await.map_err(db)?;
             Ok(result.rows_affected())
         }
         .boxed()
@@ -552,6 +604,7 @@ mod keys;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model_info;
 
     fn params(prompt: &str, duration: f64) -> JobParams {
         let sampling = musicgen::SamplingParams { top_k: 250, top_p: 0.25, temperature: 0.7, cfg_coef: 3.5 };
@@ -666,14 +719,14 @@ mod tests {
         let b = add(&store, "b", 10.0).await;
         let c = add(&store, "c", 5.0).await;
         let d = add(&store, "d", 5.0).await;
-        let batch = store.claim_batch(&["tiny".to_string()], 2, Utc::now()).await.unwrap();
+        let batch = store.claim_batch("w", &["tiny".to_string()], 2, Utc::now()).await.unwrap();
         assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, c.id]);
         assert!(batch.iter().all(|j| j.status == JobStatus::Running && j.started_at.is_some()));
-        let next = store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap();
+        let next = store.claim_batch("w", &["tiny".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
-        let last = store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap();
+        let last = store.claim_batch("w", &["tiny".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id]);
-        assert!(store.claim_batch(&["tiny".to_string()], 4, Utc::now()).await.unwrap().is_empty());
+        assert!(store.claim_batch("w", &["tiny".to_string()], 4, Utc::now()).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -695,7 +748,7 @@ mod tests {
         assert_eq!(store.enqueue(&strided, 100).await.unwrap(), Enqueued::Queued);
         let mut batches = Vec::new();
         loop {
-            let batch = store.claim_batch(&["tiny".to_string()], 8, Utc::now()).await.unwrap();
+            let batch = store.claim_batch("w", &["tiny".to_string()], 8, Utc::now()).await.unwrap();
             if batch.is_empty() {
                 break;
             }
@@ -781,7 +834,7 @@ mod tests {
 
         let mut batches = Vec::new();
         loop {
-            let batch = store.claim_batch(&["tiny".to_string()], 8, Utc::now()).await.unwrap();
+            let batch = store.claim_batch("w", &["tiny".to_string()], 8, Utc::now()).await.unwrap();
             if batch.is_empty() {
                 break;
             }
@@ -792,12 +845,12 @@ mod tests {
         assert_eq!((claimed.params.melody, claimed.params.continue_from), (Some(m.reference()), Some(n.reference())));
 
         for job in [&a, &b, &c, &plain] {
-            store.finish(job.id, Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
+            store.finish(job.id, "w", Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
             assert!(store.delete_finished(job.id).await.unwrap());
         }
         assert!(!store.delete_upload_if_unused(m.id).await.unwrap(), "`both` follows it");
         assert!(!store.delete_upload_if_unused(n.id).await.unwrap(), "`both` continues it");
-        store.finish(both.id, Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
+        store.finish(both.id, "w", Outcome::Failed { error: "x".into() }, Utc::now()).await.unwrap();
         assert!(store.delete_finished(both.id).await.unwrap());
         let mut swept = store.sweep_unused_uploads(Utc::now()).await.unwrap();
         swept.sort();
@@ -834,17 +887,21 @@ mod tests {
         };
         assert_eq!(positions().await, [Some(0), Some(0), Some(0), Some(1)], "no served set: each model its own line");
         let served = ["tiny".to_string(), "facebook/musicgen-small".to_string()];
-        store.set_served_models(&served).await.unwrap();
+        let registration = Registration { worker: "w".into(), models: served.iter().map(|id| model_info(id)).collect() };
+        assert!(store.heartbeat(&registration, &[]).await.unwrap().is_empty());
+        let mut offered: Vec<String> = store.served_models().await.unwrap().into_iter().map(|m| m.id).collect();
+        offered.sort();
+        assert_eq!(offered, ["facebook/musicgen-small", "tiny"]);
         // The served models share one line; the unserved one waits behind its own model's jobs only.
         assert_eq!(positions().await, [Some(0), Some(1), Some(0), Some(2)]);
 
         let ids = |batch: Vec<Job>| batch.into_iter().map(|job| job.id).collect::<Vec<_>>();
         // The oldest job picks the model; the batch takes only that model's jobs.
-        assert_eq!(ids(store.claim_batch(&served, 4, Utc::now()).await.unwrap()), [small.id, small_2.id]);
-        assert_eq!(ids(store.claim_batch(&served, 4, Utc::now()).await.unwrap()), [a.id, b.id]);
-        assert!(store.claim_batch(&served, 4, Utc::now()).await.unwrap().is_empty());
+        assert_eq!(ids(store.claim_batch("w", &served, 4, Utc::now()).await.unwrap()), [small.id, small_2.id]);
+        assert_eq!(ids(store.claim_batch("w", &served, 4, Utc::now()).await.unwrap()), [a.id, b.id]);
+        assert!(store.claim_batch("w", &served, 4, Utc::now()).await.unwrap().is_empty());
         assert_eq!(store.get(other.id).await.unwrap().unwrap().status, JobStatus::Queued, "not served here");
-        let theirs = store.claim_batch(&["local/x/unserved".to_string()], 4, Utc::now()).await.unwrap();
+        let theirs = store.claim_batch("w", &["local/x/unserved".to_string()], 4, Utc::now()).await.unwrap();
         assert_eq!(theirs[0].params, other.params);
     }
 
@@ -853,13 +910,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let job = add(&store, "a", 5.0).await;
-        store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap();
+        store.claim_batch("w", &["tiny".to_string()], 1, Utc::now()).await.unwrap();
         let cancelled = store.cancel(job.id, Utc::now()).await.unwrap().unwrap();
         assert_eq!(cancelled.status, JobStatus::Cancelled);
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 1.0 };
-        assert!(!store.finish(job.id, outcome, Utc::now()).await.unwrap());
-        store.set_progress(job.id, 0.5).await.unwrap();
-        assert!(!store.requeue(job.id).await.unwrap());
+        assert!(!store.finish(job.id, "w", outcome, Utc::now()).await.unwrap());
+        assert!(!store.set_progress(job.id, "w", 0.5).await.unwrap());
+        assert!(!store.requeue(job.id, "w").await.unwrap());
         let after = store.get(job.id).await.unwrap().unwrap();
         assert_eq!((after.status, after.progress), (JobStatus::Cancelled, 0.0));
         assert!(store.delete_finished(job.id).await.unwrap());
@@ -872,13 +929,13 @@ mod tests {
         let job = {
             let store = store(&dir).await;
             let job = add(&store, "a", 5.0).await;
-            store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap();
-            store.set_progress(job.id, 0.4).await.unwrap();
+            store.claim_batch("w", &["tiny".to_string()], 1, Utc::now()).await.unwrap();
+            assert!(store.set_progress(job.id, "w", 0.4).await.unwrap());
             store.close().await;
             job
         };
         let store = store(&dir).await;
-        assert_eq!(store.requeue_all_running().await.unwrap(), 1);
+        assert_eq!(store.recover_interrupted().await.unwrap(), 1);
         let back = store.get(job.id).await.unwrap().unwrap();
         assert_eq!((back.status, back.progress, back.started_at), (JobStatus::Queued, 0.0, None));
         assert!(!store.delete_finished(job.id).await.unwrap(), "a queued job is not deleted");
@@ -892,9 +949,9 @@ mod tests {
         for i in 0..5 {
             ids.push(add(&store, &i.to_string(), 5.0).await.id);
         }
-        let done = store.claim_batch(&["tiny".to_string()], 1, Utc::now()).await.unwrap()[0].id;
+        let done = store.claim_batch("w", &["tiny".to_string()], 1, Utc::now()).await.unwrap()[0].id;
         let outcome = Outcome::Completed { audio_duration: 5.0, generation_time: 2.5 };
-        assert!(store.finish(done, outcome, Utc::now()).await.unwrap());
+        assert!(store.finish(done, "w", outcome, Utc::now()).await.unwrap());
 
         let page = store.list(None, None, 2, 1).await.unwrap();
         assert_eq!(page.total, 5);

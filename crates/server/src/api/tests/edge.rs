@@ -195,10 +195,10 @@ async fn completed_job(server: &super::TestServer) -> Uuid {
         .await
         .unwrap();
     let id = Uuid::try_parse(response.json::<Value>().await.unwrap()["id"].as_str().unwrap()).unwrap();
-    let claimed = server.jobs.claim_batch(&["tiny".to_string()], 1, chrono::Utc::now()).await.unwrap();
+    let claimed = server.jobs.claim_batch("tests", &["tiny".to_string()], 1, chrono::Utc::now()).await.unwrap();
     assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), [id]);
     let outcome = Outcome::Completed { audio_duration: 4.0, generation_time: 1.0 };
-    assert!(server.jobs.finish(id, outcome, chrono::Utc::now()).await.unwrap());
+    assert!(server.jobs.finish(id, "tests", outcome, chrono::Utc::now()).await.unwrap());
     id
 }
 

@@ -1,0 +1,58 @@
+# A throwaway PostgreSQL for tests, from Debian's `postgresql` package (installed when missing).
+# Source it, then:  start_postgres DIR   ...   stop_postgres
+# start_postgres makes a cluster in DIR/pg (trust auth, fsync off: test data only), listening on a
+# free loopback port, and exports:
+#   DGX_TEST_POSTGRES_URL  postgres://dgx@127.0.0.1:PORT/postgres (tests create their own databases)
+#   DGX_TEST_PG_RESTART    a script that restarts the server in place (same port, same data)
+# initdb refuses to run as root: then the cluster belongs to the `postgres` user the package makes.
+
+_pg_bin() {
+    local dir
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+        return
+    fi
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x $dir/initdb ]] && { echo "$dir"; return; }
+    done
+    return 1
+}
+
+start_postgres() {
+    local dir=$1 bin port runas=()
+    if ! bin=$(_pg_bin); then
+        echo "postgres.sh: installing Debian's postgresql" >&2
+        local sudo=()
+        [[ $(id -u) == 0 ]] || sudo=(sudo)
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql \
+            || { "${sudo[@]}" apt-get update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y --no-install-recommends postgresql; }
+        bin=$(_pg_bin) || { echo "postgres.sh: no initdb after installing postgresql" >&2; return 1; }
+    fi
+    mkdir -p "$dir"
+    if [[ $(id -u) == 0 ]]; then
+        id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+        chown postgres "$dir"
+        runas=(runuser -u postgres --)
+    fi
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "${runas[@]}" "$bin/initdb" -D "$dir/pg" -U dgx --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
+    local options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    cat >"$dir/restart.sh" <<RESTART
+#!/usr/bin/env bash
+exec ${runas[*]} "$bin/pg_ctl" -D "$dir/pg" -o "$options" -l "$dir/pg.log" -m fast -w restart
+RESTART
+    chmod +x "$dir/restart.sh"
+    "${runas[@]}" "$bin/pg_ctl" -D "$dir/pg" -o "$options" -l "$dir/pg.log" -w start >/dev/null \
+        || { cat "$dir/pg.log" >&2; return 1; }
+    _PG_STOP=("${runas[@]}" "$bin/pg_ctl" -D "$dir/pg" -m immediate -w stop)
+    export DGX_TEST_POSTGRES_URL="postgres://dgx@127.0.0.1:$port/postgres"
+    export DGX_TEST_PG_RESTART="$dir/restart.sh"
+    echo "postgres.sh: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
+}
+
+stop_postgres() {
+    [[ ${#_PG_STOP[@]} -gt 0 ]] && "${_PG_STOP[@]}" >/dev/null 2>&1
+    _PG_STOP=()
+}
