@@ -78,7 +78,11 @@ impl Cluster {
     async fn count(&self, status: &str) -> i64 {
         loop {
             // The database may be restarting under the test: ask again.
-            match sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1").bind(status).fetch_one(&self.pool).await {
+            match sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1")
+                .bind(status)
+                .fetch_one(&self.pool)
+                .await
+            {
                 Ok(n) => return n,
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -278,7 +282,12 @@ async fn three_workers_and_two_api_nodes_complete_200_jobs_once_and_an_idle_mode
     assert_tracks_whole(&bases, &ids).await;
 
     // A Range request answered from the object store.
-    let range = client.get(api2.url(&format!("/api/v1/jobs/{}/audio", ids[1]))).header("Range", "bytes=0-43").send().await.unwrap();
+    let range = client
+        .get(api2.url(&format!("/api/v1/jobs/{}/audio", ids[1])))
+        .header("Range", "bytes=0-43")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(range.status(), 206);
     assert_eq!(&range.bytes().await.unwrap()[..4], b"RIFF");
 }
@@ -363,7 +372,10 @@ async fn scale_figures() {
         let took = started.elapsed().as_secs_f64();
         // Claim latency as the workers see it: queued until started, less the time spent generating
         // others, is not separable here; the database's own time per claim is below.
-        lines.push(format!("{workers} worker(s): {JOBS} jobs of 0.5 s in {took:.1} s = {:.1} jobs/s", JOBS as f64 / took));
+        lines.push(format!(
+            "{workers} worker(s): {JOBS} jobs of 0.5 s in {took:.1} s = {:.1} jobs/s",
+            JOBS as f64 / took
+        ));
         assert_each_completed_once(&cluster, &ids, &ready.iter().collect::<Vec<_>>(), 1).await;
     }
     lines.push(claim_latency().await);
@@ -381,7 +393,11 @@ async fn claim_latency() -> String {
     for claimers in [1usize, 4, 16] {
         for i in 0..2000 {
             let params = dgx_music_server::job::JobParams::new(
-                musicgen::GenerationItem { prompt: format!("{i}"), sampling: musicgen::SamplingParams::default(), seed: 1 },
+                musicgen::GenerationItem {
+                    prompt: format!("{i}"),
+                    sampling: musicgen::SamplingParams::default(),
+                    seed: 1,
+                },
                 // Distinct durations: every claim is one job, the worst case.
                 1.0 + i as f64 / 1000.0,
             );
@@ -395,7 +411,10 @@ async fn claim_latency() -> String {
                 let mut times = Vec::new();
                 loop {
                     let t = Instant::now();
-                    let batch = jobs.claim_batch(&format!("bench{n}"), &["tiny".to_string()], 1, chrono::Utc::now()).await.unwrap();
+                    let batch = jobs
+                        .claim_batch(&format!("bench{n}"), &["tiny".to_string()], 1, chrono::Utc::now())
+                        .await
+                        .unwrap();
                     if batch.is_empty() {
                         return times;
                     }

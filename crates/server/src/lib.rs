@@ -313,11 +313,20 @@ async fn start_workers(
         let spawned = worker::spawn(
             settings.models.clone(),
             settings.max_loaded,
-            LoadOptions { device: *device, dtype: settings.dtype, on_download: Some(log_downloads()), ..LoadOptions::default() },
+            LoadOptions {
+                device: *device,
+                dtype: settings.dtype,
+                on_download: Some(log_downloads()),
+                ..LoadOptions::default()
+            },
             worker::WorkerContext { id: id.clone(), max_batch: settings.max_batch.max(1), ..context.clone() },
         )?;
         let loaded = spawned.loaded.await.map_err(|_| ServerError::WorkerDied)??;
-        tracing::info!("worker {id} runs {} model(s) on {}", loaded.len(), loaded.first().map_or("?", |m| m.device.as_str()));
+        tracing::info!(
+            "worker {id} runs {} model(s) on {}",
+            loaded.len(),
+            loaded.first().map_or("?", |m| m.device.as_str())
+        );
         if infos.is_empty() {
             infos = loaded;
         }
@@ -380,14 +389,19 @@ async fn refresh_catalog(jobs: &dyn JobStore, catalog: &ModelCatalog, preferred:
                     .iter()
                     .position(|name| {
                         let name = name.trim();
-                        public == name || info.id == name || musicgen::hub::hub_id(name).as_deref() == Some(info.id.as_str())
+                        public == name
+                            || info.id == name
+                            || musicgen::hub::hub_id(name).as_deref() == Some(info.id.as_str())
                     })
                     .unwrap_or(usize::MAX)
             };
             infos.sort_by_key(|info| rank(info));
             let ids: Vec<String> = infos.iter().map(|info| job::public_model_id(&info.id)).collect();
             if catalog.replace(Models::from_list(infos)) {
-                tracing::info!("the live workers run: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
+                tracing::info!(
+                    "the live workers run: {}",
+                    if ids.is_empty() { "nothing".into() } else { ids.join(", ") }
+                );
             }
         }
         Err(err) => tracing::debug!("cannot read the workers' models: {err}"),

@@ -12,8 +12,8 @@ use crate::job::{public_model_id, Job, JobStatus, JobView};
 use crate::limits::Limits;
 use crate::live::LiveAudio;
 use crate::metrics::Metrics;
-use crate::store::{AudioStore, JobStore, KeyStore};
 use crate::radio::Radio;
+use crate::store::{AudioStore, JobStore, KeyStore};
 use crate::worker::Workers;
 
 #[derive(Clone)]
@@ -65,7 +65,10 @@ impl Shared {
     /// The job JSON as this server tells it: its models, and the audio a running job has made.
     pub fn view(&self, job: &Job) -> JobView {
         let mut view = job.view(self.models().ids(), self.live.seconds(job.id));
-        if view.status == JobStatus::Queued && view.waiting_reason.is_none() && self.workers.radio().is_some_and(Radio::is_on) {
+        if view.status == JobStatus::Queued
+            && view.waiting_reason.is_none()
+            && self.workers.radio().is_some_and(Radio::is_on)
+        {
             view.waiting_reason = Some(
                 "the radio (GET /api/v1/radio) is playing on this server's worker; queued jobs run once its \
                  listener leaves"

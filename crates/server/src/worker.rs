@@ -228,15 +228,22 @@ pub fn spawn(
         let registration = Registration { worker: worker.context.id.clone(), models: engines.infos() };
         // Registered before anyone is told: an API node offers a model only once a worker runs it.
         if let Err(err) = worker.block_on(worker.context.jobs.heartbeat(&registration, &[])) {
-            tracing::warn!("worker {}: cannot register its models yet: {err}; the heartbeat retries", registration.worker);
+            tracing::warn!(
+                "worker {}: cannot register its models yet: {err}; the heartbeat retries",
+                registration.worker
+            );
         }
-        let heartbeat = worker.context.runtime.spawn(heartbeat(worker.handle.clone(), worker.context.clone(), registration));
+        let heartbeat =
+            worker.context.runtime.spawn(heartbeat(worker.handle.clone(), worker.context.clone(), registration));
         if loaded_tx.send(Ok(engines.infos())).is_ok() {
             worker.run(engines);
         }
         heartbeat.abort();
         if let Err(err) = worker.block_on(worker.context.jobs.leave(&worker.context.id)) {
-            tracing::warn!("worker {}: cannot unregister: {err}; its models are dropped once its lease passes", worker.context.id);
+            tracing::warn!(
+                "worker {}: cannot unregister: {err}; its models are dropped once its lease passes",
+                worker.context.id
+            );
         }
     })?;
     Ok(SpawnedWorker { handle, loaded, thread })
@@ -255,7 +262,10 @@ async fn heartbeat(handle: WorkerHandle, context: WorkerContext, registration: R
                     tracing::info!("worker {}: the store answers again", context.id);
                 }
                 for id in holding.into_iter().filter(|id| !held.contains(id)) {
-                    tracing::warn!("worker {}: job {id} is no longer ours (cancelled, or our lease expired); dropping it", context.id);
+                    tracing::warn!(
+                        "worker {}: job {id} is no longer ours (cancelled, or our lease expired); dropping it",
+                        context.id
+                    );
                     handle.cancelled(id);
                 }
             }
@@ -615,7 +625,9 @@ impl Worker {
             // Checked right before the file is written: a job whose lease was lost meanwhile may be
             // another worker's by now, and its track must not be replaced.
             if let Ok(false) = self.block_on(ctx.jobs.set_progress(id, &ctx.id, 1.0)) {
-                tracing::warn!("job {id} is no longer this worker's (cancelled, or its lease lost); its track is dropped");
+                tracing::warn!(
+                    "job {id} is no longer this worker's (cancelled, or its lease lost); its track is dropped"
+                );
                 continue;
             }
             // Same listening level as `dgx-music generate`; per track, so batching cannot change it.

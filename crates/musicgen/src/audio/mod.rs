@@ -16,7 +16,7 @@ mod encode;
 mod read;
 
 pub use encode::{encode, Format, Tags, SOFTWARE};
-pub use read::{read_audio, read_audio_native};
+pub use read::{read_audio, read_audio_bytes, read_audio_native, read_audio_native_bytes};
 
 /// Planar audio: one vector of samples, nominally in [-1, 1], per channel.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@
 //! decodes up to one MPEG frame (1152 samples) plus the encoder's delay longer than its source.
 
 use std::fs::File;
+use std::io::Cursor;
 use std::path::Path;
 
 use rubato::{FftFixedIn, Resampler};
@@ -25,7 +26,7 @@ use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as DecodeError;
 use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
@@ -40,13 +41,61 @@ const RESAMPLE_CHUNK: usize = 1024;
 /// Decodes the audio file at `path` into `channels` channels at `target_rate` Hz, refusing files
 /// longer than `max_seconds`. A file already at `target_rate` is not resampled.
 pub fn read_audio(path: &Path, target_rate: u32, channels: usize, max_seconds: f64) -> Result<Audio> {
+    check_target(target_rate, channels)?;
+    conform(path, read_audio_native(path, max_seconds)?, target_rate, channels)
+}
+
+/// [`read_audio`] of a file already in memory (an object fetched from a store); `name` stands for
+/// it in messages, and its extension hints the format.
+pub fn read_audio_bytes(
+    name: &Path,
+    bytes: Vec<u8>,
+    target_rate: u32,
+    channels: usize,
+    max_seconds: f64,
+) -> Result<Audio> {
+    check_target(target_rate, channels)?;
+    conform(name, read_audio_native_bytes(name, bytes, max_seconds)?, target_rate, channels)
+}
+
+/// Decodes the audio file at `path` as it is: its own rate and channels, nothing mixed or
+/// resampled; the same checks as `read_audio`.
+pub fn read_audio_native(path: &Path, max_seconds: f64) -> Result<Audio> {
+    check_length(max_seconds)?;
+    let file = File::open(path).map_err(|e| bad(path, format!("cannot open it: {e}")))?;
+    let size = file.metadata().map_err(|e| bad(path, format!("cannot read it: {e}")))?.len();
+    let (sample_rate, channels) = decode(path, Box::new(file), size, max_seconds)?;
+    Ok(Audio { sample_rate, channels })
+}
+
+/// [`read_audio_native`] of a file already in memory, named `name` in messages.
+pub fn read_audio_native_bytes(name: &Path, bytes: Vec<u8>, max_seconds: f64) -> Result<Audio> {
+    check_length(max_seconds)?;
+    let size = bytes.len() as u64;
+    let (sample_rate, channels) = decode(name, Box::new(Cursor::new(bytes)), size, max_seconds)?;
+    Ok(Audio { sample_rate, channels })
+}
+
+fn check_target(target_rate: u32, channels: usize) -> Result<()> {
     if target_rate == 0 {
         return Err(Error::invalid("sample_rate", "the target sample rate must be positive"));
     }
     if channels == 0 {
         return Err(Error::invalid("channels", "the target must have at least one channel"));
     }
-    let Audio { sample_rate: rate, channels: decoded } = read_audio_native(path, max_seconds)?;
+    Ok(())
+}
+
+fn check_length(max_seconds: f64) -> Result<()> {
+    if !(max_seconds.is_finite() && max_seconds > 0.0) {
+        return Err(Error::invalid("max_seconds", format!("{max_seconds} is not a positive length")));
+    }
+    Ok(())
+}
+
+/// Decoded audio mixed to `channels` and resampled to `target_rate`.
+fn conform(path: &Path, audio: Audio, target_rate: u32, channels: usize) -> Result<Audio> {
+    let Audio { sample_rate: rate, channels: decoded } = audio;
     let mixed = mix(decoded, channels);
     let resampled = if rate == target_rate {
         mixed
@@ -56,24 +105,13 @@ pub fn read_audio(path: &Path, target_rate: u32, channels: usize, max_seconds: f
     Ok(Audio { sample_rate: target_rate, channels: resampled })
 }
 
-/// Decodes the audio file at `path` as it is: its own rate and channels, nothing mixed or
-/// resampled; the same checks as `read_audio`.
-pub fn read_audio_native(path: &Path, max_seconds: f64) -> Result<Audio> {
-    if !(max_seconds.is_finite() && max_seconds > 0.0) {
-        return Err(Error::invalid("max_seconds", format!("{max_seconds} is not a positive length")));
-    }
-    let (sample_rate, channels) = decode(path, max_seconds)?;
-    Ok(Audio { sample_rate, channels })
-}
-
 fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::BadAudio { path: path.to_path_buf(), message: message.into() }
 }
 
-/// The file's own sample rate and planar samples, every check on the way.
-fn decode(path: &Path, max_seconds: f64) -> Result<(u32, Vec<Vec<f32>>)> {
-    let file = File::open(path).map_err(|e| bad(path, format!("cannot open it: {e}")))?;
-    let size = file.metadata().map_err(|e| bad(path, format!("cannot read it: {e}")))?.len();
+/// The file's own sample rate and planar samples, every check on the way; `size` is its length in
+/// bytes.
+fn decode(path: &Path, source: Box<dyn MediaSource>, size: u64, max_seconds: f64) -> Result<(u32, Vec<Vec<f32>>)> {
     if size == 0 {
         return Err(bad(path, "the file is empty"));
     }
@@ -81,7 +119,7 @@ fn decode(path: &Path, max_seconds: f64) -> Result<(u32, Vec<Vec<f32>>)> {
     if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(extension);
     }
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
+    let stream = MediaSourceStream::new(source, Default::default());
     let probed = symphonia::default::get_probe()
         .format(&hint, stream, &FormatOptions::default(), &MetadataOptions::default())
         .map_err(|e| match e {

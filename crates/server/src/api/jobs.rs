@@ -56,7 +56,8 @@ fn not_found(id: Uuid) -> ApiError {
 /// The refusal of a melody for `model`, a text-to-music model: which of the server's models take
 /// one, or how to start a server with one.
 fn no_melody(state: &AppState, model: &ModelInfo) -> ApiError {
-    let melodic: Vec<String> = state.models().all().iter().filter(|m| m.melody).map(|m| public_model_id(&m.id)).collect();
+    let melodic: Vec<String> =
+        state.models().all().iter().filter(|m| m.melody).map(|m| public_model_id(&m.id)).collect();
     let remedy = if melodic.is_empty() {
         "start the server with --model facebook/musicgen-melody (or -melody-large, -stereo-melody, \
          -stereo-melody-large) besides it"

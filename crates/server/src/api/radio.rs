@@ -177,10 +177,14 @@ pub async fn change(
     StationId(id): StationId,
     body: Result<Json<RadioChange>, JsonRejection>,
 ) -> Result<Json<RadioView>, ApiError> {
-    let station =
-        state.workers.radio().and_then(|radio| radio.get(id)).filter(|station| station.is_listened() && caller.sees(station.owner)).ok_or_else(
-            || ApiError::NotFound(format!("no radio station {id} is playing; start one with GET /api/v1/radio")),
-        )?;
+    let station = state
+        .workers
+        .radio()
+        .and_then(|radio| radio.get(id))
+        .filter(|station| station.is_listened() && caller.sees(station.owner))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no radio station {id} is playing; start one with GET /api/v1/radio"))
+        })?;
     let Json(change) = body.map_err(|rejection| match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "send the body as JSON with the header Content-Type: application/json".into(),

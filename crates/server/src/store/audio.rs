@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use musicgen::audio::{Format, SampleFormat, Tags};
 
+use super::encoding::{self, conversion_of};
+use super::ranges::{if_range_matches, label};
 use super::{AudioStore, StoreError, StoreResult};
 
 const TMP_SUFFIX: &str = ".tmp";
-/// The longest track a conversion decodes: far beyond any duration a job may ask for.
-const MAX_CONVERT_SECS: f64 = 24.0 * 3600.0;
 
 pub struct LocalAudioStore {
     dir: PathBuf,
@@ -50,15 +50,12 @@ impl LocalAudioStore {
     }
 
     pub fn path_of(&self, id: Uuid) -> PathBuf {
-        self.dir.join(format!("{}.wav", id.hyphenated()))
+        self.path_in(id, Format::Wav16)
     }
 
     /// The file holding the audio of `id` in `format`: the WAV itself for 16-bit WAV.
     pub fn path_in(&self, id: Uuid, format: Format) -> PathBuf {
-        match format {
-            Format::Wav16 => self.path_of(id),
-            other => self.dir.join(format!("{}.{}", id.hyphenated(), other.name())),
-        }
+        self.dir.join(encoding::file_name(id, format))
     }
 
     /// A temporary name of its own for each writer, so that two conversions of one file at once
@@ -87,34 +84,14 @@ impl LocalAudioStore {
     }
 }
 
-/// The job id of a conversion's file name (`<uuid>.<format>` for a format other than 16-bit WAV).
-fn conversion_of(name: &str) -> Option<Uuid> {
-    let (stem, format) = name.split_once('.')?;
-    match format.parse::<Format>().ok()? {
-        // `<uuid>.wav` is the original ("wav" names 16-bit WAV), not a conversion.
-        Format::Wav16 => None,
-        _ => Uuid::try_parse(stem).ok(),
-    }
-}
-
 impl AudioStore for LocalAudioStore {
     fn put(&self, id: Uuid, audio: &musicgen::Audio, format: SampleFormat) -> StoreResult<()> {
-        // Encoded in memory, then written: a failed write keeps its OS error (a full disk is told apart).
-        let bytes =
-            musicgen::audio::wav_bytes(audio, format).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
-        self.write_atomically(&self.path_of(id), &bytes)
+        self.write_atomically(&self.path_of(id), &encoding::wav_bytes(audio, format)?)
     }
 
     fn read(&self, id: Uuid, sample_rate: u32, channels: usize, max_secs: f64) -> StoreResult<Option<musicgen::Audio>> {
-        let path = self.path_of(id);
-        if !is_file(&path)? {
-            return Ok(None);
-        }
-        match musicgen::audio::read_audio(&path, sample_rate, channels, max_secs) {
-            Ok(audio) => Ok(Some(audio)),
-            Err(musicgen::Error::BadAudio { message, .. }) => Err(StoreError::AudioDecoding { id, message }),
-            Err(other) => Err(StoreError::AudioDecoding { id, message: other.to_string() }),
-        }
+        let Some(wav) = read_file(&self.path_of(id))? else { return Ok(None) };
+        encoding::decode(id, wav, sample_rate, channels, max_secs).map(Some)
     }
 
     fn convert(&self, id: Uuid, format: Format, tags: &Tags) -> StoreResult<bool> {
@@ -126,12 +103,9 @@ impl AudioStore for LocalAudioStore {
         if is_file(&done)? {
             return Ok(true);
         }
-        let audio = musicgen::audio::read_audio_native(&wav, MAX_CONVERT_SECS).map_err(|err| match err {
-            musicgen::Error::BadAudio { message, .. } => StoreError::AudioDecoding { id, message },
-            other => StoreError::AudioDecoding { id, message: other.to_string() },
-        })?;
-        let bytes =
-            musicgen::audio::encode(&audio, format, tags).map_err(|err| StoreError::AudioEncoding(err.to_string()))?;
+        // A WAV deleted since the check above is a failed read, as a WAV deleted while it is decoded.
+        let Some(original) = read_file(&wav)? else { return Ok(false) };
+        let bytes = encoding::convert(id, original, format, tags)?;
         self.write_atomically(&done, &bytes)?;
         // The job may have been deleted while this was encoding: delete removes the WAV before its
         // last sweep of conversions, so a conversion made visible after that sweep finds the WAV gone.
@@ -148,8 +122,7 @@ impl AudioStore for LocalAudioStore {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err)? {
             let name = entry.map_err(io_err)?.file_name();
-            let id = name.to_str().and_then(|n| n.strip_suffix(".wav")).and_then(|stem| Uuid::try_parse(stem).ok());
-            ids.extend(id);
+            ids.extend(name.to_str().and_then(encoding::original_of));
         }
         Ok(ids)
     }
@@ -179,28 +152,14 @@ impl AudioStore for LocalAudioStore {
             {
                 response = file.try_call(whole).await.map_err(io_err)?.map(Body::new);
             }
-            // The type is the format's, not a guess from the file name (`<uuid>.wav24` has none).
-            if response.status().is_success() {
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime_type()));
-            }
-            let disposition = format!("inline; filename=\"dgx-music-{id}.{}\"", format.extension());
-            if let Ok(value) = HeaderValue::from_str(&disposition) {
-                response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
-            }
+            label(&mut response, id, format);
             Ok(Some(response))
         }
         .boxed()
     }
 
     fn delete(&self, id: Uuid) -> BoxFuture<'_, StoreResult<()>> {
-        // The conversions first, then the WAV: a failure leaves the job's audio, and the job, in
-        // place. Then the conversions again, for one that a running convert made visible meanwhile
-        // (one made visible later sees the WAV gone and removes itself).
-        let conversions: Vec<PathBuf> =
-            Format::ALL.into_iter().filter(|f| *f != Format::Wav16).map(|f| self.path_in(id, f)).collect();
-        let mut paths = conversions.clone();
-        paths.push(self.path_of(id));
-        paths.extend(conversions);
+        let paths: Vec<PathBuf> = encoding::deletion_order().map(|f| self.path_in(id, f)).collect();
         async move {
             for path in paths {
                 match tokio::fs::remove_file(&path).await {
@@ -223,26 +182,19 @@ fn is_file(path: &Path) -> StoreResult<bool> {
     }
 }
 
-/// RFC 9110 13.1.5: an entity tag matches by strong comparison (a weak one never does); a date
-/// matches when it is the file's `Last-Modified`.
-fn if_range_matches(wanted: &HeaderValue, response: &axum::http::HeaderMap) -> bool {
-    let wanted = wanted.as_bytes();
-    if wanted.starts_with(b"W/") {
-        return false;
+/// The bytes of a file; `None` when there is none.
+fn read_file(path: &Path) -> StoreResult<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::AudioIo { path: path.to_path_buf(), source }),
     }
-    let validator = if wanted.starts_with(b"\"") { header::ETAG } else { header::LAST_MODIFIED };
-    response.get(validator).is_some_and(|ours| ours.as_bytes() == wanted && !ours.as_bytes().starts_with(b"W/"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tone() -> musicgen::Audio {
-        let left: Vec<f32> = (0..3200).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
-        let right: Vec<f32> = left.iter().map(|s| -s * 2.5).collect();
-        musicgen::Audio { sample_rate: 32000, channels: vec![left, right] }
-    }
+    use crate::store::testing::tone;
 
     #[tokio::test]
     async fn put_writes_a_complete_wav_and_removes_the_temporary() {
@@ -326,11 +278,7 @@ mod tests {
     }
 
     async fn get(store: &LocalAudioStore, id: Uuid, headers: &[(header::HeaderName, &str)]) -> Response {
-        let mut request = Request::builder();
-        for (name, value) in headers {
-            request = request.header(name, *value);
-        }
-        store.serve(id, Format::Wav16, request.body(Body::empty()).unwrap()).await.unwrap().unwrap()
+        crate::store::testing::get(store, id, axum::http::Method::GET, headers).await
     }
 
     #[tokio::test]

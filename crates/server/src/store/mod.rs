@@ -1,8 +1,10 @@
 //! Persistence behind two traits, so that the API and the worker are the same on one machine and on many:
 //! - [`JobStore`]: the queue, the history and the records of uploads: [`SqliteJobStore`] (one process,
 //!   `serve`) or [`PgJobStore`] (PostgreSQL, shared by API nodes and workers on many machines).
-//! - [`AudioStore`]: audio files by id, in a local directory ([`LocalAudioStore`]); one holds the
-//!   generated tracks, another the uploads that jobs continue.
+//! - [`AudioStore`]: audio files by id, in a local directory ([`LocalAudioStore`]) or an S3 bucket
+//!   ([`S3AudioStore`]); one holds the generated tracks, another the uploads that jobs continue.
+//!   What is done to the bytes (`encoding`: names, WAV, decoding, conversions) and how HTTP asks for
+//!   them (`ranges`: Range, If-Range, types) is written once, for both.
 //!
 //! A claim names its worker: in PostgreSQL it is a lease that the worker renews ([`JobStore::heartbeat`])
 //! and that every later write of the worker is fenced by, so a worker presumed dead can never complete a
@@ -12,9 +14,14 @@
 //! Methods return boxed futures so that both traits are object safe (`Arc<dyn JobStore>`).
 
 mod audio;
+mod encoding;
 mod open;
 mod postgres;
+mod ranges;
+mod s3;
 mod sqlite;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 
@@ -30,6 +37,7 @@ use uuid::Uuid;
 pub use audio::LocalAudioStore;
 pub use open::{redact, Database, DatabaseUrl, Storage, StorageUrl};
 pub use postgres::{Leases, PgJobStore, CHANGES_CHANNEL};
+pub use s3::S3AudioStore;
 pub use sqlite::SqliteJobStore;
 
 use crate::job::{Job, JobStatus};
@@ -61,6 +69,13 @@ pub enum StoreError {
     /// A stored file that does not decode; the message names no path, since job errors reach clients.
     #[error("the stored audio {id} cannot be read: {message}")]
     AudioDecoding { id: Uuid, message: String },
+    /// A request to an object store (S3) that failed; `key` is the object's key, or the bucket's
+    /// URL for a store-wide request.
+    #[error("object store, {key}: {message}")]
+    ObjectStore { key: String, message: String },
+    /// An object store URL that is not of the form the store takes.
+    #[error("the object store URL {url:?} {problem}; expected s3://<bucket>/<prefix> (the prefix may be empty)")]
+    ObjectStoreUrl { url: String, problem: String },
 }
 
 impl StoreError {
@@ -75,6 +90,8 @@ impl StoreError {
             StoreError::Database(_) | StoreError::Migration(_) | StoreError::Unavailable(_) => {
                 "a database error".into()
             }
+            // The message may quote the endpoint's answer; the bucket and keys are the operator's business.
+            StoreError::ObjectStore { .. } | StoreError::ObjectStoreUrl { .. } => "an object store error".into(),
             StoreError::Corrupt { .. } | StoreError::AudioEncoding(_) | StoreError::AudioDecoding { .. } => {
                 self.to_string()
             }
@@ -251,7 +268,7 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 /// Audio files by id: the tracks of completed jobs, or the uploads jobs continue. A file becomes
-/// visible only once it is complete: `put` writes under a temporary name and renames.
+/// visible only once it is complete: `put` writes under a temporary name and renames (or copies).
 pub trait AudioStore: Send + Sync + 'static {
     /// Encodes and stores audio as a WAV of `format`, replacing any previous one. Blocking: called
     /// from the worker thread or `spawn_blocking`.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{AudioStore, JobStore, KeyStore, Leases, LocalAudioStore, PgJobStore, SqliteJobStore, StoreResult};
+use super::{
+    AudioStore, JobStore, KeyStore, Leases, LocalAudioStore, PgJobStore, S3AudioStore, SqliteJobStore, StoreResult,
+};
 
 /// `--database`: `sqlite://PATH` (one process: `serve`) or `postgres://...` (shared by many).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +161,22 @@ impl Storage {
                 audio: Arc::new(LocalAudioStore::open(dir.join("audio"))?),
                 uploads: Arc::new(LocalAudioStore::open(dir.join("uploads"))?),
             },
-            StorageUrl::S3(_) => return Err(super::StoreError::Database("S3-MERGE".into())),
+            StorageUrl::S3(url) => {
+                let runtime = tokio::runtime::Handle::current();
+                let (tracks, uploads) = (format!("{url}/tracks"), format!("{url}/uploads"));
+                let (audio, uploads) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, super::StoreError>((
+                        S3AudioStore::open(&tracks, runtime.clone())?,
+                        S3AudioStore::open(&uploads, runtime)?,
+                    ))
+                })
+                .await
+                .map_err(|e| super::StoreError::ObjectStore {
+                    key: String::new(),
+                    message: format!("opening the object store: {e}"),
+                })??;
+                Storage { audio: Arc::new(audio), uploads: Arc::new(uploads) }
+            }
         })
     }
 }

@@ -205,8 +205,10 @@ fn upload_from_row(row: &PgRow) -> StoreResult<Upload> {
     Ok(Upload {
         id,
         filename: row.try_get("filename").map_err(db)?,
-        frames: u64::try_from(frames)
-            .map_err(|e| StoreError::Corrupt { id: format!("upload {id}"), message: format!("frames {frames}: {e}") })?,
+        frames: u64::try_from(frames).map_err(|e| StoreError::Corrupt {
+            id: format!("upload {id}"),
+            message: format!("frames {frames}: {e}"),
+        })?,
         sample_rate: row.try_get::<i32, _>("sample_rate").map_err(db)? as u32,
         channels: row.try_get::<i32, _>("channels").map_err(db)? as u16,
         source_job: row.try_get("source_job").map_err(db)?,
@@ -563,7 +565,9 @@ impl JobStore for PgJobStore {
             .map_err(db)?;
             let expired = result.rows_affected();
             if expired > 0 {
-                tracing::warn!("{expired} job(s) whose worker stopped renewing its lease went back to the queue (or failed)");
+                tracing::warn!(
+                    "{expired} job(s) whose worker stopped renewing its lease went back to the queue (or failed)"
+                );
             }
             Ok(expired)
         }
@@ -572,11 +576,12 @@ impl JobStore for PgJobStore {
 
     fn delete_finished(&self, id: Uuid) -> BoxFuture<'_, StoreResult<bool>> {
         async move {
-            let result = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')")
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
+            let result =
+                sqlx::query("DELETE FROM jobs WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
             Ok(result.rows_affected() == 1)
         }
         .boxed()
@@ -676,16 +681,18 @@ impl KeyStore for PgJobStore {
     fn insert_key(&self, new: &NewKey) -> BoxFuture<'_, StoreResult<()>> {
         let (key, hash) = (new.key.clone(), new.hash.clone());
         async move {
-            sqlx::query("INSERT INTO api_keys (id, name, prefix, hash, admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(key.id)
-                .bind(key.name)
-                .bind(key.prefix)
-                .bind(hash)
-                .bind(key.admin)
-                .bind(key.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, prefix, hash, admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(key.id)
+            .bind(key.name)
+            .bind(key.prefix)
+            .bind(hash)
+            .bind(key.admin)
+            .bind(key.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
             Ok(())
         }
         .boxed()
@@ -693,10 +700,12 @@ impl KeyStore for PgJobStore {
 
     fn keys(&self) -> BoxFuture<'_, StoreResult<Vec<ApiKey>>> {
         async move {
-            let rows = sqlx::query("SELECT id, name, prefix, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
+            let rows = sqlx::query(
+                "SELECT id, name, prefix, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
             rows.iter().map(key_from_row).collect()
         }
         .boxed()
@@ -704,11 +713,12 @@ impl KeyStore for PgJobStore {
 
     fn key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKey>>> {
         async move {
-            let row = sqlx::query("SELECT id, name, prefix, admin, created_at, revoked_at FROM api_keys WHERE hash = $1")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
+            let row =
+                sqlx::query("SELECT id, name, prefix, admin, created_at, revoked_at FROM api_keys WHERE hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db)?;
             row.as_ref().map(key_from_row).transpose()
         }
         .boxed()
@@ -964,14 +974,21 @@ mod tests {
         let mut got = store.get_upload(upload.id).await.unwrap().unwrap();
         got.created_at = upload.created_at;
         assert_eq!(got, upload);
-        let job = Job::new(JobParams { continue_from: Some(upload.reference()), ..params("x", 5.0) }, "tiny".into(), Utc::now());
+        let job = Job::new(
+            JobParams { continue_from: Some(upload.reference()), ..params("x", 5.0) },
+            "tiny".into(),
+            Utc::now(),
+        );
         assert_eq!(store.enqueue(&job, 100).await.unwrap(), Enqueued::Queued);
         assert!(store.sweep_unused_uploads(Utc::now()).await.unwrap().is_empty());
         assert!(!store.delete_upload_if_unused(upload.id).await.unwrap());
         store.cancel(job.id, Utc::now()).await.unwrap();
         store.delete_finished(job.id).await.unwrap();
         assert_eq!(store.sweep_unused_uploads(Utc::now()).await.unwrap(), [upload.id]);
-        assert_eq!(store.enqueue(&Job { id: Uuid::new_v4(), ..job }, 100).await.unwrap(), Enqueued::UploadGone(upload.id));
+        assert_eq!(
+            store.enqueue(&Job { id: Uuid::new_v4(), ..job }, 100).await.unwrap(),
+            Enqueued::UploadGone(upload.id)
+        );
 
         let key = NewKey::generate("laptop", false).unwrap();
         store.insert_key(&key).await.unwrap();

@@ -408,11 +408,12 @@ impl JobStore for SqliteJobStore {
             }
             let mut held = Vec::with_capacity(holding.len());
             for &id in holding {
-                let running: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1 AND status = 'running'")
-                    .bind(id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?;
+                let running: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1 AND status = 'running'")
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
                 if running.is_some() {
                     held.push(id);
                 }
@@ -887,7 +888,8 @@ mod tests {
         };
         assert_eq!(positions().await, [Some(0), Some(0), Some(0), Some(1)], "no served set: each model its own line");
         let served = ["tiny".to_string(), "facebook/musicgen-small".to_string()];
-        let registration = Registration { worker: "w".into(), models: served.iter().map(|id| model_info(id)).collect() };
+        let registration =
+            Registration { worker: "w".into(), models: served.iter().map(|id| model_info(id)).collect() };
         assert!(store.heartbeat(&registration, &[]).await.unwrap().is_empty());
         let mut offered: Vec<String> = store.served_models().await.unwrap().into_iter().map(|m| m.id).collect();
         offered.sort();
