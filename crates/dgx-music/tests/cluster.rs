@@ -254,7 +254,15 @@ async fn three_workers_and_two_api_nodes_complete_200_jobs_once_and_an_idle_mode
     let client = reqwest::Client::new();
 
     // The API node learns the workers' models from the database.
-    let health: Value = client.get(api2.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health: Value = client.get(api2.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+        if health["models"].as_array().unwrap().len() == 2 || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The API node's own --model first among the workers' models.
     assert_eq!(health["model"], harness::fixture_id("tiny-mono"), "{health}");
     assert_eq!(health["models"].as_array().unwrap().len(), 2, "both fixtures are offered: {health}");
 

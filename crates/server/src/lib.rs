@@ -205,13 +205,16 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
             (Workers::default(), Vec::new(), Models::from_list(Vec::new()))
         }
     };
-    let catalog = Arc::new(ModelCatalog::new(models));
+    let catalog = Arc::new(match workers.is_empty() {
+        true => ModelCatalog::following(config.preferred_models.clone()),
+        false => ModelCatalog::new(models),
+    });
     if let Database::Postgres(pg) = &database {
         tokio::spawn(forward_changes(pg.clone(), events.clone(), workers.clone()));
         tokio::spawn(sweep_leases(jobs.clone(), config.leases));
         if workers.is_empty() {
-            refresh_catalog(&*jobs, &catalog, &config.preferred_models).await;
-            tokio::spawn(follow_workers(jobs.clone(), catalog.clone(), config.preferred_models.clone()));
+            catalog.refresh(&*jobs).await;
+            tokio::spawn(follow_workers(jobs.clone(), catalog.clone()));
         }
     }
 
@@ -371,40 +374,12 @@ async fn sweep_leases(jobs: Arc<dyn JobStore>, leases: Leases) {
     }
 }
 
-/// An API node offers what live workers run: checked every few seconds.
-async fn follow_workers(jobs: Arc<dyn JobStore>, catalog: Arc<ModelCatalog>, preferred: Vec<String>) {
+/// An API node offers what live workers run: checked every few seconds (and by a request that
+/// finds no model it can use).
+async fn follow_workers(jobs: Arc<dyn JobStore>, catalog: Arc<ModelCatalog>) {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        refresh_catalog(&*jobs, &catalog, &preferred).await;
-    }
-}
-
-async fn refresh_catalog(jobs: &dyn JobStore, catalog: &ModelCatalog, preferred: &[String]) {
-    match jobs.served_models().await {
-        Ok(mut infos) => {
-            // The `--model`s of this node first, in their order; then the rest as the store lists them.
-            let rank = |info: &musicgen::ModelInfo| {
-                let public = job::public_model_id(&info.id);
-                preferred
-                    .iter()
-                    .position(|name| {
-                        let name = name.trim();
-                        public == name
-                            || info.id == name
-                            || musicgen::hub::hub_id(name).as_deref() == Some(info.id.as_str())
-                    })
-                    .unwrap_or(usize::MAX)
-            };
-            infos.sort_by_key(|info| rank(info));
-            let ids: Vec<String> = infos.iter().map(|info| job::public_model_id(&info.id)).collect();
-            if catalog.replace(Models::from_list(infos)) {
-                tracing::info!(
-                    "the live workers run: {}",
-                    if ids.is_empty() { "nothing".into() } else { ids.join(", ") }
-                );
-            }
-        }
-        Err(err) => tracing::debug!("cannot read the workers' models: {err}"),
+        catalog.refresh(&*jobs).await;
     }
 }
 

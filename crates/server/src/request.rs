@@ -215,9 +215,19 @@ impl FromRequest<AppState> for Generate {
                 ApiError::invalid(None, format!("cannot read the body: {}", rejection.body_text()))
             }
         })?;
-        let models = state.models();
+        let mut models = state.models();
+        if models.default_model().is_none() {
+            // An API node a worker joined since its last look.
+            state.models.refresh(&*state.jobs).await;
+            models = state.models();
+        }
         let default = models.default_model().ok_or_else(no_models)?;
         let mut body = parse_body(&bytes, default.vocab_size)?;
+        if body.model.as_deref().is_some_and(|name| models.find(name).is_none()) {
+            state.models.refresh(&*state.jobs).await;
+            models = state.models();
+        }
+        let default = models.default_model().ok_or_else(no_models)?;
         let model = match body.model.take() {
             None => default,
             Some(name) => models.find(&name).ok_or_else(|| unknown_model(&name, state))?,

@@ -90,11 +90,45 @@ impl std::ops::Deref for AppState {
 /// The models offered, swapped whole when workers come and go, so a request sees one consistent set.
 pub struct ModelCatalog {
     current: RwLock<Arc<Models>>,
+    /// On an API node: the `--model`s to list first among the live workers' models.
+    follows: Option<Vec<String>>,
 }
 
 impl ModelCatalog {
+    /// The models of this process's own workers: fixed.
     pub fn new(models: Models) -> Self {
-        ModelCatalog { current: RwLock::new(Arc::new(models)) }
+        ModelCatalog { current: RwLock::new(Arc::new(models)), follows: None }
+    }
+
+    /// An API node's: the live workers' models, `preferred` first, as [`ModelCatalog::refresh`] finds them.
+    pub fn following(preferred: Vec<String>) -> Self {
+        ModelCatalog { current: RwLock::new(Arc::new(Models::from_list(Vec::new()))), follows: Some(preferred) }
+    }
+
+    /// Reads the live workers' models again (an API node only; the log says when they change).
+    pub async fn refresh(&self, jobs: &dyn JobStore) {
+        let Some(preferred) = &self.follows else { return };
+        let mut infos = match jobs.served_models().await {
+            Ok(infos) => infos,
+            Err(err) => return tracing::debug!("cannot read the workers' models: {err}"),
+        };
+        let rank = |info: &ModelInfo| {
+            let public = public_model_id(&info.id);
+            preferred
+                .iter()
+                .position(|name| {
+                    let name = name.trim();
+                    public == name
+                        || info.id == name
+                        || musicgen::hub::hub_id(name).as_deref() == Some(info.id.as_str())
+                })
+                .unwrap_or(usize::MAX)
+        };
+        infos.sort_by_key(|info| rank(info));
+        let ids: Vec<String> = infos.iter().map(|info| public_model_id(&info.id)).collect();
+        if self.replace(Models::from_list(infos)) {
+            tracing::info!("the live workers run: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
+        }
     }
 
     pub fn current(&self) -> Arc<Models> {
