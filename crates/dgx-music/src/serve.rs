@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dgx_music_server::store::{DatabaseUrl, Leases, StorageUrl};
 use dgx_music_server::{HttpConfig, WorkerSettings};
-use musicgen::DType;
+use musicgen::{DType, DeviceSpec};
 
 use crate::device::DeviceChoice;
 
@@ -104,7 +104,7 @@ pub struct WorkerArgs {
     /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
     /// else the CPU (the log says why). Repeat it for a worker thread per device, each with its own
     /// copy of the models (`--device cuda:0 --device cuda:1`; the environment variable takes a
-    /// comma-separated list). On an API node (--no-worker) --model only orders the workers' models.
+    /// comma-separated list); `cpu` may be repeated. On an API node (--no-worker) --model only orders the workers' models.
     #[arg(long, env = "DGX_MUSIC_DEVICE", value_delimiter = ',', default_value = "auto")]
     device: Vec<DeviceChoice>,
     /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
@@ -155,7 +155,8 @@ impl WorkerArgs {
             if let Some(note) = resolved.note() {
                 tracing::info!("{note}");
             }
-            if devices.contains(&resolved.device) {
+            // The CPU may take several threads (each its own models); a GPU twice is a mistake.
+            if resolved.device != DeviceSpec::Cpu && devices.contains(&resolved.device) {
                 anyhow::bail!(
                     "--device {choice} names device {} twice; give each device once (one worker thread each)",
                     resolved.device

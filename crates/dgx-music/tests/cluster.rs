@@ -65,7 +65,12 @@ impl Cluster {
     }
 
     fn worker(&self, model: &str) -> Worker {
-        Worker::start(&self.shared_args(), model)
+        Worker::start(&self.shared_args(), model, 1)
+    }
+
+    /// One worker process with a thread per CPU "device" (the code path of `--device cuda:0 --device cuda:1`).
+    fn worker_threads(&self, threads: usize) -> Worker {
+        Worker::start(&self.shared_args(), &fixture(), threads)
     }
 
     /// Claims per job, from the database: 1 for every job no worker lost.
@@ -111,11 +116,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(shared: &[String], model: &str) -> Worker {
+    fn start(shared: &[String], model: &str, threads: usize) -> Worker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
             .arg("worker")
             .args(shared)
-            .args(["--device", "cpu", "--model", model, "--max-batch", "4"])
+            .args(std::iter::repeat_n(["--device", "cpu"], threads).flatten())
+            .args(["--model", model, "--max-batch", "4"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -156,6 +162,17 @@ impl Worker {
             .iter()
             .filter_map(|line| line.split("completed job ").nth(1))
             .map(|id| id.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// The worker ids (one per thread) that completed jobs.
+    fn completing_threads(&self) -> HashSet<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("completed job "))
+            .filter_map(|line| line.split("worker ").nth(1)?.split_whitespace().next().map(String::from))
             .collect()
     }
 
@@ -326,7 +343,8 @@ async fn the_database_restarts_and_an_api_node_is_killed_under_load_and_nothing_
     let cluster = Cluster::new(15).await;
     let mut api1 = cluster.api("api1").await;
     let api2 = cluster.api("api2").await;
-    let workers = [cluster.worker(&fixture()).ready().await, cluster.worker(&fixture()).ready().await];
+    // One of them a process with two worker threads.
+    let workers = [cluster.worker_threads(2).ready().await, cluster.worker(&fixture()).ready().await];
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     let mut bases = vec![api1.base.clone(), api2.base.clone()];
@@ -348,7 +366,37 @@ async fn the_database_restarts_and_an_api_node_is_killed_under_load_and_nothing_
     let logs = || workers.iter().map(Worker::log).collect::<Vec<_>>().join("\n---\n");
     cluster.wait_completed(100, &logs).await;
     assert_each_completed_once(&cluster, &ids, &workers.iter().collect::<Vec<_>>(), 1).await;
+    let threads = workers[0].completing_threads();
+    assert_eq!(threads.len(), 2, "both threads of one process took jobs: {threads:?}");
     assert_tracks_whole(&bases, &ids).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and an S3 server: tools/cluster-test.sh starts them"]
+async fn a_key_made_in_the_shared_database_opens_every_api_node_on_the_network() {
+    let cluster = Cluster::new(5).await;
+    let made = Command::new(env!("CARGO_BIN_EXE_dgx-music"))
+        .args(["keys", "create", "--name", "laptop", "--database", &cluster.database])
+        .arg("--data-dir")
+        .arg(cluster.dir.join("keys"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let mut args = cluster.shared_args();
+    args.push("--no-worker".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        nodes.push(Server::start_on(&cluster.dir.join(name), &fixture(), "0.0.0.0", &args).await);
+    }
+    let client = reqwest::Client::new();
+    for node in &nodes {
+        let refused = client.get(node.url("/api/v1/jobs")).send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let opened = client.get(node.url("/api/v1/jobs")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(opened.status(), 200);
+    }
 }
 
 /// Scale figures for docs/PERFORMANCE.md (printed, never asserted): jobs per second through the
