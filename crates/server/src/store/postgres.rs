@@ -78,7 +78,7 @@ impl PgJobStore {
         let options = PgConnectOptions::from_str(url).map_err(|err| {
             StoreError::Database(format!(
                 "{err} in the database URL; the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE \
-                 (or postgres:///DATABASE?host=/socket/dir)"
+                 (or postgres:///DATABASE?host=/socket/dir; add ?sslmode=verify-full&sslrootcert=CA.pem for TLS)"
             ))
         })?;
         let target = format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""));
@@ -161,7 +161,9 @@ impl PgJobStore {
 /// A database error; connection trouble (a restart, the network) is [`StoreError::Unavailable`].
 fn db(err: sqlx::Error) -> StoreError {
     let unavailable = match &err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        // Not a refused certificate (`Tls`, or rustls's InvalidData inside `Io`): it stays refused.
+        sqlx::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         // Class 08: connection exception; 57P01-57P03: the server shuts down or is starting.
         sqlx::Error::Database(e) => {
             e.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03"))
@@ -799,6 +801,26 @@ mod tests {
 
     async fn attempts(store: &PgJobStore, id: Uuid) -> i32 {
         sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1").bind(id).fetch_one(&store.pool).await.unwrap()
+    }
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: tools/cluster-test.sh starts one"]
+    async fn tls_checks_the_servers_certificate() {
+        let url = std::env::var("DGX_TEST_POSTGRES_URL").expect("DGX_TEST_POSTGRES_URL: run tools/cluster-test.sh");
+        let ca = std::env::var("DGX_TEST_PG_CA").expect("DGX_TEST_PG_CA: run tools/cluster-test.sh");
+        let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+        let store = PgJobStore::connect(&verified, Leases::default()).await.unwrap();
+        let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert!(encrypted);
+        store.close().await;
+        // A self-signed certificate nobody vouches for is refused at once, not retried for a minute.
+        let started = std::time::Instant::now();
+        let err = PgJobStore::connect(&format!("{url}?sslmode=verify-full"), Leases::default()).await.err().unwrap();
+        assert!(matches!(err, StoreError::Database(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
