@@ -94,7 +94,7 @@ pub struct WorkerArgs {
     /// (`--model small --model melody`; the environment variable takes a comma-separated list):
     /// requests pick one with `model`, the first is the default, and checkpoints with the same T5
     /// or EnCodec share one copy. With a melody checkpoint, POST /generate takes `melody` and the
-    /// page shows a melody picker.
+    /// page shows a melody picker. On an API node (--no-worker) it only orders the workers' models.
     #[arg(long, env = "DGX_MUSIC_MODEL", value_delimiter = ',', default_value = "facebook/musicgen-small")]
     model: Vec<String>,
     /// Models kept in memory at once [default: all of them]; when a job needs another, the least
@@ -104,7 +104,7 @@ pub struct WorkerArgs {
     /// auto, cpu, cuda or cuda:N; auto is the first GPU that passes `validate`'s kernel check,
     /// else the CPU (the log says why). Repeat it for a worker thread per device, each with its own
     /// copy of the models (`--device cuda:0 --device cuda:1`; the environment variable takes a
-    /// comma-separated list); `cpu` may be repeated. On an API node (--no-worker) --model only orders the workers' models.
+    /// comma-separated list); `cpu` may be repeated.
     #[arg(long, env = "DGX_MUSIC_DEVICE", value_delimiter = ',', default_value = "auto")]
     device: Vec<DeviceChoice>,
     /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
