@@ -5,7 +5,8 @@
 #   - the PostgreSQL job store's and the S3 audio store's own tests (ignored by plain `cargo test`);
 #   - crates/dgx-music/tests/cluster.rs: API nodes and workers as separate processes (200 jobs on
 #     3 workers and 2 API nodes, a worker killed with -9, the database restarted and an API node
-#     killed under load, a worker of an unwanted model staying idle).
+#     killed under load, a worker of an unwanted model staying idle, a cancel crossing processes,
+#     a key in the shared database).
 # DGX_SCALE_FIGURES=1 also prints the scale figures of docs/PERFORMANCE.md (jobs/s with 1, 2, 4
 # workers; claim latency).
 set -euo pipefail

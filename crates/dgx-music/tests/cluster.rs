@@ -337,6 +337,29 @@ async fn a_worker_killed_mid_job_loses_it_to_another_after_its_lease() {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL and an S3 server: tools/cluster-test.sh starts them"]
+async fn a_cancel_on_an_api_node_stops_the_worker_on_another_process_within_a_step() {
+    let cluster = Cluster::new(30).await;
+    let api = cluster.api("api").await;
+    let worker = cluster.worker(&fixture()).ready().await;
+    let id = api.submit(json!({"prompt": "cancelled elsewhere", "duration": 120.0})).await;
+    api.wait_for(&id, |job| job["status"] == "running" && job["progress"].as_f64().unwrap() > 0.02).await;
+    let response = reqwest::Client::new().delete(api.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap();
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Through the store (its notification, or the next progress write finding the job cancelled), long
+    // before the 10 s heartbeat of a 30 s lease: the engine stops at its next step.
+    let asked = Instant::now();
+    while !worker.log().contains("batch cancelled after") {
+        assert!(asked.elapsed() < Duration::from_secs(3), "the worker kept generating:\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(worker.completed().is_empty());
+    let job: Value = reqwest::get(api.url(&format!("/api/v1/jobs/{id}"))).await.unwrap().json().await.unwrap();
+    assert_eq!(job["status"], "cancelled");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and an S3 server: tools/cluster-test.sh starts them"]
 async fn the_database_restarts_and_an_api_node_is_killed_under_load_and_nothing_is_lost() {
     let restart = std::env::var("DGX_TEST_PG_RESTART").expect("DGX_TEST_PG_RESTART: run tools/cluster-test.sh");
     // Longer than a restart takes: no worker loses a lease to it.
