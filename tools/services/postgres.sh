@@ -22,13 +22,16 @@ _pg_bin() {
 
 start_postgres() {
     local dir=$1 bin port runas=()
-    if ! bin=$(_pg_bin); then
-        echo "postgres.sh: installing Debian's postgresql" >&2
+    local packages=()
+    bin=$(_pg_bin) || packages+=(postgresql)
+    command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+    if [[ ${#packages[@]} -gt 0 ]]; then
+        echo "postgres.sh: installing Debian's ${packages[*]}" >&2
         local sudo=()
         [[ $(id -u) == 0 ]] || sudo=(sudo)
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql \
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" \
             || { "${sudo[@]}" apt-get update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y --no-install-recommends postgresql; }
+                apt-get install -y --no-install-recommends "${packages[@]}"; }
         bin=$(_pg_bin) || { echo "postgres.sh: no initdb after installing postgresql" >&2; return 1; }
     fi
     mkdir -p "$dir"
