@@ -180,22 +180,17 @@ async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
     let live = LiveAudio::default();
 
-    let context = worker::WorkerContext {
-        id: String::new(),
-        heartbeat: config.leases.lease / 3,
-        patience: config.leases.lease,
+    let context = WorkerShared {
         jobs: jobs.clone(),
         audio: audio.clone(),
         uploads: uploads.clone(),
         events: events.clone(),
         live: live.clone(),
         metrics: metrics.clone(),
-        max_batch: 1,
-        runtime: tokio::runtime::Handle::current(),
     };
     let (workers, threads, models) = match &config.worker {
         Some(settings) => {
-            let (workers, threads, infos) = start_workers(settings, context).await?;
+            let (workers, threads, infos) = start_workers(settings, config.leases, context).await?;
             let mut infos = infos.into_iter();
             let default = infos.next().ok_or(ServerError::NoModels)?;
             (workers, threads, Models::new(default, infos.collect()))
@@ -273,21 +268,16 @@ async fn work(config: WorkerConfig) -> Result<(), ServerError> {
     let Storage { audio, uploads } = Storage::open(&config.storage).await?;
     tracing::info!("audio in {}", config.storage.describe());
     let events = Events::default();
-    let context = worker::WorkerContext {
-        id: String::new(),
-        heartbeat: config.leases.lease / 3,
-        patience: config.leases.lease,
+    // Nobody here reads a live track or the metrics: API nodes serve the stored file.
+    let context = WorkerShared {
         jobs: jobs.clone(),
         audio,
         uploads,
         events: events.clone(),
-        // Nobody here reads a live track: the API node that serves a stream has the stored file.
         live: LiveAudio::default(),
         metrics: Arc::new(Metrics::default()),
-        max_batch: 1,
-        runtime: tokio::runtime::Handle::current(),
     };
-    let (workers, threads, _) = start_workers(&config.worker, context).await?;
+    let (workers, threads, _) = start_workers(&config.worker, config.leases, context).await?;
     if let Database::Postgres(pg) = &database {
         tokio::spawn(forward_changes(pg.clone(), events, workers.clone()));
     }
@@ -301,11 +291,22 @@ async fn work(config: WorkerConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// What a process's worker threads share: its stores and where they announce their work.
+struct WorkerShared {
+    jobs: Arc<dyn JobStore>,
+    audio: Arc<dyn crate::store::AudioStore>,
+    uploads: Arc<dyn crate::store::AudioStore>,
+    events: Events,
+    live: LiveAudio,
+    metrics: Arc<Metrics>,
+}
+
 /// A worker thread per device, each loading every model; returns once all have loaded, with the
 /// models' descriptions (the first device's) in the order given.
 async fn start_workers(
     settings: &WorkerSettings,
-    context: worker::WorkerContext,
+    leases: Leases,
+    shared: WorkerShared,
 ) -> Result<(Workers, Vec<std::thread::JoinHandle<()>>, Vec<musicgen::ModelInfo>), ServerError> {
     let mut handles = Vec::new();
     let mut threads = Vec::new();
@@ -322,7 +323,19 @@ async fn start_workers(
                 on_download: Some(log_downloads()),
                 ..LoadOptions::default()
             },
-            worker::WorkerContext { id: id.clone(), max_batch: settings.max_batch.max(1), ..context.clone() },
+            worker::WorkerContext {
+                id: id.clone(),
+                heartbeat: leases.lease / 3,
+                patience: leases.lease,
+                jobs: shared.jobs.clone(),
+                audio: shared.audio.clone(),
+                uploads: shared.uploads.clone(),
+                events: shared.events.clone(),
+                live: shared.live.clone(),
+                metrics: shared.metrics.clone(),
+                max_batch: settings.max_batch.max(1),
+                runtime: tokio::runtime::Handle::current(),
+            },
         )?;
         let loaded = spawned.loaded.await.map_err(|_| ServerError::WorkerDied)??;
         tracing::info!(

@@ -445,7 +445,7 @@ impl Worker {
                 return;
             }
             last_report = Some(Instant::now());
-            for id in self.live_ids() {
+            for id in self.handle.live_ids() {
                 match self.block_on(ctx.jobs.set_progress(id, &ctx.id, progress.fraction())) {
                     Ok(true) => {}
                     Ok(false) => self.handle.cancelled(id),
@@ -527,7 +527,7 @@ impl Worker {
         streams: &mut [(Arc<LiveTrack>, StreamNormalizer)],
         pieces: &[Audio],
     ) -> musicgen::Result<()> {
-        let live = self.live_ids();
+        let live = self.handle.live_ids();
         for ((&id, (track, normalizer)), piece) in ids.iter().zip(streams.iter_mut()).zip(pieces) {
             if !live.contains(&id) {
                 self.context.live.end(id);
@@ -593,11 +593,6 @@ impl Worker {
         }
     }
 
-    /// Jobs of the running batch that nobody cancelled.
-    fn live_ids(&self) -> Vec<Uuid> {
-        self.handle.live_ids()
-    }
-
     /// `write` until it succeeds, fails for another reason than an unreachable database, or
     /// `patience` has passed: a database restart must not lose a finished job.
     fn persist<T>(&self, what: &str, mut write: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
@@ -615,7 +610,7 @@ impl Worker {
 
     fn deliver(&self, info: &ModelInfo, ids: &[Uuid], tracks: Vec<Audio>, head: Option<&Audio>, took: f64) {
         let ctx = &self.context;
-        let live = self.live_ids();
+        let live = self.handle.live_ids();
         let mut completed = 0;
         let mut audio_seconds = 0.0;
         for (&id, mut track) in ids.iter().zip(tracks) {

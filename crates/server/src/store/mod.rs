@@ -311,6 +311,28 @@ pub trait KeyStore: Send + Sync + 'static {
     fn has_active_keys(&self) -> BoxFuture<'_, StoreResult<bool>>;
 }
 
+/// Jobs per status from the database's (status, count) rows; every status present, zero included.
+fn status_counts(rows: Vec<(String, i64)>) -> StoreResult<HashMap<JobStatus, u64>> {
+    let mut counts: HashMap<JobStatus, u64> = JobStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    for (status, n) in rows {
+        let status = <JobStatus as std::str::FromStr>::from_str(&status)
+            .map_err(|message| StoreError::Corrupt { id: "(count)".into(), message })?;
+        counts.insert(status, n.max(0) as u64);
+    }
+    Ok(counts)
+}
+
+/// The models workers registered, from the JSON both stores keep them as.
+fn models_from_json(infos: &[String]) -> StoreResult<Vec<ModelInfo>> {
+    infos
+        .iter()
+        .map(|info| {
+            serde_json::from_str(info)
+                .map_err(|e| StoreError::Corrupt { id: "(served model)".into(), message: e.to_string() })
+        })
+        .collect()
+}
+
 /// A model's description as a worker registers it, for tests of the stores.
 #[cfg(test)]
 pub(crate) fn model_info(id: &str) -> ModelInfo {

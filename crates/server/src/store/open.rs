@@ -112,8 +112,9 @@ impl Database {
         Ok(match url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|source| super::StoreError::AudioIo { path: parent.to_path_buf(), source })?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        super::StoreError::Database(format!("cannot create {} for the database: {e}", parent.display()))
+                    })?;
                 }
                 Database::Sqlite(Arc::new(SqliteJobStore::open(path).await?))
             }

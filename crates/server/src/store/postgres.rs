@@ -25,7 +25,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    Enqueued, JobPage, JobStore, KeyStore, Outcome, QueueLoad, Registration, RunningLoad, StoreError, StoreResult,
+    models_from_json, status_counts, Enqueued, JobPage, JobStore, KeyStore, Outcome, QueueLoad, Registration,
+    RunningLoad, StoreError, StoreResult,
 };
 use crate::job::{Job, JobParams, JobStatus};
 use crate::keys::{ApiKey, NewKey};
@@ -528,22 +529,16 @@ impl JobStore for PgJobStore {
 
     fn served_models(&self) -> BoxFuture<'_, StoreResult<Vec<ModelInfo>>> {
         async move {
-            // The longest-registered worker's description of a model first: API nodes list models stably.
+            // Each model once, by id (workers' descriptions of one model differ only in their device);
+            // API nodes put their own `--model`s first.
             let infos: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT ON (model ->> 'id') model::text FROM workers, jsonb_array_elements(models) \
-                 WITH ORDINALITY AS m(model, position) WHERE expires_at > now() \
-                 ORDER BY model ->> 'id', seen_at - (SELECT MIN(seen_at) FROM workers), position",
+                "SELECT DISTINCT ON (model ->> 'id') model::text FROM workers, jsonb_array_elements(models) AS model \
+                 WHERE expires_at > now() ORDER BY model ->> 'id'",
             )
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            infos
-                .iter()
-                .map(|info| {
-                    serde_json::from_str(info)
-                        .map_err(|e| StoreError::Corrupt { id: "(served model)".into(), message: e.to_string() })
-                })
-                .collect()
+            models_from_json(&infos)
         }
         .boxed()
     }
@@ -591,19 +586,11 @@ impl JobStore for PgJobStore {
 
     fn count_by_status(&self) -> BoxFuture<'_, StoreResult<HashMap<JobStatus, u64>>> {
         async move {
-            let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-            let mut counts: HashMap<JobStatus, u64> = JobStatus::ALL.into_iter().map(|s| (s, 0)).collect();
-            for row in &rows {
-                let status: String = row.try_get("status").map_err(db)?;
-                let n: i64 = row.try_get("n").map_err(db)?;
-                let status = JobStatus::from_str(&status)
-                    .map_err(|message| StoreError::Corrupt { id: "(count)".into(), message })?;
-                counts.insert(status, n.max(0) as u64);
-            }
-            Ok(counts)
+            status_counts(rows)
         }
         .boxed()
     }

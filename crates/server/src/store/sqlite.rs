@@ -16,7 +16,10 @@ use uuid::Uuid;
 
 use musicgen::ModelInfo;
 
-use super::{Enqueued, JobPage, JobStore, Outcome, QueueLoad, Registration, RunningLoad, StoreError, StoreResult};
+use super::{
+    models_from_json, status_counts, Enqueued, JobPage, JobStore, Outcome, QueueLoad, Registration, RunningLoad,
+    StoreError, StoreResult,
+};
 use crate::job::{timestamp, Job, JobParams, JobStatus};
 use crate::upload::Upload;
 
@@ -435,13 +438,7 @@ impl JobStore for SqliteJobStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-            infos
-                .iter()
-                .map(|info| {
-                    serde_json::from_str(info)
-                        .map_err(|e| StoreError::Corrupt { id: "(served model)".into(), message: e.to_string() })
-                })
-                .collect()
+            models_from_json(&infos)
         }
         .boxed()
     }
@@ -478,19 +475,11 @@ impl JobStore for SqliteJobStore {
 
     fn count_by_status(&self) -> BoxFuture<'_, StoreResult<HashMap<JobStatus, u64>>> {
         async move {
-            let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-            let mut counts: HashMap<JobStatus, u64> = JobStatus::ALL.into_iter().map(|s| (s, 0)).collect();
-            for row in &rows {
-                let status: String = row.try_get("status").map_err(db)?;
-                let n: i64 = row.try_get("n").map_err(db)?;
-                let status = JobStatus::from_str(&status)
-                    .map_err(|message| StoreError::Corrupt { id: "(count)".into(), message })?;
-                counts.insert(status, n.max(0) as u64);
-            }
-            Ok(counts)
+            status_counts(rows)
         }
         .boxed()
     }
