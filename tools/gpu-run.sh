@@ -16,6 +16,9 @@
 #   profile       Nsight Compute's per-kernel summary of a few decoder steps (launches per step)
 #   stream        bench --stream (time to first audio, lead over real time) for small, medium and large
 #                 bf16 (STREAM_MODELS, STREAM_DURATION default 60 s), and generate --stream - read back
+#   speed         issue 15's matrix: for each of SPEED_MODELS (default "small medium large") and each batch of
+#                 SPEED_BATCHES (default "1 8"), bf16 with the few-row kernels off (DGX_GEMV_MAX_ROWS=0: main's
+#                 cuBLAS path, "before"), on ("after"), and int8 weights ("int8"), one after the other
 #   smoke         one short bench and one short transformers case: proves the scripts run
 #   long          dgx-music bench small bf16 batch 1 at each of LONG_DURATIONS (default "16 120 300") seconds,
 #                 LONG_ROUNDS rounds (default 1) alternating the durations: tracks over 30 s run in windows,
@@ -168,6 +171,16 @@ stage_compare() {
   done
 }
 
+stage_speed() {
+  for m in ${SPEED_MODELS:-small medium large}; do
+    for b in ${SPEED_BATCHES:-1 8}; do
+      MODEL="$m" DGX_GEMV_MAX_ROWS=0 BENCH_TAG="dgx-music before $m" bench_case "bf16x$b"
+      MODEL="$m" BENCH_TAG="dgx-music after $m" bench_case "bf16x$b"
+      MODEL="$m" BENCH_TAG="dgx-music int8 $m" bench_case "bf16x$b" --weights int8
+    done
+  done
+}
+
 stage_smoke() {
   DURATION=1 RUNS=1 bench_case bf16x1
   say "transformers smoke"
@@ -178,7 +191,7 @@ stage_smoke() {
 
 for stage in "$@"; do
   case "$stage" in
-    env|validate|tests|bench|long|stream|transformers|profile|smoke|compare) "stage_$stage" ;;
+    env|validate|tests|bench|long|stream|transformers|profile|speed|smoke|compare) "stage_$stage" ;;
     *) echo "unknown stage $stage" | tee -a "$LOG" ;;
   esac
 done
@@ -197,7 +210,8 @@ for r in rows:
     elif r["label"].startswith(("dgx-music", "base", "new")):
         print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['ms_per_step']:6.2f} ms/step  RTF {r['real_time_factor']:6.2f}x  "
               f"aggregate {r['aggregate_real_time_factor']:6.1f}x  text {r['text_encoder_s']:.3f} s  encodec {r['encodec_s']:.3f} s  "
-              f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB  {r['verdict']}")
+              f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB  kernels/step {r.get('graph_kernels_per_step')}  "
+              f"weights {r.get('weight_read_gb_s', 0):.0f} GB/s  {r['verdict']}")
     else:
         for c in r.get("results", []):
             if "median_s" in c:

@@ -9,11 +9,11 @@ fn main() {
     {
         let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let ptx = cudaforge::KernelBuilder::new()
-            .source_files(["kernels/attention.cu"])
+            .source_files(["kernels/attention.cu", "kernels/gemv.cu"])
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()
-            .expect("compiling kernels/attention.cu with nvcc (see tools/build-cuda.sh)");
+            .expect("compiling kernels/*.cu with nvcc (see tools/build-cuda.sh)");
         ptx.write(out_dir.join("ptx.rs")).expect("writing the PTX bindings");
     }
 }

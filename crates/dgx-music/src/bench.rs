@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use musicgen::{
-    CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams,
+    CancelToken, DType, DeviceSpec, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams, Weights,
 };
 use serde::Serialize;
 
@@ -51,6 +51,11 @@ pub struct Args {
     /// f32, f16 or bf16 for the decoder [default: bf16 on a GPU, f32 on the CPU].
     #[arg(long, value_parser = crate::device::parse_dtype)]
     dtype: Option<DType>,
+    /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
+    /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
+    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    #[arg(long, default_value = "dtype", value_parser = crate::device::parse_weights)]
+    weights: Weights,
     /// On a GPU, launch each kernel of a decoder step from the host instead of replaying the
     /// step as a CUDA graph: shows what the graph saves.
     #[arg(long)]
@@ -106,6 +111,16 @@ pub struct BenchReport {
     pub steps_per_s: f64,
     pub encodec_s: f64,
     pub total_s: f64,
+    /// The decoder weights' storage (`--weights`): the dtype's name or int8.
+    pub weights: String,
+    /// Kernels one replayed decoder step launches (CUDA graphs only).
+    pub graph_kernels_per_step: Option<usize>,
+    /// Weight bytes one step reads over the median step: the bandwidth the decoder draws from
+    /// weights alone (the KV cache and activations come on top).
+    pub weight_read_gb_s: f64,
+    /// Rows up to which GPU products take the few-row kernel, dense and int8 weights
+    /// (`DGX_GEMV_MAX_ROWS` overrides both; 0 on the CPU).
+    pub gemv_max_rows: [usize; 2],
     /// `--stream`: seconds from the request to the first audio, and the least time by which a
     /// piece came before playback needed it (negative: a listener hears a gap).
     pub first_audio_s: Option<f64>,
@@ -143,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = LoadOptions {
         device,
         dtype,
+        weights: args.weights,
         eager: args.eager,
         on_download: (!args.json).then(crate::progress::download_bars),
     };

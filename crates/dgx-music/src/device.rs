@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use musicgen::{DType, DeviceSpec};
+use musicgen::{DType, DeviceSpec, Weights};
 
 use crate::validate::kernel::{self, KernelCheck};
 
@@ -34,6 +34,11 @@ impl fmt::Display for DeviceChoice {
             Self::Exact(spec) => spec.fmt(f),
         }
     }
+}
+
+/// A `--weights` value.
+pub fn parse_weights(s: &str) -> Result<Weights, String> {
+    s.parse().map_err(|e: musicgen::Error| e.to_string())
 }
 
 /// A `--dtype` value.

@@ -15,7 +15,7 @@ use musicgen::request::{
 };
 use musicgen::{
     Audio, CancelToken, DType, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams, StreamOptions,
-    DEFAULT_CHUNK_SECS,
+    Weights, DEFAULT_CHUNK_SECS,
 };
 
 use crate::device::DeviceChoice;
@@ -95,6 +95,12 @@ pub struct Args {
     /// CPU bf16 keeps the weights in bf16 and computes in f32, about 2.8x faster than f32.
     #[arg(long, value_parser = crate::device::parse_dtype)]
     dtype: Option<DType>,
+
+    /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
+    /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
+    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    #[arg(long, default_value = "dtype", value_parser = crate::device::parse_weights)]
+    weights: Weights,
 
     /// Loudness normalisation before writing: none, peak (−1 dBFS) or loudness (−14 LUFS, EBU R128).
     #[arg(long, default_value = "loudness", value_parser = parse_normalize)]
@@ -224,6 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = LoadOptions {
         device: resolved.device,
         dtype: resolved.dtype,
+        weights: args.weights,
         on_download: (!args.quiet).then(crate::progress::download_bars),
         ..LoadOptions::default()
     };
@@ -251,7 +258,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load_secs = started.elapsed().as_secs_f64();
     if !args.quiet {
         let info = model.info();
-        eprintln!("Loaded {} on {} ({}) in {load_secs:.1} s", info.source, info.device, info.dtype);
+        eprintln!(
+            "Loaded {} on {} ({}, {} weights) in {load_secs:.1} s",
+            info.source, info.device, info.dtype, info.weights
+        );
     }
 
     let bar = crate::progress::generation_bar(args.quiet);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dgx_music_server::store::{DatabaseUrl, Leases, StorageUrl};
 use dgx_music_server::{HttpConfig, WorkerSettings};
-use musicgen::{DType, DeviceSpec};
+use musicgen::{DType, DeviceSpec, Weights};
 
 use crate::device::DeviceChoice;
 
@@ -110,6 +110,11 @@ pub struct WorkerArgs {
     /// Decoder precision: f32, f16 or bf16 [default: bf16 on a GPU, f32 on the CPU].
     #[arg(long, env = "DGX_MUSIC_DTYPE", value_parser = crate::device::parse_dtype)]
     dtype: Option<DType>,
+    /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
+    /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
+    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    #[arg(long, env = "DGX_MUSIC_WEIGHTS", default_value = "dtype", value_parser = crate::device::parse_weights)]
+    weights: Weights,
     /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
     /// audio only with jobs continuing the same audio with the same stride; jobs that follow a
     /// melody only with jobs following the same melody).
@@ -170,6 +175,7 @@ impl WorkerArgs {
             models: self.model.clone(),
             devices,
             dtype: dtype.unwrap_or_default(),
+            weights: self.weights,
             max_batch: self.max_batch as usize,
         })
     }

@@ -33,7 +33,7 @@ use self::attention::{masked_value, split_heads, Backend, DeviceStep, Pass};
 use self::kv_cache::KvCache;
 use crate::config::DecoderConfig;
 use crate::error::{Error, Result};
-use crate::linear::Linear;
+use crate::linear::{Activation, Linear};
 
 /// Whether the cross-attention mask `attended` `(rows, len)` changes nothing, so its add can be
 /// skipped: every row attends to all of `memory`, or to none of it where that row of memory is
@@ -74,40 +74,6 @@ impl LayerNorm {
     }
 }
 
-/// The FFN's activation, named as transformers' `ACT2FN` keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    /// `gelu`: the exact erf form (what every published checkpoint uses).
-    GeluErf,
-    /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
-    GeluTanh,
-    Relu,
-    Silu,
-}
-
-impl Activation {
-    fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "gelu" => Ok(Self::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Self::GeluTanh),
-            "relu" => Ok(Self::Relu),
-            "silu" | "swish" => Ok(Self::Silu),
-            other => Err(Error::Unsupported(format!(
-                "decoder activation_function {other:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"
-            ))),
-        }
-    }
-
-    fn apply(self, xs: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::GeluErf => xs.gelu_erf()?,
-            Self::GeluTanh => xs.gelu()?,
-            Self::Relu => xs.relu()?,
-            Self::Silu => candle_nn::ops::silu(xs)?,
-        })
-    }
-}
-
 /// Bias-free projection, as every linear layer of the decoder.
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?))
@@ -142,10 +108,11 @@ impl SelfAttention {
         })
     }
 
-    /// The pass's new positions attending to themselves and every earlier one.
-    fn forward(&self, xs: &Tensor, cache: &mut KvCache, pass: &Pass) -> Result<Tensor> {
+    /// `residual` plus the pass's new positions `xs` (normalised) attending to themselves and
+    /// every earlier one.
+    fn forward(&self, xs: &Tensor, residual: &Tensor, cache: &mut KvCache, pass: &Pass) -> Result<Tensor> {
         let attended = attention::self_attention(&self.qkv.forward(xs)?, cache, pass, self.heads)?;
-        Ok(self.out.forward(&attended)?)
+        Ok(self.out.forward_add(&attended, residual)?)
     }
 }
 
@@ -178,12 +145,21 @@ impl CrossAttention {
         Ok(Tensor::stack(&[k, v], 0)?)
     }
 
-    /// `cache` and `pass` are the layer's self-attention's: they choose who attends.
-    fn forward(&self, xs: &Tensor, memory: &Memory, layer: usize, cache: &KvCache, pass: &Pass) -> Result<Tensor> {
+    /// `residual` plus `xs` (normalised) attending to the memory; `cache` and `pass` are the
+    /// layer's self-attention's: they choose who attends.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        memory: &Memory,
+        layer: usize,
+        cache: &KvCache,
+        pass: &Pass,
+    ) -> Result<Tensor> {
         let q = self.q.forward(xs)?;
         let attended =
             attention::cross_attention(&q, &memory.kv[layer], memory.mask.as_ref(), self.heads, cache, pass)?;
-        Ok(self.out.forward(&attended)?)
+        Ok(self.out.forward_add(&attended, residual)?)
     }
 }
 
@@ -229,6 +205,29 @@ impl DecoderLayer {
         })
     }
 
+    /// Every projection with int8 weights.
+    fn quantize(&mut self) -> Result<()> {
+        let attention = &mut self.self_attn;
+        (attention.qkv, attention.out) = (attention.qkv.quantize()?, attention.out.quantize()?);
+        if let Some((_, cross)) = &mut self.encoder_attn {
+            (cross.q, cross.k, cross.v, cross.out) =
+                (cross.q.quantize()?, cross.k.quantize()?, cross.v.quantize()?, cross.out.quantize()?);
+        }
+        (self.fc1, self.fc2) = (self.fc1.quantize()?, self.fc2.quantize()?);
+        Ok(())
+    }
+
+    /// Bytes of the weights a step reads: every projection but the cross-attention's keys and
+    /// values, which [`Decoder::start`] applies once per request.
+    fn step_weight_bytes(&self) -> usize {
+        let cross = self.encoder_attn.as_ref().map_or(0, |(_, c)| c.q.weight_bytes() + c.out.weight_bytes());
+        self.self_attn.qkv.weight_bytes()
+            + self.self_attn.out.weight_bytes()
+            + cross
+            + self.fc1.weight_bytes()
+            + self.fc2.weight_bytes()
+    }
+
     /// Layer `layer` of the decoder; `memory` is the request's when its layers cross-attend.
     fn forward(
         &self,
@@ -238,15 +237,13 @@ impl DecoderLayer {
         pass: &Pass,
         memory: Option<&Memory>,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(xs)?, cache, pass)?;
-        let mut xs = (xs + h)?;
+        let mut xs = self.self_attn.forward(&self.self_attn_layer_norm.forward(xs)?, xs, cache, pass)?;
         if let Some((layer_norm, encoder_attn)) = &self.encoder_attn {
             let memory = memory.ok_or_else(|| Error::Unsupported("cross-attention without a memory".into()))?;
-            let h = encoder_attn.forward(&layer_norm.forward(&xs)?, memory, layer, cache, pass)?;
-            xs = (xs + h)?;
+            xs = encoder_attn.forward(&layer_norm.forward(&xs)?, &xs, memory, layer, cache, pass)?;
         }
-        let h = self.activation.apply(&self.fc1.forward(&self.final_layer_norm.forward(&xs)?)?)?;
-        Ok((xs + self.fc2.forward(&h)?)?)
+        let h = self.fc1.forward_activated(&self.final_layer_norm.forward(&xs)?, self.activation)?;
+        Ok(self.fc2.forward_add(&h, &xs)?)
     }
 }
 
@@ -348,6 +345,11 @@ impl DecoderState {
     pub fn replays_graph(&self) -> bool {
         self.graph.is_ready()
     }
+
+    /// Kernels in the recorded step's CUDA graph: what one replayed step launches.
+    pub fn graph_kernels(&self) -> Option<usize> {
+        self.graph.kernels()
+    }
 }
 
 /// MusicGen's decoder with its K language-model heads.
@@ -429,6 +431,27 @@ impl Decoder {
         } else {
             self.dtype
         }
+    }
+
+    /// Stores every projection's weights as int8, per output channel (`crate::linear`), in
+    /// place: `--weights int8`. Embeddings, layer norms, caches and activations keep their dtype.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.quantize()?;
+        }
+        self.lm_heads = self.lm_heads.quantize()?;
+        Ok(())
+    }
+
+    /// Whether the projections hold int8 weights ([`Decoder::quantize_int8`]).
+    pub fn is_int8(&self) -> bool {
+        self.lm_heads.is_int8()
+    }
+
+    /// Bytes of weights one step reads (projections and heads; the embeddings' rows are noise):
+    /// what a step's time is bound by.
+    pub fn step_weight_bytes(&self) -> usize {
+        self.layers.iter().map(DecoderLayer::step_weight_bytes).sum::<usize>() + self.lm_heads.weight_bytes()
     }
 
     /// Chooses how later requests run their steps; [`StepMode::Graph`] needs a CUDA device.

@@ -105,6 +105,39 @@ impl From<DType> for candle_core::DType {
     }
 }
 
+/// How the decoder's projection weights are stored (`--weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// In the decoder's [`DType`].
+    #[default]
+    Dtype,
+    /// int8 with one scale per output feature, weight-only: half the bytes of bf16 for each
+    /// step to read, at a small cost in accuracy (docs/PERFORMANCE.md measures it). The
+    /// activations, layer norms and caches stay in the decoder's dtype.
+    Int8,
+}
+
+impl FromStr for Weights {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dtype" => Ok(Self::Dtype),
+            "int8" | "i8" => Ok(Self::Int8),
+            _ => Err(Error::invalid("weights", format!("unknown weight format {s:?}; use dtype or int8"))),
+        }
+    }
+}
+
+impl fmt::Display for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dtype => "dtype",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

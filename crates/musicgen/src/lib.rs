@@ -27,6 +27,11 @@ pub mod hub;
 mod linear;
 mod model;
 pub mod request;
+/// The PTX of `kernels/*.cu`, compiled by build.rs (one constant per file).
+#[cfg(feature = "cuda")]
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+}
 mod sampling;
 mod t5;
 mod tokenizer;
@@ -34,7 +39,7 @@ mod weights;
 
 pub use audio::{Audio, Normalize, SampleFormat};
 pub use config::MusicgenConfig;
-pub use device::{DType, DeviceSpec};
+pub use device::{DType, DeviceSpec, Weights};
 pub use error::{Error, Result};
 pub use model::{
     DeviceMemory, Generation, LoadOptions, ModelInfo, MusicGen, SharedParts, Step, StreamOptions, DEFAULT_CHUNK_SECS,
@@ -51,7 +56,8 @@ pub mod internals {
     pub use crate::decoder::{Conditioning, Decoder, StepMode};
     pub use crate::delay::DelayPattern;
     pub use crate::encodec::{DecodeStream, EncodecDecoder, EncodecEncoder};
-    pub use crate::linear::Linear;
+    pub use crate::linear::cuda_gemv::max_rows as gpu_gemv_max_rows;
+    pub use crate::linear::{Activation, Linear};
     pub use crate::sampling::{argmax, guide};
     pub use crate::t5::T5Encoder;
     pub use crate::tokenizer::Tokenizer;

@@ -17,7 +17,7 @@ use crate::audio::Audio;
 use crate::chroma::{ChromaConfig, ChromaExtractor};
 use crate::config::MusicgenConfig;
 use crate::decoder::{Decoder, StepMode};
-use crate::device::{DType, DeviceSpec};
+use crate::device::{DType, DeviceSpec, Weights};
 use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{Error, Result};
 use crate::request::{CancelToken, GenerationRequest, Progress, WINDOW_SECS};
@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub device: DeviceSpec,
     /// Precision of the decoder; the T5 encoder and EnCodec always run in f32.
     pub dtype: DType,
+    /// How the decoder's projection weights are stored: in `dtype`, or int8 (opt-in).
+    pub weights: Weights,
     /// On a GPU, launch every kernel of a decoder step from the host instead of replaying the
     /// step from a CUDA graph: slower, for comparisons and diagnosis. No effect on the CPU.
     pub eager: bool,
@@ -51,6 +53,13 @@ pub struct ModelInfo {
     pub id: String,
     pub device: String,
     pub dtype: String,
+    /// The decoder projections' storage: the dtype's name, or `int8` (absent from records of
+    /// workers older than int8 weights, which stored their dtype).
+    #[serde(default)]
+    pub weights: String,
+    /// Bytes of weights one decoder step reads: with the device's bandwidth, a step's floor.
+    #[serde(default)]
+    pub step_weight_bytes: usize,
     pub sample_rate: u32,
     pub audio_channels: usize,
     pub num_codebooks: usize,
@@ -287,6 +296,9 @@ impl MusicGen {
         if options.eager {
             decoder.set_step_mode(StepMode::Growing)?;
         }
+        if options.weights == Weights::Int8 {
+            decoder.quantize_int8()?;
+        }
         let (codec, audio_encoder) = match parts.codec {
             Some(lent) => lent,
             None => {
@@ -313,6 +325,11 @@ impl MusicGen {
             id,
             device: options.device.to_string(),
             dtype: options.dtype.to_string(),
+            weights: match options.weights {
+                Weights::Dtype => options.dtype.to_string(),
+                Weights::Int8 => "int8".into(),
+            },
+            step_weight_bytes: decoder.step_weight_bytes(),
             sample_rate: codec.sample_rate(),
             audio_channels: config.decoder.audio_channels,
             num_codebooks: config.decoder.num_codebooks,

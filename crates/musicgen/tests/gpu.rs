@@ -207,11 +207,12 @@ fn melody_decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
     }
 }
 
-/// Teacher-forced decoder on the GPU: fed transformers' text memory and token grid, the largest
-/// relative error of any step's logits against transformers' f32 logits.
-fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {
+/// Teacher-forced decoder on the GPU (int8 projections when `int8`): fed transformers' text
+/// memory and token grid, the largest relative error of any step's logits against transformers'
+/// f32 logits.
+fn decoder_logits_error(name: &str, device: &Device, dtype: DType, int8: bool) -> f32 {
     let (tensors, _) = reference(name);
-    let logits = teacher_forced_logits(name, device, dtype, StepMode::Graph, None, 0);
+    let logits = teacher_forced_logits(name, device, dtype, int8, StepMode::Graph, None, 0);
     logits
         .iter()
         .enumerate()
@@ -224,11 +225,13 @@ fn decoder_logits_error(name: &str, device: &Device, dtype: DType) -> f32 {
 
 /// Every step's logits of the teacher-forced decoder, run in `mode`, for all of the reference's
 /// prompts or only the one at `item`. With `prefill` > 0 the first `prefill` positions go in one
-/// `Decoder::prefill`, which gives one entry (the logits after its last position).
+/// `Decoder::prefill`, which gives one entry (the logits after its last position). `int8`
+/// quantises the projections (`--weights int8`).
 fn teacher_forced_logits(
     name: &str,
     device: &Device,
     dtype: DType,
+    int8: bool,
     mode: StepMode,
     item: Option<usize>,
     prefill: usize,
@@ -238,8 +241,13 @@ fn teacher_forced_logits(
     let cfg = checkpoint.config().decoder.clone();
     let vb = checkpoint.var_builder(dtype, device).unwrap();
     let mut decoder = Decoder::load(&cfg, vb.pp("decoder")).unwrap();
-    assert_eq!(decoder.step_mode(), StepMode::Graph, "a GPU decoder replays CUDA graphs by default");
-    decoder.set_step_mode(mode).unwrap();
+    if device.is_cuda() {
+        assert_eq!(decoder.step_mode(), StepMode::Graph, "a GPU decoder replays CUDA graphs by default");
+        decoder.set_step_mode(mode).unwrap();
+    }
+    if int8 {
+        decoder.quantize_int8().unwrap();
+    }
 
     let mut memory = tensors["projected_encoder_hidden_states"].to_device(device).unwrap();
     let mut mask = tensors["attention_mask"].to_device(device).unwrap();
@@ -293,9 +301,9 @@ fn graph_replay_computes_what_kernel_by_kernel_steps_compute() {
         let lengths = tensors["attention_mask"].to_dtype(DType::F32).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
         let longest = (0..lengths.len()).max_by(|&a, &b| lengths[a].total_cmp(&lengths[b])).unwrap();
         for item in [None, Some(longest)] {
-            let growing = teacher_forced_logits(name, &device, DType::F32, StepMode::Growing, item, 0);
+            let growing = teacher_forced_logits(name, &device, DType::F32, false, StepMode::Growing, item, 0);
             for mode in [StepMode::Fixed, StepMode::Graph] {
-                let got = teacher_forced_logits(name, &device, DType::F32, mode, item, 0);
+                let got = teacher_forced_logits(name, &device, DType::F32, false, mode, item, 0);
                 let err = got.iter().zip(&growing).map(|(a, b)| relative_error(a, b)).fold(0f32, f32::max);
                 eprintln!("{name} {item:?}: GPU f32 {mode:?} steps (fused attention) vs growing cache: max relative error {err:e}");
                 assert!(err <= 1e-5, "{name} {item:?}: {mode:?} steps differ from the growing cache by {err}");
@@ -320,8 +328,8 @@ fn prefill_then_steps_compute_what_steps_alone_compute() {
         let prefill = steps / 2;
         for (dtype, tolerance) in [(DType::F32, 1e-5f32), (DType::BF16, 5e-2)] {
             for mode in [StepMode::Fixed, StepMode::Graph] {
-                let alone = teacher_forced_logits(name, &device, dtype, mode, None, 0);
-                let got = teacher_forced_logits(name, &device, dtype, mode, None, prefill);
+                let alone = teacher_forced_logits(name, &device, dtype, false, mode, None, 0);
+                let got = teacher_forced_logits(name, &device, dtype, false, mode, None, prefill);
                 let err = got.iter().zip(&alone[prefill - 1..]).map(|(a, b)| relative_error(a, b)).fold(0f32, f32::max);
                 eprintln!(
                     "{name}: GPU {dtype:?} {mode:?}, prefill {prefill} then steps vs steps: max relative error {err:e}"
@@ -337,12 +345,85 @@ fn decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
     let Some(device) = gpu() else { return };
     for name in FIXTURES {
         for (dtype, tolerance) in [(DType::F32, 1e-4f32), (DType::F16, 1e-2), (DType::BF16, 5e-2)] {
-            let err = decoder_logits_error(name, &device, dtype);
+            let err = decoder_logits_error(name, &device, dtype, false);
             eprintln!(
                 "{name}: GPU {dtype:?} decoder logits, teacher-forced: max relative error {err:e} (<= {tolerance:e})"
             );
             assert!(err <= tolerance, "{name}: GPU {dtype:?} logits relative error {err} over {tolerance}");
         }
+    }
+}
+
+/// The few-row kernel (`kernels/gemv.cu`, through `Linear`) against the f32 product of the very
+/// weights it reads (rounded, or dequantised) and the same activations: dense f32, f16 and bf16
+/// weights, int8 weights with each activation dtype, every tile size, several tiles, outputs that
+/// no block divides, and each epilogue. Row counts past the kernel's take cuBLAS or a dequantised
+/// matrix, which must agree too.
+#[test]
+fn few_row_products_on_the_gpu_match_f32_products() {
+    use musicgen::internals::Linear;
+    let Some(device) = gpu() else { return };
+    let (out_dim, in_dim) = (203, 272);
+    let weight = Tensor::randn(0f32, 0.05, (out_dim, in_dim), &Device::Cpu).unwrap();
+    let cases = [
+        (DType::F32, false, DType::F32, 1e-5f32),
+        (DType::F16, false, DType::F16, 2e-3),
+        (DType::BF16, false, DType::BF16, 1.6e-2),
+        (DType::F32, true, DType::F32, 1e-5),
+        (DType::F16, true, DType::F16, 2e-3),
+        (DType::BF16, true, DType::BF16, 1.6e-2),
+    ];
+    for (weights, int8, activations, bound) in cases {
+        let mut layer = Linear::new(weight.to_dtype(weights).unwrap().to_device(&device).unwrap());
+        if int8 {
+            layer = layer.quantize().unwrap();
+        }
+        let exact = layer.dense_weight(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+        for rows in [1, 2, 3, 5, 8, 9, 16, 17, 64, 130] {
+            let xs = Tensor::randn(0f32, 1.0, (rows, 1, in_dim), &device).unwrap().to_dtype(activations).unwrap();
+            let residual =
+                Tensor::randn(0f32, 1.0, (rows, 1, out_dim), &device).unwrap().to_dtype(activations).unwrap();
+            let host = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+            let product = host(&xs).reshape((rows, in_dim)).unwrap().matmul(&exact.t().unwrap()).unwrap();
+            let product = product.reshape((rows, 1, out_dim)).unwrap();
+            let checks = [
+                ("product", layer.forward(&xs).unwrap(), product.clone()),
+                ("residual add", layer.forward_add(&xs, &residual).unwrap(), (host(&residual) + &product).unwrap()),
+                (
+                    "gelu",
+                    layer.forward_activated(&xs, musicgen::internals::Activation::GeluErf).unwrap(),
+                    product.gelu_erf().unwrap(),
+                ),
+            ];
+            for (what, got, want) in checks {
+                assert_eq!((got.dtype(), got.dims()), (activations, want.dims()), "{what}");
+                let err = util::tensor_relative_error(&host(&got), &want);
+                assert!(
+                    err <= bound,
+                    "{weights:?} weights (int8 {int8}), {activations:?} activations, {rows} rows, {what}: {err} > {bound}"
+                );
+            }
+        }
+    }
+}
+
+/// int8 projections on the GPU compute what they compute on the CPU (the same codes: they are
+/// made on the host from the same weights), and with bf16 activations stay within bf16's bound
+/// of transformers' f32 logits.
+#[test]
+fn int8_decoder_on_the_gpu_matches_the_cpu() {
+    let Some(device) = gpu() else { return };
+    for name in FIXTURES {
+        let gpu = teacher_forced_logits(name, &device, DType::F32, true, StepMode::Graph, None, 0);
+        let cpu = teacher_forced_logits(name, &Device::Cpu, DType::F32, true, StepMode::Growing, None, 0);
+        let err = gpu.iter().zip(&cpu).map(|(g, c)| relative_error(g, c)).fold(0f32, f32::max);
+        eprintln!("{name}: int8 decoder, GPU against CPU: logits max relative error {err:e}");
+        assert!(err <= 1e-4, "{name}: int8 GPU logits differ from the CPU's by {err}");
+        let err = decoder_logits_error(name, &device, DType::BF16, true);
+        eprintln!(
+            "{name}: int8 decoder, bf16 activations on the GPU: logits relative error {err:e} against transformers"
+        );
+        assert!(err <= 5e-2, "{name}: int8 bf16 GPU logits relative error {err}");
     }
 }
 

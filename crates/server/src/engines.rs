@@ -104,7 +104,12 @@ impl Engines {
             }
         }
         let lenders: Vec<&MusicGen> = self.slots.iter().filter_map(|slot| slot.engine.as_ref()).collect();
-        tracing::info!("loading model {model} on {} ({})", self.options.device, self.options.dtype);
+        tracing::info!(
+            "loading model {model} on {} ({}, {} weights)",
+            self.options.device,
+            self.options.dtype,
+            self.options.weights
+        );
         let engine = MusicGen::load_sharing(model, &self.options, &lenders)
             .map_err(|source| LoadError::Engine { model: model.to_string(), source })?;
         for lender in &lenders {

@@ -100,6 +100,8 @@ pub struct WorkerSettings {
     /// One worker thread per device, each with its own copy of the models.
     pub devices: Vec<DeviceSpec>,
     pub dtype: DType,
+    /// How the decoders' weights are stored (`--weights`).
+    pub weights: musicgen::Weights,
     /// Jobs of equal duration (and continuation) generated together.
     pub max_batch: usize,
 }
@@ -320,6 +322,7 @@ async fn start_workers(
             LoadOptions {
                 device: *device,
                 dtype: settings.dtype,
+                weights: settings.weights,
                 on_download: Some(log_downloads()),
                 ..LoadOptions::default()
             },

@@ -45,6 +45,22 @@ pub fn summarise(
         steps_per_s: if ms_per_step > 0.0 { 1e3 / ms_per_step } else { 0.0 },
         encodec_s: m(|r| r.phases.encodec_s),
         total_s,
+        weights: info.weights.clone(),
+        graph_kernels_per_step: runs.iter().find_map(|r| r.phases.graph_kernels),
+        weight_read_gb_s: {
+            let step_s = m(|r| r.phases.median_step_ms) / 1e3;
+            if step_s > 0.0 {
+                info.step_weight_bytes as f64 / step_s / 1e9
+            } else {
+                0.0
+            }
+        },
+        gemv_max_rows: match device {
+            DeviceSpec::Cpu => [0, 0],
+            DeviceSpec::Cuda(_) => {
+                [musicgen::internals::gpu_gemv_max_rows(false), musicgen::internals::gpu_gemv_max_rows(true)]
+            }
+        },
         first_audio_s: args.stream.map(|_| m(|r| r.phases.first_audio_s.unwrap_or(f64::NAN))),
         stream_lead_s: args
             .stream
@@ -67,11 +83,12 @@ pub fn human(r: &BenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "dgx-music bench: {}{}, {} {}, batch {}, {} s of audio ({} frames, {} steps), median of {} run{}",
+        "dgx-music bench: {}{}, {} {}{}, batch {}, {} s of audio ({} frames, {} steps), median of {} run{}",
         r.model,
         if r.random_weights { " (random weights)" } else { "" },
         r.device,
         r.dtype,
+        if r.weights == "int8" { " (int8 weights)" } else { "" },
         r.batch,
         r.duration_s,
         r.frames,
@@ -86,7 +103,10 @@ pub fn human(r: &BenchReport) -> String {
     row(
         "decoder steps",
         match r.model_info.step_mode.as_str() {
-            "graph" => "replayed as a CUDA graph (--eager: kernel by kernel)".to_string(),
+            "graph" => match r.graph_kernels_per_step {
+                Some(kernels) => format!("replayed as a CUDA graph of {kernels} kernels (--eager: kernel by kernel)"),
+                None => "replayed as a CUDA graph (--eager: kernel by kernel)".to_string(),
+            },
             other => format!("{other} cache, kernel by kernel"),
         },
     );
@@ -95,8 +115,8 @@ pub fn human(r: &BenchReport) -> String {
     row(
         "decoder",
         format!(
-            "{:.2} s: {:.2} ms/step, {:.0} steps/s (median step {:.2} ms)",
-            r.decoder_s, r.ms_per_step, r.steps_per_s, r.median_step_ms
+            "{:.2} s: {:.2} ms/step, {:.0} steps/s (median step {:.2} ms, weights read at {:.0} GB/s)",
+            r.decoder_s, r.ms_per_step, r.steps_per_s, r.median_step_ms, r.weight_read_gb_s
         ),
     );
     row("EnCodec", format!("{:.3} s", r.encodec_s));

@@ -31,6 +31,8 @@ pub struct Phases {
     /// Streamed runs: the least time by which a piece arrived before playback, started at the
     /// first piece, would have needed it; negative means a listener would hear a gap.
     pub stream_lead_s: Option<f64>,
+    /// Kernels one replayed decoder step launches (its CUDA graph's); none on the CPU.
+    pub graph_kernels: Option<usize>,
 }
 
 impl Phases {
@@ -78,6 +80,7 @@ pub fn timed_generation(
         take(&mut generation)?;
     }
     let decoded = Instant::now();
+    let graph_kernels = generation.graph_kernels();
     while take(&mut generation)? {}
     let audio = generation.finish()?;
     let done = Instant::now();
@@ -91,6 +94,7 @@ pub fn timed_generation(
         total_s: done.duration_since(started).as_secs_f64(),
         first_audio_s: pieces.first,
         stream_lead_s: pieces.lead,
+        graph_kernels,
     };
     Ok((phases, audio))
 }

@@ -1,5 +1,5 @@
 //! The x86-64 kernels for CPUs with AVX2, FMA and F16C ([`super::has_avx2`]): each element
-//! format widened 8 at a time into the fused multiply-adds. Callers check the CPU first; the
+//! format (int8 weights included) widened 8 at a time into the fused multiply-adds. Callers check the CPU first; the
 //! portable loops beside each caller compute the same sums (up to summation order).
 
 use std::arch::x86_64::*;
@@ -17,7 +17,7 @@ pub(super) const HEAD_DIM: usize = 64;
 const PREFETCH_AHEAD: usize = 4096;
 
 /// 8 elements from `at` as f32: f32 loaded, bf16 bits shifted into the top half of each lane,
-/// f16 by F16C's conversion.
+/// f16 by F16C's conversion, int8 sign-extended to 32 bits and converted (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn load8<E: Element>(at: *const E) -> __m256 {
@@ -27,6 +27,7 @@ unsafe fn load8<E: Element>(at: *const E) -> __m256 {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(at as *const __m128i))))
         }
         Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i)),
+        Format::I8 => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at as *const __m128i))),
     }
 }
 

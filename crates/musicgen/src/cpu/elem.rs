@@ -1,4 +1,5 @@
-//! The element formats the CPU kernels read: f32, and bf16 and f16 widened to f32 as read.
+//! The element formats the CPU kernels read: f32, and bf16, f16 and int8 widened to f32 as read
+//! (int8 weights carry a scale per output feature that the caller applies to the sums).
 
 use half::{bf16, f16};
 
@@ -8,6 +9,7 @@ pub(crate) enum Format {
     F32,
     Bf16,
     F16,
+    I8,
 }
 
 /// What weights, caches and memories hold: f32 (cross-attention keys and values, f32 weights)
@@ -48,6 +50,18 @@ impl Element for f16 {
     }
     fn from_f32(value: f32) -> Self {
         f16::from_f32(value)
+    }
+}
+
+/// int8 weight codes (`crate::linear`'s quantisation): exact in f32.
+impl Element for i8 {
+    const FORMAT: Format = Format::I8;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn from_f32(value: f32) -> Self {
+        value.round().clamp(-127.0, 127.0) as i8
     }
 }
 

@@ -156,6 +156,19 @@ mod tests {
         (0..len).map(|i| ((i as f32 * 0.618 + seed as f32) * 12.9898).sin()).collect()
     }
 
+    /// The weights' magnitude: int8 codes spread over their whole range, floats within ±1.
+    fn spread<E: Element>() -> f32 {
+        if E::FORMAT == crate::cpu::elem::Format::I8 {
+            127.0
+        } else {
+            1.0
+        }
+    }
+
+    fn weights<E: Element>(len: usize, seed: u32) -> Vec<E> {
+        random(len, seed).into_iter().map(|v| E::from_f32(v * spread::<E>())).collect()
+    }
+
     #[test]
     fn portable_loops_match_the_dispatched_ones() {
         // On an AVX2 machine or on aarch64 (NEON; CI runs it under qemu) the dispatched loops
@@ -163,20 +176,25 @@ mod tests {
         // themselves.
         fn check<E: Element>() {
             let (out_dim, in_dim) = (10, 1000);
-            let weight: Vec<E> = random(out_dim * in_dim, 1).into_iter().map(E::from_f32).collect();
+            let weight: Vec<E> = weights(out_dim * in_dim, 1);
             for rows in 1..=MAX_ROWS {
                 let xs = random(rows * in_dim, rows as u32 + 2);
                 let (mut a, mut b) = (vec![0f32; rows * out_dim], vec![0f32; rows * out_dim]);
                 widened_block(&weight, &xs, rows, in_dim, &mut a);
                 portable_block(&weight, &xs, rows, in_dim, &mut b);
                 for (x, y) in a.iter().zip(&b) {
-                    assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{:?} {rows} rows: {x} vs {y}", E::FORMAT);
+                    assert!(
+                        (x - y).abs() <= 1e-4 * y.abs().max(spread::<E>()),
+                        "{:?} {rows} rows: {x} vs {y}",
+                        E::FORMAT
+                    );
                 }
             }
         }
         check::<bf16>();
         check::<f16>();
         check::<f32>();
+        check::<i8>();
     }
 
     #[test]
@@ -185,7 +203,7 @@ mod tests {
         // and a tail that no vector width divides (in_dim 1000).
         fn check<E: Element>(product: fn(&[E], &[f32], usize, usize) -> Vec<f32>) {
             let (out_dim, in_dim) = (3 * OUTPUTS_PER_TASK + 5, 1000);
-            let weight: Vec<E> = random(out_dim * in_dim, 7).into_iter().map(E::from_f32).collect();
+            let weight: Vec<E> = weights(out_dim * in_dim, 7);
             for rows in [1, 4, 5, MAX_ROWS] {
                 let xs = random(rows * in_dim, rows as u32);
                 let got = product(&weight, &xs, rows, in_dim);
@@ -196,7 +214,7 @@ mod tests {
                         (0..in_dim).map(|i| weight[o * in_dim + i].to_f32() as f64 * xs[r * in_dim + i] as f64).sum();
                     let gap = (got as f64 - want).abs();
                     assert!(
-                        gap <= 1e-4 * want.abs().max(1.0),
+                        gap <= 1e-4 * want.abs().max(spread::<E>() as f64),
                         "{:?} {rows} rows, ({r}, {o}): {got} vs {want}",
                         E::FORMAT
                     );
@@ -206,5 +224,6 @@ mod tests {
         check::<f32>(product_f32);
         check::<bf16>(product_widened);
         check::<f16>(product_widened);
+        check::<i8>(product_widened);
     }
 }

@@ -16,7 +16,8 @@ use super::elem::{Element, Format};
 pub(super) const HEAD_DIM: usize = 64;
 
 /// 4 elements from `at` as f32: f32 loaded, bf16 bits shifted into the top half of each lane,
-/// f16 converted by `FCVTL` (Rust's f16 vector types are not stable, so through `asm!`).
+/// f16 converted by `FCVTL` (Rust's f16 vector types are not stable, so through `asm!`), int8
+/// sign-extended and converted.
 #[target_feature(enable = "neon")]
 #[inline]
 unsafe fn load4<E: Element>(at: *const E) -> float32x4_t {
@@ -29,6 +30,12 @@ unsafe fn load4<E: Element>(at: *const E) -> float32x4_t {
             asm!("fcvtl {wide:v}.4s, {half:v}.4h", half = in(vreg) half, wide = lateout(vreg) wide,
                  options(pure, nomem, nostack, preserves_flags));
             wide
+        }
+        Format::I8 => {
+            // Four bytes, sign-extended twice (8 to 16 to 32 bits) and converted: exact.
+            let bytes = (at as *const u32).read_unaligned();
+            let wide = vmovl_s8(vcreate_s8(bytes as u64));
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)))
         }
     }
 }

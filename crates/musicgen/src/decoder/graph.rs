@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 pub(super) enum StepGraph {
     /// Record after the next eager step.
     Pending,
-    Ready(CudaGraph),
+    /// The graph and the kernels in it: a step's launches, the figure kernel fusion lowers.
+    Ready(CudaGraph, usize),
     /// Not recording: graphs were not asked for, or recording failed and steps run eagerly.
     Off,
 }
@@ -30,7 +31,7 @@ impl std::fmt::Debug for StepGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Pending => "Pending",
-            Self::Ready(_) => "Ready",
+            Self::Ready(..) => "Ready",
             Self::Off => "Off",
         })
     }
@@ -46,7 +47,15 @@ impl StepGraph {
     }
 
     pub(super) fn is_ready(&self) -> bool {
-        matches!(self, Self::Ready(_))
+        matches!(self, Self::Ready(..))
+    }
+
+    /// Kernels per replayed step, once recorded.
+    pub(super) fn kernels(&self) -> Option<usize> {
+        match self {
+            Self::Ready(_, kernels) => Some(*kernels),
+            _ => None,
+        }
     }
 
     /// Runs one step: replays the graph, or runs `forward` eagerly and, the first time, records
@@ -56,13 +65,17 @@ impl StepGraph {
             return forward();
         };
         match self {
-            Self::Ready(graph) => Ok(graph.launch().map_err(driver_error)?),
+            Self::Ready(graph, _) => Ok(graph.launch().map_err(driver_error)?),
             Self::Off => forward(),
             Self::Pending => {
                 let _cache = cuda.enable_cuda_graph_htod_cache();
                 forward()?;
                 *self = match record(cuda, forward) {
-                    Ok(graph) => Self::Ready(graph),
+                    Ok(graph) => {
+                        let kernels = kernel_count(&graph);
+                        tracing::debug!("decoder step recorded as a CUDA graph of {kernels} kernels");
+                        Self::Ready(graph, kernels)
+                    }
                     Err(e) => {
                         tracing::warn!(
                             "could not record the decoder step as a CUDA graph ({e}); running kernels one by one"
@@ -90,6 +103,32 @@ fn record(cuda: &candle_core::CudaDevice, forward: &mut dyn FnMut() -> Result<()
     // Uploading now moves the one-time setup out of the first replay.
     graph.upload().map_err(driver_error)?;
     Ok(graph)
+}
+
+/// The kernel nodes of `graph` (0 if the driver will not say).
+fn kernel_count(graph: &CudaGraph) -> usize {
+    use candle_core::cuda::cudarc::driver::sys;
+    let mut count = 0usize;
+    // SAFETY: the graph is alive; the first call only reports the node count, the second fills
+    // exactly that many handles, and each handle is only asked its type.
+    unsafe {
+        if sys::cuGraphGetNodes(graph.cu_graph(), std::ptr::null_mut(), &mut count) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+        let mut nodes = vec![std::ptr::null_mut(); count];
+        if sys::cuGraphGetNodes(graph.cu_graph(), nodes.as_mut_ptr(), &mut count) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+        nodes
+            .iter()
+            .take(count)
+            .filter(|&&node| {
+                let mut kind = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+                sys::cuGraphNodeGetType(node, &mut kind) == sys::CUresult::CUDA_SUCCESS
+                    && kind == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL
+            })
+            .count()
+    }
 }
 
 /// Copies `values` into the CUDA buffer of the contiguous u32 tensor `dst`, in stream order.

@@ -233,6 +233,12 @@ impl<'m> Generation<'m> {
         self.total_steps
     }
 
+    /// Kernels one replayed decoder step launches (its CUDA graph's), once a window has
+    /// recorded it; `None` on the CPU or before.
+    pub fn graph_kernels(&self) -> Option<usize> {
+        self.window.state.graph_kernels()
+    }
+
     pub fn steps_done(&self) -> usize {
         self.steps_done
     }

@@ -13,6 +13,7 @@ mod continuation;
 mod decoder;
 mod encodec;
 mod generate;
+mod int8;
 mod melody;
 mod sharing;
 mod stream;

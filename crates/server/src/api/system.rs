@@ -26,6 +26,8 @@ pub struct Health {
     /// The default model's device, e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
     pub device: Option<String>,
     pub dtype: Option<String>,
+    /// How the default model's decoder weights are stored: its dtype's name, or "int8" (`--weights`).
+    pub weights: Option<String>,
     /// Jobs waiting to run.
     pub queue_depth: u64,
     /// Jobs being generated now.
@@ -48,6 +50,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         models: models.ids().iter().map(|id| public_model_id(id)).collect(),
         device: default.map(|model| model.device.clone()),
         dtype: default.map(|model| model.dtype.clone()),
+        weights: default.map(|model| model.weights.clone()),
         queue_depth: counts.get(&JobStatus::Queued).copied().unwrap_or(0),
         running: counts.get(&JobStatus::Running).copied().unwrap_or(0),
     }))
@@ -78,6 +81,8 @@ pub struct ModelEntry {
     pub parameters: u64,
     pub device: String,
     pub dtype: String,
+    /// How the decoder's weights are stored: the dtype's name, or "int8" (`--weights int8`).
+    pub weights: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -104,6 +109,7 @@ pub async fn models(State(state): State<AppState>) -> Json<Models> {
         parameters: m.parameters as u64,
         device: m.device.clone(),
         dtype: m.dtype.clone(),
+        weights: m.weights.clone(),
     });
     Json(Models { models: entries.collect() })
 }

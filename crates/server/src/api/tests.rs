@@ -69,6 +69,8 @@ fn tiny_model(id: &str, audio_channels: usize, melody: bool) -> ModelInfo {
         id: id.into(),
         device: "cpu".into(),
         dtype: "f32".into(),
+        weights: "f32".into(),
+        step_weight_bytes: 0,
         sample_rate: 32000,
         audio_channels,
         num_codebooks: 4 * audio_channels,

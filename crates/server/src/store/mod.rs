@@ -341,6 +341,8 @@ pub(crate) fn model_info(id: &str) -> ModelInfo {
         id: id.into(),
         device: "cpu".into(),
         dtype: "f32".into(),
+        weights: "f32".into(),
+        step_weight_bytes: 0,
         sample_rate: 32_000,
         audio_channels: 1,
         num_codebooks: 4,

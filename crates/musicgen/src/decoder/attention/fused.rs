@@ -11,10 +11,6 @@ use candle_core::cuda::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg}
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
-mod ptx {
-    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
-}
-
 /// Threads per block, as `THREADS` in the kernel.
 const THREADS: usize = 256;
 
@@ -128,7 +124,7 @@ impl SelfAttentionStep {
         let func = device.get_or_load_custom_func(
             &kernel_name("self_attention_step", T::DTYPE)?,
             "musicgen_attention",
-            ptx::ATTENTION,
+            crate::ptx::ATTENTION,
         )?;
         let mut launch = func.builder();
         let (rows_i, heads_i, head_dim_i, max_len_i) = (rows as i32, heads as i32, head_dim as i32, max_len as i32);
@@ -211,7 +207,7 @@ impl CrossAttentionStep {
         let func = device.get_or_load_custom_func(
             &kernel_name("cross_attention_step", T::DTYPE)?,
             "musicgen_attention",
-            ptx::ATTENTION,
+            crate::ptx::ATTENTION,
         )?;
         let mut launch = func.builder();
         let null: u64 = 0;
