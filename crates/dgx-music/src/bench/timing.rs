@@ -162,6 +162,7 @@ mod tests {
             total_s: 1.0,
             first_audio_s: None,
             stream_lead_s: None,
+            graph_kernels: None,
         };
         assert!((p.ms_per_step() - 2.0).abs() < 1e-12);
         assert_eq!(Phases { steps: 0, ..p }.ms_per_step(), 0.0);
