@@ -4,7 +4,7 @@
 Same work as our bench: random weights of the published architecture (tools/musicgen-arch/*.json),
 classifier-free guidance 3, top-k 250 sampling, 16 s of audio (800 frames = 803 decoder steps
 with the 4-codebook delay pattern), text encoding and EnCodec decoding included. Each case gets a
-short warm-up generation, then `--runs` timed ones bracketed by torch.cuda.synchronize(); the
+short warm-up generation, then `--runs` timed ones bracketed by torch.cuda.synchronize() (on the GPU); the
 median is reported. Prints one JSON object per case as it finishes (prefixed `case:`) and one JSON
 object with everything last.
 
@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=12, help="length of the (random) text prompt")
     ap.add_argument("--budget", type=float, default=0.0, help="stop starting cases after this many seconds (0: no limit)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu, for the CPU side by side")
     args = ap.parse_args()
 
     import torch
@@ -50,8 +51,14 @@ def main():
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration
     from transformers import MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
 
-    if not torch.cuda.is_available():
-        sys.exit("bench_transformers: torch sees no CUDA GPU")
+    on_gpu = args.device != "cpu"
+    if on_gpu and not torch.cuda.is_available():
+        sys.exit("bench_transformers: torch sees no CUDA GPU (use --device cpu for the CPU)")
+
+    def synchronize():
+        if on_gpu:
+            torch.cuda.synchronize()
+
     cases = parse_cases(args.cases)
     melody = args.model.startswith("melody")
     config_class, model_class = (
@@ -65,7 +72,7 @@ def main():
     codebooks = config.decoder.num_codebooks
     frames = round(args.duration * FRAME_RATE)
     steps = frames + codebooks - 1
-    device = torch.device("cuda")
+    device = torch.device("cuda" if on_gpu else "cpu")
     started = time.monotonic()
     results = []
 
@@ -73,13 +80,14 @@ def main():
         if args.budget and time.monotonic() - started > args.budget:
             results.append({"dtype": dtype_name, "batch": batch, "skipped": "time budget spent"})
             continue
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         # Module.to casts in place: later cases start from the previous case's rounding of the same
         # random weights, which changes no timing.
         model = base.to(device=device, dtype=getattr(torch, DTYPES[dtype_name]))
-        torch.cuda.synchronize()
+        synchronize()
         load_s = time.perf_counter() - t0
         ids = torch.randint(2, config.text_encoder.vocab_size, (batch, args.prompt_tokens), device=device)
         mask = torch.ones_like(ids)
@@ -98,14 +106,14 @@ def main():
                 )
 
         generate(16)  # warm-up: cuBLAS handles, kernel loads, allocator pools
-        torch.cuda.synchronize()
+        synchronize()
         times = []
         audio_shape = None
         for _ in range(args.runs):
-            torch.cuda.synchronize()
+            synchronize()
             t = time.perf_counter()
             audio = generate(steps)
-            torch.cuda.synchronize()
+            synchronize()
             times.append(time.perf_counter() - t)
             audio_shape = list(audio.shape)
         median = statistics.median(times)
@@ -122,7 +130,7 @@ def main():
             "audio_seconds": audio_s,
             "real_time_factor": audio_s / median,
             "aggregate_real_time_factor": batch * audio_s / median,
-            "peak_gpu_bytes": torch.cuda.max_memory_allocated(),
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if on_gpu else None,
             "to_device_s": load_s,
         }
         results.append(result)
@@ -133,7 +141,9 @@ def main():
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu": torch.cuda.get_device_name(0) if on_gpu else None,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
         "model": args.model,
         "architecture": f"tools/musicgen-arch/{args.model}.json (random weights)",
         "duration_s": args.duration,
