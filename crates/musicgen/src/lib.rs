@@ -53,7 +53,7 @@ pub use weights::Checkpoint;
 pub mod internals {
     pub use crate::chroma::{ChromaConfig, ChromaExtractor};
     pub use crate::config::{DecoderConfig, EncodecConfig};
-    pub use crate::decoder::{Conditioning, Decoder, StepMode};
+    pub use crate::decoder::{Conditioning, Decoder, DecoderState, StepMode};
     pub use crate::delay::DelayPattern;
     pub use crate::encodec::{DecodeStream, EncodecDecoder, EncodecEncoder};
     pub use crate::linear::cuda_gemv::max_rows as gpu_gemv_max_rows;
@@ -62,4 +62,14 @@ pub mod internals {
     pub use crate::t5::T5Encoder;
     pub use crate::tokenizer::Tokenizer;
     pub use crate::weights::WeightFormat;
+
+    /// A published architecture's configuration (`small`, `medium`, `large`, `melody`, ...).
+    pub fn architecture(name: &str) -> crate::Result<crate::MusicgenConfig> {
+        crate::model::architecture_config(name)
+    }
+
+    /// The random weights of `MusicGen::random`, for any module of an architecture.
+    pub fn random_weights(dtype: candle_core::DType, device: &candle_core::Device) -> candle_nn::VarBuilder<'static> {
+        crate::model::random::RandomWeights::new(0).var_builder(dtype, device)
+    }
 }

@@ -25,6 +25,11 @@ use crate::t5::T5Encoder;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Checkpoint, Fingerprint};
 
+/// A published architecture's configuration, as [`MusicGen::random`] builds it.
+pub(crate) fn architecture_config(name: &str) -> Result<MusicgenConfig> {
+    architecture::config(name)
+}
+
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {

@@ -11,31 +11,42 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
 use super::Activation;
 
-/// Output features per block (one warp each) and rows per block, as `WARPS` and `TILE` in the kernel.
+/// Output features per block (one warp each), as `WARPS` in the kernel.
 const WARPS: usize = 8;
+/// Rows per block: more rows come in tiles of this many, each tile reading the weights again
+/// (from L2). The kernel has instances for 1 to 8; `DGX_GEMV_TILE` overrides it, for measuring.
 const TILE: usize = 8;
 
 /// Up to how many rows the kernel beats cuBLAS for dense weights, and for int8 weights (whose
 /// alternative is dequantising the matrix for every product). Measured on an H200
 /// (docs/PERFORMANCE.md); `DGX_GEMV_MAX_ROWS` overrides both, 0 turning the kernels off, for
 /// comparisons and diagnosis.
-const DENSE_MAX_ROWS: usize = 16;
+const DENSE_MAX_ROWS: usize = 4;
 const INT8_MAX_ROWS: usize = 128;
+
+/// A row count from the environment variable `name`, if set to one within `range`.
+fn rows_from_env(name: &str, range: std::ops::RangeInclusive<usize>) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(rows) if range.contains(&rows) => Some(rows),
+        _ => {
+            tracing::warn!("{name}={value:?} is not a row count in {range:?}; using the measured default");
+            None
+        }
+    }
+}
 
 /// The largest row count the kernel takes for dense (`int8` false) or int8 weights.
 pub fn max_rows(int8: bool) -> usize {
     static OVERRIDE: OnceLock<Option<usize>> = OnceLock::new();
-    let override_rows = *OVERRIDE.get_or_init(|| {
-        let value = std::env::var("DGX_GEMV_MAX_ROWS").ok()?;
-        match value.trim().parse() {
-            Ok(rows) => Some(rows),
-            Err(_) => {
-                tracing::warn!("DGX_GEMV_MAX_ROWS={value:?} is not a row count; using the measured defaults");
-                None
-            }
-        }
-    });
+    let override_rows = *OVERRIDE.get_or_init(|| rows_from_env("DGX_GEMV_MAX_ROWS", 0..=usize::MAX));
     override_rows.unwrap_or(if int8 { INT8_MAX_ROWS } else { DENSE_MAX_ROWS })
+}
+
+/// Rows per block (see [`TILE`]).
+fn tile() -> usize {
+    static OVERRIDE: OnceLock<Option<usize>> = OnceLock::new();
+    OVERRIDE.get_or_init(|| rows_from_env("DGX_GEMV_TILE", 1..=8)).unwrap_or(TILE)
 }
 
 /// Whether the kernel takes a product of `rows` rows of `in_dim` activations of dtype `xs`
@@ -138,7 +149,7 @@ impl Gemv {
             }
             None => None,
         };
-        let tile = rows.min(TILE);
+        let tile = rows.min(tile());
         let func = device.get_or_load_custom_func(
             &kernel_name(W::DTYPE, X::DTYPE, tile)?,
             "musicgen_gemv",

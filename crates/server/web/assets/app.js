@@ -67,7 +67,7 @@ async function refreshHealth() {
     showStatus(
       'ok',
       `${formatModel(health.model)} · ${formatDevice(health.device)} · ${queue}`,
-      `Model ${health.model}, device ${health.device}, ${health.dtype ?? ''} — dgx-music ${health.version ?? ''}`,
+      `Model ${health.model}, device ${health.device}, ${health.dtype ?? ''}${health.weights === 'int8' ? ' with int8 weights' : ''} — dgx-music ${health.version ?? ''}`,
     );
   } catch (error) {
     showStatus('down', plainWords(error));
