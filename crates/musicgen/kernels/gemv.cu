@@ -10,9 +10,9 @@
 // quantisation: the activations keep their own type). The epilogue applies the FFN activation
 // or adds the residual, saving the separate elementwise kernel and its round trip to memory.
 //
-// Rows come in tiles of at most TILE per block (grid.x), the tiles of one block of outputs
-// launched side by side (grid.x varies fastest) so that the weights a second tile reads are
-// still in L2. Requires 16-byte aligned rows: in_dim a multiple of the elements per load of
+// Rows come in tiles of R per block (grid.x; the caller picks R, 1 to 8), the tiles of one block
+// of outputs launched side by side (grid.x varies fastest) so that the weights a second tile
+// reads are still in L2. Requires 16-byte aligned rows: in_dim a multiple of the elements per load of
 // both the weights and the activations.
 
 #include <cuda_bf16.h>
@@ -20,7 +20,6 @@
 #include <stdint.h>
 
 #define WARPS 8
-#define TILE 8
 // Weight loads each lane issues before using any: independent loads in flight hide the latency
 // a matrix-vector product is otherwise bound by.
 #define UNROLL 4

@@ -14,13 +14,16 @@ use super::Activation;
 /// Output features per block (one warp each), as `WARPS` in the kernel.
 const WARPS: usize = 8;
 /// Rows per block: more rows come in tiles of this many, each tile reading the weights again
-/// (from L2). The kernel has instances for 1 to 8; `DGX_GEMV_TILE` overrides it, for measuring.
-const TILE: usize = 8;
+/// (from L2). The kernel has instances for 1 to 8; 4 measured best past 4 rows on an H200 (8 rows
+/// of small: 1.83 ms a step in tiles of 4, 2.08 in one of 8, 1.85 in tiles of 2; docs/PERFORMANCE.md).
+/// `DGX_GEMV_TILE` overrides it, for measuring.
+const TILE: usize = 4;
 
-/// Up to how many rows the kernel beats cuBLAS for dense weights, and for int8 weights (whose
-/// alternative is dequantising the matrix for every product). Measured on an H200
-/// (docs/PERFORMANCE.md); `DGX_GEMV_MAX_ROWS` overrides both, 0 turning the kernels off, for
-/// comparisons and diagnosis.
+/// Up to how many rows the kernel beats cuBLAS for dense weights (an H200, musicgen-small: 2 rows
+/// 1.25 against 1.66 ms a step, 4 rows 1.53 against 1.79; 8 rows 1.83 against 1.78), and the most
+/// it takes for int8 weights, whose alternative, dequantising the matrix for every product, is
+/// slower still at every row count (32 rows 19.4 against 7.8 ms). docs/PERFORMANCE.md has the
+/// figures; `DGX_GEMV_MAX_ROWS` overrides both, 0 turning the kernels off, for comparisons.
 const DENSE_MAX_ROWS: usize = 4;
 const INT8_MAX_ROWS: usize = 128;
 
