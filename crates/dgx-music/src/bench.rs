@@ -53,7 +53,8 @@ pub struct Args {
     dtype: Option<DType>,
     /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
     /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
-    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    /// small cost in accuracy measured in docs/PERFORMANCE.md). On the CPU int8 makes the default
+    /// --dtype bf16 (the cache; the sums are f32 either way), which is faster there.
     #[arg(long, default_value = "dtype", value_parser = crate::device::parse_weights)]
     weights: Weights,
     /// On a GPU, launch each kernel of a decoder step from the host instead of replaying the
@@ -150,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--warmup-duration {} must be zero or a positive number of seconds",
         args.warmup_duration
     );
-    let resolved = crate::device::resolve(args.device, args.dtype);
+    let resolved = crate::device::resolve(args.device, args.dtype, args.weights);
     if let Some(note) = resolved.note().filter(|_| !args.json) {
         eprintln!("bench: {note}");
     }

@@ -63,7 +63,8 @@ impl Resolved {
 
 /// Resolves `choice` on this machine: for `auto` the GPUs are checked in CUDA's order until one
 /// passes (a CPU build checks none).
-pub fn resolve(choice: DeviceChoice, dtype: Option<DType>) -> Resolved {
+/// `weights` can change the default dtype (see [`default_dtype`]).
+pub fn resolve(choice: DeviceChoice, dtype: Option<DType>, weights: Weights) -> Resolved {
     let (device, fallback_reason) = match choice {
         DeviceChoice::Exact(spec) => (spec, None),
         DeviceChoice::Auto => match pick(&kernel::run_until_one_passes()) {
@@ -71,12 +72,18 @@ pub fn resolve(choice: DeviceChoice, dtype: Option<DType>) -> Resolved {
             Err(why) => (DeviceSpec::Cpu, Some(why)),
         },
     };
-    Resolved { device, dtype: dtype.unwrap_or_else(|| default_dtype(device)), fallback_reason }
+    Resolved { device, dtype: dtype.unwrap_or_else(|| default_dtype(device, weights)), fallback_reason }
 }
 
 /// bf16 on a GPU (its matrix units' format, half the bytes of f32), f32 on the CPU (exact
-/// against transformers; `--dtype bf16` is faster there).
-pub fn default_dtype(device: DeviceSpec) -> DType {
+/// against transformers; `--dtype bf16` is faster there), except for int8 weights on the CPU:
+/// bf16 there, whose half-precision cache and f32 kernels make 16 s of small in 31 s where the
+/// f32 cache through candle's ops takes 53 s (docs/PERFORMANCE.md), with the projections int8
+/// either way.
+pub fn default_dtype(device: DeviceSpec, weights: Weights) -> DType {
+    if device == DeviceSpec::Cpu && weights == Weights::Int8 {
+        return DType::BF16;
+    }
     match device {
         DeviceSpec::Cuda(_) => DType::BF16,
         DeviceSpec::Cpu => DType::F32,
@@ -146,17 +153,21 @@ mod tests {
 
     #[test]
     fn dtype_follows_the_device_unless_given() {
-        assert_eq!(default_dtype(DeviceSpec::Cuda(0)), DType::BF16);
-        assert_eq!(default_dtype(DeviceSpec::Cpu), DType::F32);
-        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cpu), Some(DType::BF16)).dtype, DType::BF16);
-        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cuda(0)), None).dtype, DType::BF16);
-        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cpu), None).note(), None);
+        assert_eq!(default_dtype(DeviceSpec::Cuda(0), Weights::Dtype), DType::BF16);
+        assert_eq!(default_dtype(DeviceSpec::Cpu, Weights::Dtype), DType::F32);
+        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cpu), Some(DType::BF16), Weights::Dtype).dtype, DType::BF16);
+        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cuda(0)), None, Weights::Dtype).dtype, DType::BF16);
+        // int8 weights on the CPU default to the bf16 cache; a given dtype still wins.
+        assert_eq!(default_dtype(DeviceSpec::Cpu, Weights::Int8), DType::BF16);
+        assert_eq!(default_dtype(DeviceSpec::Cuda(0), Weights::Int8), DType::BF16);
+        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cpu), Some(DType::F32), Weights::Int8).dtype, DType::F32);
+        assert_eq!(resolve(DeviceChoice::Exact(DeviceSpec::Cpu), None, Weights::Dtype).note(), None);
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_cpu_build_picks_the_cpu_and_says_so() {
-        let resolved = resolve(DeviceChoice::Auto, None);
+        let resolved = resolve(DeviceChoice::Auto, None, Weights::Dtype);
         assert_eq!((resolved.device, resolved.dtype), (DeviceSpec::Cpu, DType::F32));
         assert_eq!(
             resolved.note().as_deref(),

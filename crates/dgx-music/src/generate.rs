@@ -98,7 +98,8 @@ pub struct Args {
 
     /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
     /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
-    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    /// small cost in accuracy measured in docs/PERFORMANCE.md). On the CPU int8 makes the default
+    /// --dtype bf16 (the cache; the sums are f32 either way), which is faster there.
     #[arg(long, default_value = "dtype", value_parser = crate::device::parse_weights)]
     weights: Weights,
 
@@ -223,7 +224,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let player = if args.play { Some(crate::play::Player::open(MUSICGEN_SAMPLE_RATE, 1)?) } else { None };
 
     let started = Instant::now();
-    let resolved = crate::device::resolve(args.device, args.dtype);
+    let resolved = crate::device::resolve(args.device, args.dtype, args.weights);
     if let Some(note) = resolved.note().filter(|_| !args.quiet) {
         eprintln!("{note}");
     }

@@ -112,7 +112,8 @@ pub struct WorkerArgs {
     dtype: Option<DType>,
     /// How the decoder's weights are stored: dtype (in --dtype) or int8 (per output channel,
     /// weight-only: half the bytes of bf16 per step, so faster where memory bandwidth binds, at a
-    /// small cost in accuracy measured in docs/PERFORMANCE.md).
+    /// small cost in accuracy measured in docs/PERFORMANCE.md). On the CPU int8 makes the default
+    /// --dtype bf16 (the cache; the sums are f32 either way), which is faster there.
     #[arg(long, env = "DGX_MUSIC_WEIGHTS", default_value = "dtype", value_parser = crate::device::parse_weights)]
     weights: Weights,
     /// Queued jobs of equal duration generated together in one engine batch (jobs that continue
@@ -156,7 +157,7 @@ impl WorkerArgs {
         let mut devices = Vec::new();
         let mut dtype = None;
         for &choice in &self.device {
-            let resolved = crate::device::resolve(choice, self.dtype);
+            let resolved = crate::device::resolve(choice, self.dtype, self.weights);
             if let Some(note) = resolved.note() {
                 tracing::info!("{note}");
             }
