@@ -259,10 +259,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load_secs = started.elapsed().as_secs_f64();
     if !args.quiet {
         let info = model.info();
-        eprintln!(
-            "Loaded {} on {} ({}, {} weights) in {load_secs:.1} s",
-            info.source, info.device, info.dtype, info.weights
-        );
+        let weights = if info.weights == "int8" { ", int8 weights" } else { "" };
+        eprintln!("Loaded {} on {} ({}{weights}) in {load_secs:.1} s", info.source, info.device, info.dtype);
     }
 
     let bar = crate::progress::generation_bar(args.quiet);

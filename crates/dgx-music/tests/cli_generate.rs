@@ -148,6 +148,24 @@ fn the_default_device_of_a_cpu_build_is_the_cpu_in_f32() {
     assert!(wav.exists());
 }
 
+/// `--weights int8` on the CPU: int8 projections, and the bf16 cache as the default dtype there.
+#[test]
+fn int8_weights_on_the_cpu_default_to_the_bf16_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("x.wav");
+    let model = fixture("tiny-mono").join("checkpoint");
+    let (model, wav_path) = (model.to_str().unwrap(), wav.to_str().unwrap());
+    let args = ["generate", "piano", "--model", model, "--device", "cpu", "--duration", "0.1", "--seed", "0"];
+    let out = dgx_music(&[&args[..], &["--weights", "int8", "-o", wav_path]].concat());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("Loaded ") && l.contains(" on cpu (bf16, int8 weights)")), "{err}");
+    assert!(wav.exists());
+    let out = dgx_music(&[&args[..], &["--weights", "int4", "-o", wav_path]].concat());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown weight format \"int4\"; use dtype or int8"), "{}", stderr(&out));
+}
+
 /// Largest |ours − expected| of an interleaved 32 kHz f32 WAV against planar `expected` (C, S).
 fn wav_error(path: &Path, expected: &[f32], channels: usize) -> f32 {
     let mut reader = hound::WavReader::open(path).unwrap();
