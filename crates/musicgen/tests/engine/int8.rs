@@ -102,9 +102,10 @@ fn int8_greedy_codes_against_f32() {
             100.0 * same as f64 / int8.len() as f64
         );
         // Greedy decoding diverges for good at the first pick whose f32 margin is under the int8
-        // error (the fixtures' smallest margins are 2e-3 relative), so the share is a figure to
-        // record, not a bound; a quarter would mean the int8 logits are far off.
-        assert!(same * 4 >= int8.len(), "{name}: only {same} of {} int8 codes are f32's", int8.len());
+        // error (the fixtures' smallest margins are 2e-3 relative), and where depends on summation
+        // order (AVX2, NEON), so the share is a figure to record; the bound only tells it from
+        // chance (1 in 64 codes).
+        assert!(same * 10 >= int8.len(), "{name}: only {same} of {} int8 codes are f32's", int8.len());
     }
 }
 
@@ -141,6 +142,11 @@ fn int8_melody_stays_close_to_transformers() {
             reference.len()
         );
         assert!(error <= 5e-2 && error > 1e-5, "{name}: int8 first-step logits relative error {error}");
-        assert!(same * 4 >= reference.len(), "{name}: only {same} of {} int8 codes are transformers'", reference.len());
+        // As for the text fixtures: a figure, bounded only away from chance.
+        assert!(
+            same * 10 >= reference.len(),
+            "{name}: only {same} of {} int8 codes are transformers'",
+            reference.len()
+        );
     }
 }
