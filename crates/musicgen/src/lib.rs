@@ -65,7 +65,7 @@ pub mod internals {
 
     /// A published architecture's configuration (`small`, `medium`, `large`, `melody`, ...).
     pub fn architecture(name: &str) -> crate::Result<crate::MusicgenConfig> {
-        crate::model::architecture_config(name)
+        crate::model::architecture::config(name)
     }
 
     /// The random weights of `MusicGen::random`, for any module of an architecture.

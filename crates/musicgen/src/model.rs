@@ -5,7 +5,7 @@
 //! [`Generation::finish`] (undo the delay, decode with EnCodec, trim). Tests drive the same
 //! [`Generation`] step by step to compare every step with transformers.
 
-mod architecture;
+pub(crate) mod architecture;
 mod generation;
 pub(crate) mod random;
 
@@ -24,11 +24,6 @@ use crate::request::{CancelToken, GenerationRequest, Progress, WINDOW_SECS};
 use crate::t5::T5Encoder;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Checkpoint, Fingerprint};
-
-/// A published architecture's configuration, as [`MusicGen::random`] builds it.
-pub(crate) fn architecture_config(name: &str) -> Result<MusicgenConfig> {
-    architecture::config(name)
-}
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default)]

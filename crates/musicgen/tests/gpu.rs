@@ -179,9 +179,7 @@ fn melody_decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
         let checkpoint = Checkpoint::open(&checkpoint(name)).unwrap();
         let cfg = checkpoint.config().decoder.clone();
         let steps = json["steps"].as_u64().unwrap() as usize;
-        let frames = json["frames"].as_u64().unwrap() as usize;
         let k = cfg.num_codebooks;
-        let len = DelayPattern::new(k, cfg.audio_channels, frames, checkpoint.generation().pad_token_id).grid_len();
         let grid = ints(&tensors["sequences"]);
         let batch = tensors["sequences"].dim(0).unwrap();
         for (dtype, bound) in [(DType::F32, 1e-4), (DType::F16, 1e-2), (DType::BF16, 5e-2)] {
@@ -191,10 +189,7 @@ fn melody_decoder_logits_on_the_gpu_track_transformers_in_every_dtype() {
             let mut state = decoder.start(Conditioning::Prefix(&prefix), steps).unwrap();
             let mut worst = 0f32;
             for step in 0..steps {
-                let tokens: Vec<u32> = (0..2 * batch)
-                    .flat_map(|row| (0..k).map(move |c| ((row % batch) * k + c) * len + step))
-                    .map(|i| grid[i])
-                    .collect();
+                let tokens = util::guided_step_tokens(&grid, batch, k, step);
                 let tokens = Tensor::from_vec(tokens, (2 * batch, k), &device).unwrap();
                 let logits = decoder.step(&tokens, &mut state).unwrap();
                 let got = logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -7,7 +7,7 @@ const NAMES: &str = "small, medium, large, stereo-small, stereo-medium, stereo-l
                      stereo-melody, stereo-melody-large";
 
 /// The configuration of `facebook/musicgen-<name>` (the prefix is optional).
-pub(super) fn config(name: &str) -> Result<MusicgenConfig> {
+pub(crate) fn config(name: &str) -> Result<MusicgenConfig> {
     let short = name.trim().trim_start_matches("facebook/").trim_start_matches("musicgen-");
     let (stereo, size) = match short.strip_prefix("stereo-") {
         Some(size) => (true, size),

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use musicgen::internals::{argmax, guide, Conditioning, Decoder, DelayPattern};
 use musicgen::Checkpoint;
 
-use crate::util::{checkpoint, ints, reference, relative_error};
+use crate::util::{checkpoint, guided_step_tokens, ints, reference, relative_error};
 
 /// Runs the reference's greedy, guided generation through our decoder and checks every step.
 fn check_decoder_against_reference(name: &str) {
@@ -36,12 +36,7 @@ fn check_decoder_against_reference(name: &str) {
     let mut state = decoder.start(Conditioning::CrossAttention { memory: &memory, mask: &mask }, steps).unwrap();
     let (mut worst_logits, mut worst_scores) = (0f32, 0f32);
     for step in 0..steps {
-        let mut tokens = Vec::with_capacity(2 * batch * k);
-        for row in 0..2 * batch {
-            let b = row % batch;
-            tokens.extend((0..k).map(|c| grid[(b * k + c) * len + step]));
-        }
-        let tokens = Tensor::from_vec(tokens, (2 * batch, k), &Device::Cpu).unwrap();
+        let tokens = Tensor::from_vec(guided_step_tokens(&grid, batch, k, step), (2 * batch, k), &Device::Cpu).unwrap();
         let logits = decoder.step(&tokens, &mut state).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let expected = tensors["logits"].get(step).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let err = relative_error(&logits, &expected);

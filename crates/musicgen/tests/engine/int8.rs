@@ -10,7 +10,7 @@ use musicgen::{
     Checkpoint, DType as ModelDType, GenerationItem, GenerationRequest, LoadOptions, MusicGen, SamplingParams, Weights,
 };
 
-use crate::util::{checkpoint, floats, ints, reference, relative_error};
+use crate::util::{checkpoint, floats, guided_step_tokens, ints, reference, relative_error};
 use musicgen::Audio;
 
 const FIXTURES: [&str; 2] = ["tiny-mono", "tiny-stereo"];
@@ -34,14 +34,10 @@ fn teacher_forced_error(name: &str, dtype: DType, int8: bool) -> f32 {
     let steps = json["steps"].as_u64().unwrap() as usize;
     let k = cfg.num_codebooks;
     let grid = ints(&tensors["sequences"]);
-    let len = grid.len() / (batch * k);
     let mut state = decoder.start(Conditioning::CrossAttention { memory: &memory, mask: &mask }, steps).unwrap();
     let mut worst = 0f32;
     for step in 0..steps {
-        let tokens: Vec<u32> = (0..2 * batch)
-            .flat_map(|row| (0..k).map(move |c| ((row % batch) * k + c) * len + step))
-            .map(|i| grid[i])
-            .collect();
+        let tokens = guided_step_tokens(&grid, batch, k, step);
         let tokens = Tensor::from_vec(tokens, (2 * batch, k), &Device::Cpu).unwrap();
         let logits = decoder.step(&tokens, &mut state).unwrap();
         worst = worst.max(relative_error(&floats(&logits), &floats(&tensors["logits"].get(step).unwrap())));

@@ -57,6 +57,13 @@ pub fn copy_checkpoint_with(name: &str, edit: impl FnOnce(&mut HashMap<String, T
     tmp
 }
 
+/// The tokens at position `step` of a `(batch, k, len)` token grid, as a guided step feeds them:
+/// every item's K tokens, then the same again for the unconditional rows, `(2·batch) × k`.
+pub fn guided_step_tokens(grid: &[u32], batch: usize, k: usize, step: usize) -> Vec<u32> {
+    let len = grid.len() / (batch * k);
+    (0..2 * batch).flat_map(|row| (0..k).map(move |c| grid[((row % batch) * k + c) * len + step])).collect()
+}
+
 pub fn floats(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
