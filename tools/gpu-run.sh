@@ -17,8 +17,8 @@
 #   stream        bench --stream (time to first audio, lead over real time) for small, medium and large
 #                 bf16 (STREAM_MODELS, STREAM_DURATION default 60 s), and generate --stream - read back
 #   speed         issue 15's matrix: for each of SPEED_MODELS (default "small medium large") and each batch of
-#                 SPEED_BATCHES (default "1 8"), bf16 with the few-row kernels off (DGX_GEMV_MAX_ROWS=0: main's
-#                 cuBLAS path, "before"), on ("after"), and int8 weights ("int8"), one after the other
+#                 SPEED_BATCHES (default "1 8"), bf16 with the tokens picked on the host (DGX_DEVICE_SAMPLING=0,
+#                 "before"), on the GPU ("after"), and int8 weights ("int8"), one after the other
 #   smoke         one short bench and one short transformers case: proves the scripts run
 #   long          dgx-music bench small bf16 batch 1 at each of LONG_DURATIONS (default "16 120 300") seconds,
 #                 LONG_ROUNDS rounds (default 1) alternating the durations: tracks over 30 s run in windows,
@@ -174,7 +174,7 @@ stage_compare() {
 stage_speed() {
   for m in ${SPEED_MODELS:-small medium large}; do
     for b in ${SPEED_BATCHES:-1 8}; do
-      MODEL="$m" DGX_GEMV_MAX_ROWS=0 BENCH_TAG="dgx-music before $m" bench_case "bf16x$b"
+      MODEL="$m" DGX_DEVICE_SAMPLING=0 BENCH_TAG="dgx-music before $m" bench_case "bf16x$b"
       MODEL="$m" BENCH_TAG="dgx-music after $m" bench_case "bf16x$b"
       MODEL="$m" BENCH_TAG="dgx-music int8 $m" bench_case "bf16x$b" --weights int8
     done

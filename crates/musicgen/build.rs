@@ -9,7 +9,7 @@ fn main() {
     {
         let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let ptx = cudaforge::KernelBuilder::new()
-            .source_files(["kernels/attention.cu", "kernels/gemv.cu"])
+            .source_files(["kernels/attention.cu", "kernels/gemv.cu", "kernels/sampling.cu"])
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()

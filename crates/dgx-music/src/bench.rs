@@ -116,6 +116,9 @@ pub struct BenchReport {
     pub weights: String,
     /// Kernels one replayed decoder step launches (CUDA graphs only).
     pub graph_kernels_per_step: Option<usize>,
+    /// Where the tokens were picked: "device" (the GPU's sampling kernel, only the tokens
+    /// copied back) or "host" (the logits copied back; `DGX_DEVICE_SAMPLING=0` asks for it).
+    pub sampling: String,
     /// Weight bytes one step reads over the median step: the bandwidth the decoder draws from
     /// weights alone (the KV cache and activations come on top).
     pub weight_read_gb_s: f64,

@@ -12,7 +12,8 @@
 //! position per step. On a GPU a step of musicgen-small is ~900 tiny kernels, so launching them
 //! costs more than running them; there the cache has its full length from the start, each step
 //! writes in place at a position read from device memory, and the first step's kernels are
-//! recorded as a CUDA graph that every later step replays with one launch ([`graph`]). Prefills
+//! recorded as a CUDA graph that every later step replays with one launch ([`graph`]); a finished
+//! request's graph and buffers serve the next request of the same shape ([`reuse`]). Prefills
 //! run eagerly in every mode. The caches are [`kv_cache`]'s; who attends is [`attention`]'s.
 //!
 //! A bf16 or f16 decoder on the CPU keeps only its projection weights and self-attention cache
@@ -28,6 +29,7 @@ mod attention;
 #[cfg_attr(not(feature = "cuda"), path = "decoder/graph_stub.rs")]
 mod graph;
 mod kv_cache;
+mod reuse;
 
 use self::attention::{masked_value, split_heads, Backend, DeviceStep, Pass};
 use self::kv_cache::KvCache;
@@ -300,6 +302,16 @@ struct Memory {
     mask: Option<Tensor>,
 }
 
+impl Memory {
+    fn bytes(&self) -> usize {
+        self.kv.iter().chain(&self.mask).map(tensor_bytes).sum()
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 /// Buffers of a [`StepMode::Fixed`] request that every step reads or writes in place.
 #[derive(Debug)]
 struct FixedBuffers {
@@ -316,6 +328,15 @@ struct FixedBuffers {
     logits: Tensor,
 }
 
+impl FixedBuffers {
+    fn bytes(&self) -> usize {
+        [&self.inputs, &self.positions, &self.arange, &self.open, &self.closed, &self.logits]
+            .into_iter()
+            .map(tensor_bytes)
+            .sum()
+    }
+}
+
 /// Per-request state: the self-attention caches and the memory's cross-attention keys/values.
 #[derive(Debug)]
 pub struct DecoderState {
@@ -329,6 +350,17 @@ pub struct DecoderState {
     position: usize,
     /// Positions a fixed cache holds: the prefix's and the `max_steps` of [`Decoder::start`].
     max_positions: usize,
+    /// A [`StepMode::Graph`] state's shape, under which its recorded step is parked for the
+    /// next request when it ends.
+    shape: Option<reuse::Shape>,
+    /// Whether the graph came recorded from an earlier request.
+    reused: bool,
+}
+
+impl Drop for DecoderState {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl DecoderState {
@@ -350,6 +382,34 @@ impl DecoderState {
     pub fn graph_kernels(&self) -> Option<usize> {
         self.graph.kernels()
     }
+
+    /// Whether the steps replay a graph an earlier request of the same shape recorded.
+    pub fn reuses_graph(&self) -> bool {
+        self.reused
+    }
+
+    /// Ends the request now rather than when dropped: a recorded step and its buffers are
+    /// parked for the next request of the same shape (the next window of a long track, say,
+    /// which is opened before this one is dropped). No more steps can run.
+    pub fn release(&mut self) {
+        let Some(shape) = self.shape.take() else { return };
+        if !self.graph.is_ready() {
+            return;
+        }
+        let Some(fixed) = self.fixed.take() else { return };
+        let self_kv = std::mem::take(&mut self.self_kv);
+        let bytes = self_kv.iter().map(KvCache::bytes).sum::<usize>()
+            + self.memory.as_ref().map_or(0, Memory::bytes)
+            + fixed.bytes();
+        reuse::park(reuse::Parked {
+            shape,
+            bytes,
+            self_kv,
+            memory: self.memory.take(),
+            fixed,
+            graph: std::mem::replace(&mut self.graph, graph::StepGraph::new(false)),
+        });
+    }
 }
 
 /// MusicGen's decoder with its K language-model heads.
@@ -370,6 +430,8 @@ pub struct Decoder {
     /// Who runs the steps' attentions; [`Backend::Cpu`] also means f32 activations (see the
     /// module's description).
     backend: Backend,
+    /// The weights' identity, under which recorded steps are parked ([`reuse`]).
+    id: u64,
 }
 
 impl Decoder {
@@ -420,6 +482,7 @@ impl Decoder {
             mode: if device.is_cuda() { StepMode::Graph } else { StepMode::Growing },
             backend,
             device,
+            id: reuse::next_decoder_id(),
         })
     }
 
@@ -440,6 +503,9 @@ impl Decoder {
             layer.quantize()?;
         }
         self.lm_heads = self.lm_heads.quantize()?;
+        // Graphs recorded on the dense weights read memory that is gone now.
+        reuse::forget(self.id);
+        self.id = reuse::next_decoder_id();
         Ok(())
     }
 
@@ -535,6 +601,42 @@ impl Decoder {
         let prefix_len = prefix.as_ref().map_or(Ok(0), |p| p.dim(1))?;
         let max_positions = prefix_len + max_steps.max(1);
         let head_dim = self.hidden_size / self.heads;
+        let shape = (self.mode == StepMode::Graph && self.device.is_cuda()).then(|| reuse::Shape {
+            decoder: self.id,
+            rows,
+            max_positions,
+            memory_len: memory.as_ref().and_then(|m| m.kv.first()).map_or(0, |kv| kv.dim(3).unwrap_or(0)),
+            masked: memory.as_ref().is_some_and(|m| m.mask.is_some()),
+            prefix_len,
+        });
+        if let Some(parked) = shape.as_ref().and_then(reuse::take) {
+            let memory = match (memory, parked.memory) {
+                (Some(new), Some(kept)) => {
+                    // The graph reads the parked buffers: this request's memory goes into them.
+                    for (kept, new) in kept.kv.iter().zip(&new.kv) {
+                        kept.slice_set(new, 0, 0)?;
+                    }
+                    if let (Some(kept), Some(new)) = (&kept.mask, &new.mask) {
+                        kept.slice_set(new, 0, 0)?;
+                    }
+                    Some(kept)
+                }
+                _ => None,
+            };
+            let mut state = DecoderState {
+                self_kv: parked.self_kv,
+                memory,
+                fixed: Some(parked.fixed),
+                graph: parked.graph,
+                rows,
+                position: 0,
+                max_positions,
+                shape,
+                reused: true,
+            };
+            self.run_prefix(prefix, &mut state)?;
+            return Ok(state);
+        }
         let (self_kv, fixed) = match self.mode {
             StepMode::Growing if self.backend == Backend::Cpu => (
                 self.layers
@@ -561,13 +663,23 @@ impl Decoder {
             rows,
             position: 0,
             max_positions,
+            shape,
+            reused: false,
         };
-        if let Some(prefix) = prefix.filter(|_| prefix_len > 0) {
+        self.run_prefix(prefix, &mut state)?;
+        Ok(state)
+    }
+
+    /// musicgen-melody: runs the prefix through the layers into the fresh `state`'s cache.
+    fn run_prefix(&self, prefix: Option<Tensor>, state: &mut DecoderState) -> Result<()> {
+        let Some(prefix) = prefix else { return Ok(()) };
+        let prefix_len = prefix.dim(1)?;
+        if prefix_len > 0 {
             let xs = prefix.broadcast_add(&self.positions(0, prefix_len)?)?;
-            self.host_pass(xs, &mut state)?;
+            self.host_pass(xs, state)?;
             state.position = prefix_len;
         }
-        Ok(state)
+        Ok(())
     }
 
     /// The cross-attention keys and values of `memory` with its additive mask (see [`Memory`]).
@@ -609,6 +721,25 @@ impl Decoder {
     /// Decodes one position: `tokens` `(rows, num_codebooks)` u32 are the (delay-patterned)
     /// tokens at the current position. Returns the next-position logits `(rows, K, vocab)` in f32.
     pub fn step(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
+        let fixed = state.fixed.is_some();
+        let logits = self.step_logits(tokens, state)?;
+        // A fixed-mode step's logits live in the state's buffer, which the next step overwrites.
+        Ok(if fixed { logits.copy()? } else { logits })
+    }
+
+    /// [`Decoder::step`], handing the logits to `use_logits` before anything can overwrite
+    /// them: a fixed-mode step's are its state's own buffer, read where they are, not copied.
+    pub fn step_then<R>(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+        use_logits: impl FnOnce(&Tensor) -> Result<R>,
+    ) -> Result<R> {
+        use_logits(&self.step_logits(tokens, state)?)
+    }
+
+    /// A step's logits; in fixed mode a view of the state's buffer, valid until the next step.
+    fn step_logits(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
         let (rows, k) = tokens.dims2()?;
         if rows != state.rows || k != self.num_codebooks {
             return Err(Error::Tensor(candle_core::Error::Msg(format!(
@@ -668,15 +799,15 @@ impl Decoder {
     }
 
     /// Uploads `inputs` and runs the step on the fixed buffers: replayed from the CUDA graph
-    /// when there is one, recorded into it after the first step when asked for.
+    /// when there is one, recorded into it after the first step when asked for. Returns the
+    /// state's logits buffer itself.
     fn fixed_step(&self, inputs: &[u32], state: &mut DecoderState) -> Result<Tensor> {
         let DecoderState { self_kv, memory, fixed, graph, .. } = state;
         let fixed = fixed.as_ref().expect("fixed buffers of a fixed-mode state");
         write_u32(&fixed.inputs, inputs)?;
         let mut forward = || self.fixed_forward(fixed, self_kv, memory.as_ref());
         graph.run(&self.device, &mut forward)?;
-        // A copy, so the caller's tensor is not overwritten by the next step.
-        Ok(fixed.logits.copy()?)
+        Ok(fixed.logits.clone())
     }
 
     /// One fixed-mode step from device-resident inputs to `fixed.logits`, in place: no host

@@ -4,11 +4,17 @@
 //! Each item owns a ChaCha20 stream seeded by its own seed and consumes exactly one 64-bit word
 //! per codebook per sampled step, so an item draws the same numbers whether it runs alone or in
 //! a batch, on any platform. Greedy decoding (top_k == 1) draws nothing.
+//!
+//! On a GPU the same rules run as a kernel ([`DeviceSampler`]), fed the numbers these streams give.
 
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::request::SamplingParams;
+
+#[cfg_attr(not(feature = "cuda"), path = "sampling/cuda_stub.rs")]
+mod cuda;
+pub(crate) use cuda::DeviceSampler;
 
 /// Classifier-free guidance, `u + (c − u)·s`, in transformers' operation order so that greedy
 /// picks match its `ClassifierFreeGuidanceLogitsProcessor` bit for bit.
@@ -51,9 +57,19 @@ impl Sampler {
         self.params.top_k <= 1
     }
 
+    /// Whether a pick over `vocab` scores draws from the stream (one number per pick).
+    pub fn draws(&self, vocab: usize) -> bool {
+        !self.is_greedy() && vocab > 1
+    }
+
+    /// The stream's next uniform number in `[0, 1)`, with 53 random bits: what a draw uses.
+    pub fn next_unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
     /// Picks a token from one codebook's guided scores.
     pub fn pick(&mut self, scores: &[f32]) -> u32 {
-        if self.is_greedy() || scores.len() <= 1 {
+        if !self.draws(scores.len()) {
             return argmax(scores);
         }
         self.softmax_weights(scores);
@@ -106,7 +122,7 @@ impl Sampler {
 
     /// Inverse-CDF draw over the remaining weights with one 64-bit word of the stream.
     fn draw(&mut self) -> u32 {
-        let unit = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let unit = self.next_unit();
         let total: f64 = self.weights.iter().sum();
         let target = unit * total;
         let mut acc = 0.0;

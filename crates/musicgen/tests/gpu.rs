@@ -64,7 +64,7 @@ fn generate(name: &str, dtype: ModelDType) -> (Vec<u32>, Vec<f32>) {
     let request = GenerationRequest::new(items, frames / 50.0);
     assert_eq!(model.info().step_mode, "graph");
     let mut generation = model.start(&request).unwrap();
-    while generation.step().unwrap().is_some() {}
+    while generation.step().unwrap() {}
     let codes = generation.codes().concat();
     let audio = generation.finish().unwrap().into_iter().flat_map(|a| a.channels.concat()).collect();
     (codes, audio)
@@ -112,7 +112,7 @@ fn f32_continuation_and_long_tracks_on_the_gpu_reproduce_transformers() {
         let mut request = GenerationRequest::new(items, cont["frames"].as_u64().unwrap() as f64 / 50.0);
         request.continuation = Some(prompt_audio(&tensors));
         let mut generation = model.start(&request).unwrap();
-        while generation.step().unwrap().is_some() {}
+        while generation.step().unwrap() {}
         assert_eq!(generation.codes().concat(), ints(&tensors["continuation_codes"]), "{name}: continuation codes");
         let audio: Vec<f32> = generation.finish().unwrap().iter().flat_map(|t| t.channels.concat()).collect();
         let expected = tensors["continuation_audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -131,7 +131,7 @@ fn f32_continuation_and_long_tracks_on_the_gpu_reproduce_transformers() {
     let mut request = GenerationRequest::new(vec![item], long["duration"].as_f64().unwrap());
     request.extend_stride_secs = long["stride"].as_f64().unwrap();
     let mut generation = model.start(&request).unwrap();
-    while generation.step().unwrap().is_some() {}
+    while generation.step().unwrap() {}
     assert_eq!(generation.codes().concat(), ints(&tensors["long_codes"]), "35 s windowed codes on the GPU");
     eprintln!("tiny-mono: GPU f32 35 s windowed track: codes equal audiocraft's loop over transformers");
 }
@@ -160,7 +160,7 @@ fn f32_melody_on_the_gpu_reproduces_transformers() {
         let tune = tensors["melody_audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         request.melody = Some(musicgen::Audio { sample_rate: 32000, channels: vec![tune] });
         let mut generation = model.start(&request).unwrap();
-        while generation.step().unwrap().is_some() {}
+        while generation.step().unwrap() {}
         assert_eq!(generation.codes().concat(), ints(&tensors["codes"]), "{name}: GPU f32 melody codes");
         let audio: Vec<f32> = generation.finish().unwrap().iter().flat_map(|t| t.channels.concat()).collect();
         let err = relative_error(&audio, &tensors["audio"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
@@ -514,4 +514,203 @@ fn streamed_pieces_on_the_gpu_are_the_whole_track_decode() {
         );
         assert!(worst <= 1e-4 * peak.max(1.0), "{name}: streamed audio differs from the whole decode by {worst}");
     }
+}
+
+/// Items of one request covering the sampling rules: top-k, top-p after top-k, top-p alone, a
+/// temperature, no guidance, greedy.
+fn sampled_items(vocab: usize) -> Vec<GenerationItem> {
+    let settings = [
+        SamplingParams { top_k: vocab.min(250), ..SamplingParams::default() },
+        SamplingParams { top_k: vocab / 3, top_p: 0.9, temperature: 0.8, cfg_coef: 3.0 },
+        SamplingParams { top_k: vocab, top_p: 0.5, temperature: 1.3, cfg_coef: 4.5 },
+        SamplingParams { top_k: vocab / 2, top_p: 0.0, temperature: 1.0, cfg_coef: 1.0 },
+        SamplingParams::greedy(3.0),
+    ];
+    let prompts = ["ambient piano", "lofi beat with vinyl crackle", "80s pop", "drum solo", "calm strings"];
+    settings
+        .iter()
+        .zip(prompts)
+        .enumerate()
+        .map(|(i, (&sampling, prompt))| GenerationItem { prompt: prompt.into(), sampling, seed: 40 + i as u64 })
+        .collect()
+}
+
+/// Codes of `request` stepped by [`musicgen::Generation::step`] (tokens picked on the GPU) or by
+/// `step_logits` (the same logits brought to the host and picked there).
+/// `on_gpu` says where the model is.
+fn codes_picked(model: &MusicGen, request: &GenerationRequest, on_device: bool, on_gpu: bool) -> Vec<Vec<u32>> {
+    let mut generation = model.start(request).unwrap();
+    assert_eq!(generation.picks_on_device(), on_gpu);
+    if on_device {
+        while generation.step().unwrap() {}
+    } else {
+        while generation.step_logits().unwrap().is_some() {}
+    }
+    generation.codes()
+}
+
+/// The sampling kernel against the host's `Sampler` on the very same logits: guidance,
+/// temperature, top-k, top-p and the draw from each item's ChaCha stream. Float ties aside (the
+/// kernel sums in another order), every token is the same.
+#[test]
+fn tokens_picked_on_the_gpu_are_the_host_s_picks_from_the_same_logits() {
+    if gpu().is_none() {
+        return;
+    }
+    let fixture = MusicGen::load(
+        checkpoint("tiny-stereo").to_str().unwrap(),
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+    )
+    .unwrap();
+    // musicgen-small's vocabulary of 2048, its logits rounded through bf16: many exact ties.
+    let small = MusicGen::random(
+        "small",
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::BF16, ..LoadOptions::default() },
+    )
+    .unwrap();
+    for (name, model, secs) in [("tiny-stereo", &fixture, 2.0), ("small (random, bf16)", &small, 1.0)] {
+        let vocab = model.config().decoder.vocab_size;
+        let request = GenerationRequest::new(sampled_items(vocab), secs);
+        let device = codes_picked(model, &request, true, true);
+        let host = codes_picked(model, &request, false, true);
+        for (item, (d, h)) in device.iter().zip(&host).enumerate() {
+            let same = d.iter().zip(h).filter(|(a, b)| a == b).count();
+            eprintln!("{name}, item {item}: {same} of {} codes picked on the GPU equal the host's", d.len());
+        }
+        assert_eq!(device, host, "{name}: the GPU's picks differ from the host's on the same logits");
+    }
+}
+
+/// A seed gives the same music on the CPU and the GPU: the decoder's f32 logits agree to ~1e-6,
+/// and both sides draw the same numbers from each item's stream.
+#[test]
+fn a_seed_gives_the_same_codes_on_the_cpu_and_the_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let load = |device| {
+        MusicGen::load(
+            checkpoint("tiny-mono").to_str().unwrap(),
+            &LoadOptions { device, dtype: ModelDType::F32, ..LoadOptions::default() },
+        )
+        .unwrap()
+    };
+    let (cpu, gpu) = (load(DeviceSpec::Cpu), load(DeviceSpec::Cuda(0)));
+    let request = GenerationRequest::new(sampled_items(cpu.config().decoder.vocab_size), 2.0);
+    let on_cpu = codes_picked(&cpu, &request, true, false);
+    let on_gpu = codes_picked(&gpu, &request, true, true);
+    assert_eq!(on_cpu, on_gpu, "the same seeds gave other codes on the GPU");
+}
+
+/// Every item of a big batch is the item generated alone (greedy, f32: the batch's products are
+/// cuBLAS GEMMs where one item's are the few-row kernel, so equality is to float rounding, far
+/// under the fixture's top-two margins): 32 and 64 items of the fixture, codes equal and audio
+/// within 2e-4.
+#[test]
+fn batch_items_on_the_gpu_are_the_items_generated_alone() {
+    if gpu().is_none() {
+        return;
+    }
+    let model = MusicGen::load(
+        checkpoint("tiny-mono").to_str().unwrap(),
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+    )
+    .unwrap();
+    let item = |i: usize| GenerationItem {
+        prompt: format!("track {i}: {}", ["ambient piano", "lofi beat", "80s pop with drums", "strings"][i % 4]),
+        sampling: SamplingParams::greedy(3.0),
+        seed: i as u64,
+    };
+    let cancel = musicgen::CancelToken::default();
+    for batch in [32, 64] {
+        let request = GenerationRequest::new((0..batch).map(item).collect(), 1.0);
+        let mut generation = model.start(&request).unwrap();
+        while generation.step().unwrap() {}
+        let codes = generation.codes();
+        let audio = generation.finish().unwrap();
+        for i in (0..batch).step_by(7).chain([batch - 1]) {
+            let alone = GenerationRequest::new(vec![item(i)], 1.0);
+            let mut generation = model.start(&alone).unwrap();
+            while generation.step().unwrap() {}
+            assert_eq!(generation.codes()[0], codes[i], "batch {batch}, item {i}: other codes than alone");
+            let solo = model.generate(&alone, &mut |_| {}, &cancel).unwrap();
+            let (a, b) = (solo[0].channels.concat(), audio[i].channels.concat());
+            let peak = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 2e-4 * peak.max(1.0), "batch {batch}, item {i}: audio differs by {worst}");
+        }
+    }
+}
+
+/// Batch 8 of the published medium and large architectures (random weights, f32, greedy, 0.3 s):
+/// every item's codes are the item's alone. Random weights' top-two margins are rarely under
+/// f32's rounding, so a flip here would be a bug, not noise, unless the printed margin says so.
+#[test]
+fn batch_of_8_of_medium_and_large_on_the_gpu_is_each_item_alone() {
+    if gpu().is_none() {
+        return;
+    }
+    for architecture in ["medium", "large"] {
+        let model = MusicGen::random(
+            architecture,
+            &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+        )
+        .unwrap();
+        let item = |i: usize| GenerationItem {
+            prompt: ["ambient piano", "lofi beat", "80s pop", "drum solo"][i % 4].repeat(1 + i / 4),
+            sampling: SamplingParams::greedy(3.0),
+            seed: 0,
+        };
+        let request = GenerationRequest::new((0..8).map(item).collect(), 0.3);
+        let mut generation = model.start(&request).unwrap();
+        while generation.step().unwrap() {}
+        let codes = generation.codes();
+        for i in [0, 5] {
+            let mut alone = model.start(&GenerationRequest::new(vec![item(i)], 0.3)).unwrap();
+            while alone.step().unwrap() {}
+            assert_eq!(alone.codes()[0], codes[i], "{architecture} batch 8, item {i}: other codes than alone");
+        }
+        eprintln!("{architecture}: items 0 and 5 of a batch of 8 equal the items alone");
+    }
+}
+
+/// A request of the shape of one before it replays that one's recorded step (its graph and
+/// buffers, with the new request's memory copied in) and gets what recording afresh gives: the
+/// codes of the same request on another thread, whose parked graphs are its own (none).
+#[test]
+fn a_request_of_the_same_shape_replays_the_step_the_last_one_recorded() {
+    if gpu().is_none() {
+        return;
+    }
+    let model = MusicGen::load(
+        checkpoint("tiny-stereo").to_str().unwrap(),
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+    )
+    .unwrap();
+    let request = |prompts: [&str; 2], seed: u64| {
+        let sampling = SamplingParams { top_k: 20, ..SamplingParams::default() };
+        let items = prompts.iter().map(|p| GenerationItem { prompt: (*p).into(), sampling, seed }).collect();
+        GenerationRequest::new(items, 1.0)
+    };
+    let run = |request: &GenerationRequest| {
+        let mut generation = model.start(request).unwrap();
+        let reused = generation.reuses_graph();
+        while generation.step().unwrap() {}
+        (reused, generation.codes())
+    };
+    let (first_reused, _) = run(&request(["ambient piano with rain", "lofi beat"], 1));
+    assert!(!first_reused, "nothing was recorded before the first request");
+    // The same text lengths (the longest prompt sets the memory's), other words and seeds.
+    let second = request(["lofi beat", "ambient piano with rain"], 2);
+    let (reused, codes) = run(&second);
+    assert!(reused, "the second request of the same shape recorded its own graph");
+    let (fresh_reused, fresh) = std::thread::scope(|s| s.spawn(|| run(&second)).join().unwrap());
+    assert!(!fresh_reused);
+    assert_eq!(codes, fresh, "a reused graph gave other codes than a fresh recording");
+    // Another shape (three items) records its own.
+    let third = GenerationRequest::new(
+        ["a", "b", "c"].iter().map(|p| GenerationItem { prompt: (*p).into(), ..second.items[0].clone() }).collect(),
+        1.0,
+    );
+    assert!(!run(&third).0);
 }

@@ -47,6 +47,7 @@ pub fn summarise(
         total_s,
         weights: info.weights.clone(),
         graph_kernels_per_step: runs.iter().find_map(|r| r.phases.graph_kernels),
+        sampling: if runs.iter().any(|r| r.phases.picks_on_device) { "device" } else { "host" }.into(),
         weight_read_gb_s: {
             let step_s = m(|r| r.phases.median_step_ms) / 1e3;
             if step_s > 0.0 {
@@ -108,6 +109,13 @@ pub fn human(r: &BenchReport) -> String {
                 None => "replayed as a CUDA graph (--eager: kernel by kernel)".to_string(),
             },
             other => format!("{other} cache, kernel by kernel"),
+        },
+    );
+    row(
+        "sampling",
+        match r.sampling.as_str() {
+            "device" => "on the GPU, the tokens copied back (DGX_DEVICE_SAMPLING=0: on the host)".to_string(),
+            other => format!("on the {other}"),
         },
     );
     row("load", format!("{:.2} s", r.load_s));

@@ -33,6 +33,8 @@ pub struct Phases {
     pub stream_lead_s: Option<f64>,
     /// Kernels one replayed decoder step launches (its CUDA graph's); none on the CPU.
     pub graph_kernels: Option<usize>,
+    /// Whether the tokens were picked on the GPU (the host copying back only them).
+    pub picks_on_device: bool,
 }
 
 impl Phases {
@@ -81,6 +83,7 @@ pub fn timed_generation(
     }
     let decoded = Instant::now();
     let graph_kernels = generation.graph_kernels();
+    let picks_on_device = generation.picks_on_device();
     while take(&mut generation)? {}
     let audio = generation.finish()?;
     let done = Instant::now();
@@ -95,6 +98,7 @@ pub fn timed_generation(
         first_audio_s: pieces.first,
         stream_lead_s: pieces.lead,
         graph_kernels,
+        picks_on_device,
     };
     Ok((phases, audio))
 }
@@ -163,6 +167,7 @@ mod tests {
             first_audio_s: None,
             stream_lead_s: None,
             graph_kernels: None,
+            picks_on_device: false,
         };
         assert!((p.ms_per_step() - 2.0).abs() < 1e-12);
         assert_eq!(Phases { steps: 0, ..p }.ms_per_step(), 0.0);

@@ -45,6 +45,14 @@ impl KvCache {
         Ok(Self::Fixed(Tensor::zeros((2, rows, heads, positions, head_dim), dtype, device)?))
     }
 
+    /// Device bytes of a fixed cache (the others are not kept between requests).
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Self::Fixed(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Positions held, where the host knows it (a fixed cache's steps write where a device
     /// buffer says).
     pub(super) fn len(&self) -> Option<usize> {

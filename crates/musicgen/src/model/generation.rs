@@ -22,7 +22,7 @@ use crate::delay::DelayPattern;
 use crate::encodec::DecodeStream;
 use crate::error::{Error, Result};
 use crate::request::{frames_for, GenerationRequest, WINDOW_SECS};
-use crate::sampling::{guide, Sampler};
+use crate::sampling::{guide, DeviceSampler, Sampler};
 
 /// What one decoder step computed, for callers that check it against a reference.
 #[derive(Debug, Clone)]
@@ -123,6 +123,8 @@ struct Streamer {
 pub struct Generation<'m> {
     model: &'m MusicGen,
     samplers: Vec<Sampler>,
+    /// Where the GPU picks the tokens (`None`: the host does).
+    device_sampler: Option<DeviceSampler>,
     /// Decoder row of each item's unconditional half, for the items that use guidance.
     uncond_rows: Vec<Option<usize>>,
     /// The item each decoder row belongs to.
@@ -208,9 +210,13 @@ impl<'m> Generation<'m> {
             windowed: windows > 1 || endless,
         };
         let window = open_window(model, first, &kept, 0, &conditions)?;
+        let samplers: Vec<Sampler> = request.items.iter().map(|item| Sampler::new(item.sampling, item.seed)).collect();
+        let device_sampler =
+            DeviceSampler::new(model.decoder.device(), &samplers, &uncond_rows, k, model.decoder.vocab_size())?;
         Ok(Self {
             model,
-            samplers: request.items.iter().map(|item| Sampler::new(item.sampling, item.seed)).collect(),
+            samplers,
+            device_sampler,
             uncond_rows,
             row_items: (0..batch).chain(uncond_items).collect(),
             memory,
@@ -237,6 +243,18 @@ impl<'m> Generation<'m> {
     /// recorded it; `None` on the CPU or before.
     pub fn graph_kernels(&self) -> Option<usize> {
         self.window.state.graph_kernels()
+    }
+
+    /// Whether the current window replays a CUDA graph an earlier request (or window) of the
+    /// same shape recorded, rather than recording its own.
+    pub fn reuses_graph(&self) -> bool {
+        self.window.state.reuses_graph()
+    }
+
+    /// Whether [`Self::step`] picks the tokens on the GPU (a CUDA device, unless
+    /// `DGX_DEVICE_SAMPLING=0`) rather than on the host.
+    pub fn picks_on_device(&self) -> bool {
+        self.device_sampler.is_some()
     }
 
     pub fn steps_done(&self) -> usize {
@@ -409,15 +427,32 @@ impl<'m> Generation<'m> {
         Ok(Some(pieces))
     }
 
-    /// Runs the next decoder step and picks every item's tokens; `None` once all steps ran.
-    pub fn step(&mut self) -> Result<Option<Step>> {
+    /// Runs the next decoder step and picks every item's tokens; false once all steps ran. On a
+    /// GPU the tokens are picked there ([`DeviceSampler`]) and only they come back to the host.
+    pub fn step(&mut self) -> Result<bool> {
+        if self.is_finished() {
+            return Ok(false);
+        }
+        self.run_step(false)?;
+        Ok(true)
+    }
+
+    /// [`Self::step`], returning what it computed: its logits come to the host, and the tokens
+    /// are picked there, from the same streams (the same tokens, up to float ties). `None`
+    /// once all steps ran.
+    pub fn step_logits(&mut self) -> Result<Option<Step>> {
         if self.is_finished() {
             return Ok(None);
         }
+        self.run_step(true)
+    }
+
+    /// One step; its [`Step`] when `report`.
+    fn run_step(&mut self, report: bool) -> Result<Option<Step>> {
         let k = self.window.pattern.num_codebooks();
         let len = self.window.pattern.grid_len();
-        let items = self.samplers.len();
         let rows = self.row_items.len();
+        let decoder = &self.model.decoder;
 
         let first = self.window.pattern.first_free_position() - 1;
         let position = self.window.position;
@@ -429,44 +464,31 @@ impl<'m> Generation<'m> {
                 tokens.extend((0..k).map(|c| self.window.grid[(item * k + c) * len + t]));
             }
         }
+        let vocab = decoder.vocab_size();
+        let device_sampler = if report { None } else { self.device_sampler.as_mut() };
+        let (samplers, uncond_rows) = (&mut self.samplers, &self.uncond_rows);
+        let pick = |logits: &Tensor| -> Result<(Vec<u32>, Option<Step>)> {
+            if let Some(sampler) = device_sampler {
+                return Ok((sampler.pick(logits, samplers)?, None));
+            }
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            let (picked, scores) = pick_on_host(&logits, samplers, uncond_rows, k, vocab);
+            Ok((picked, report.then_some(Step { logits, scores })))
+        };
         // On the host: the decoder uploads them where its step mode needs them (a GPU graph step
         // reads them from the host into its own input buffer, so a device copy would be wasted).
-        let logits = if fed.len() == 1 {
+        let (picked, step) = if fed.len() == 1 {
             let tokens = Tensor::from_vec(tokens, (rows, k), &candle_core::Device::Cpu)?;
-            self.model.decoder.step(&tokens, &mut self.window.state)?
+            decoder.step_then(&tokens, &mut self.window.state, pick)?
         } else {
             let tokens = Tensor::from_vec(tokens, (rows, fed.len(), k), &candle_core::Device::Cpu)?;
-            self.model.decoder.prefill(&tokens, &mut self.window.state)?
+            pick(&decoder.prefill(&tokens, &mut self.window.state)?)?
         };
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let position = fed.end - 1;
 
-        let row_len = k * self.model.decoder.vocab_size();
-        let vocab = self.model.decoder.vocab_size();
-        let mut scores = vec![0f32; items * row_len];
-        // Items draw from their own streams, so sampling them on several threads picks the
-        // same tokens as one after the other; it is most of a step's host time in big batches.
-        let uncond_rows = &self.uncond_rows;
-        let picked: Vec<Vec<u32>> = scores
-            .par_chunks_mut(row_len)
-            .zip(self.samplers.par_iter_mut())
-            .enumerate()
-            .with_max_len(1)
-            .map(|(item, (out, sampler))| {
-                let cond = &logits[item * row_len..(item + 1) * row_len];
-                match uncond_rows[item] {
-                    Some(row) => {
-                        let uncond = &logits[row * row_len..(row + 1) * row_len];
-                        guide(cond, uncond, sampler.params().cfg_coef as f32, out);
-                    }
-                    None => out.copy_from_slice(cond),
-                }
-                (0..k).map(|c| sampler.pick(&out[c * vocab..(c + 1) * vocab])).collect()
-            })
-            .collect();
         let window = &mut self.window;
-        for (item, tokens) in picked.into_iter().enumerate() {
-            for (c, token) in tokens.into_iter().enumerate() {
+        for (item, tokens) in picked.chunks_exact(k).enumerate() {
+            for (c, &token) in tokens.iter().enumerate() {
                 if window.pattern.predicts(c, position + 1) {
                     window.grid[(item * k + c) * len + position + 1] = token;
                 }
@@ -477,7 +499,7 @@ impl<'m> Generation<'m> {
         if window.position == window.pattern.steps() {
             self.end_window()?;
         }
-        Ok(Some(Step { logits, scores }))
+        Ok(step)
     }
 
     /// Puts the finished window's predictions on the timeline and opens the next window.
@@ -503,6 +525,8 @@ impl<'m> Generation<'m> {
             self.kept_from += drop;
             self.windows += 1;
         }
+        // Its recorded step can serve the next window, which has the same shape.
+        self.window.state.release();
         self.window = open_window(self.model, next, &self.kept, self.kept_from, &self.conditions)?;
         Ok(())
     }
@@ -516,7 +540,7 @@ impl<'m> Generation<'m> {
         let Some(track_len) = self.samples else {
             return Err(Error::invalid("duration", "an endless track has no end to finish at; stream it"));
         };
-        while self.step()?.is_some() {}
+        while self.step()? {}
         if self.stream.is_some() {
             while self.take_audio()?.is_some() {}
             return Ok(self.stream.and_then(|s| s.kept).unwrap_or_default());
@@ -547,6 +571,39 @@ impl<'m> Generation<'m> {
         }
         Ok(tracks)
     }
+}
+
+/// Every item's tokens `(items, K)` picked on the host from a step's `logits` `(rows, K, vocab)`,
+/// with the guided scores they were picked from `(items, K, vocab)`.
+fn pick_on_host(
+    logits: &[f32],
+    samplers: &mut [Sampler],
+    uncond_rows: &[Option<usize>],
+    k: usize,
+    vocab: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let row_len = k * vocab;
+    let mut scores = vec![0f32; samplers.len() * row_len];
+    // Items draw from their own streams, so sampling them on several threads picks the
+    // same tokens as one after the other; it is most of a step's host time in big batches.
+    let picked: Vec<Vec<u32>> = scores
+        .par_chunks_mut(row_len)
+        .zip(samplers.par_iter_mut())
+        .enumerate()
+        .with_max_len(1)
+        .map(|(item, (out, sampler))| {
+            let cond = &logits[item * row_len..(item + 1) * row_len];
+            match uncond_rows[item] {
+                Some(row) => {
+                    let uncond = &logits[row * row_len..(row + 1) * row_len];
+                    guide(cond, uncond, sampler.params().cfg_coef as f32, out);
+                }
+                None => out.copy_from_slice(cond),
+            }
+            (0..k).map(|c| sampler.pick(&out[c * vocab..(c + 1) * vocab])).collect()
+        })
+        .collect();
+    (picked.concat(), scores)
 }
 
 /// Drops the first `n` elements of `row` (all of them if it is shorter).

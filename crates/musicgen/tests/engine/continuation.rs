@@ -96,7 +96,7 @@ fn check_continuation(name: &str) {
     request.continuation = Some(audio_of(&r["prompt_audio"]));
     let mut generation = model.start(&request).unwrap();
     assert_eq!(generation.total_steps(), cont["max_new_tokens"].as_u64().unwrap() as usize);
-    while generation.step().unwrap().is_some() {}
+    while generation.step().unwrap() {}
     let codes: Vec<u32> = generation.codes().concat();
     assert_eq!(codes, ints(&r["continuation_codes"]), "{name}: continuation codes differ from transformers'");
     let tracks = generation.finish().unwrap();
@@ -148,7 +148,7 @@ fn check_long_track(case: &str) {
     let generation = {
         let mut g = model.start(&request).unwrap();
         assert_eq!(g.windows(), windows.len());
-        while g.step().unwrap().is_some() {}
+        while g.step().unwrap() {}
         g
     };
     assert_eq!(generation.codes().concat(), ints(&r[&format!("{case}_codes")]), "{case}: codes differ");

@@ -38,7 +38,7 @@ fn check_against_reference(name: &str, suffix: &str, prompts_key: &str) {
     }
     let (mut worst_logits, mut worst_scores) = (0f32, 0f32);
     let mut step = 0;
-    while let Some(out) = generation.step().unwrap() {
+    while let Some(out) = generation.step_logits().unwrap() {
         let err = relative_error(&out.logits, &floats(&t("logits").get(step).unwrap()));
         assert!(err < 1e-4, "{name}{suffix} step {step}: logits relative error {err}");
         worst_logits = worst_logits.max(err);
