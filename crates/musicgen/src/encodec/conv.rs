@@ -26,26 +26,9 @@ pub(super) struct ConvStyle {
 }
 
 /// Most elements of tap responses one convolution computes at once; longer signals are
-/// processed in time chunks. On the CPU 8 Mi f32 = 32 MiB bounds memory at any duration while
-/// each chunk is still a large matrix product. A GPU takes 64 Mi (256 MiB): a batch divides each
-/// chunk's time span by its items, and at 32 items 8 Mi left hundreds of small products and
-/// copies per convolution. `DGX_ENCODEC_CHUNK` (elements) overrides both, for measuring.
-fn chunk_elements(device: &candle_core::Device) -> usize {
-    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let chosen = OVERRIDE.get_or_init(|| {
-        let value = std::env::var("DGX_ENCODEC_CHUNK").ok()?;
-        match value.trim().parse::<usize>() {
-            Ok(n) if n >= 1 << 16 => Some(n),
-            _ => {
-                tracing::warn!(
-                    "DGX_ENCODEC_CHUNK={value:?} is not an element count of at least 65536; using the default"
-                );
-                None
-            }
-        }
-    });
-    chosen.unwrap_or(if device.is_cpu() { 1 << 23 } else { 1 << 26 })
-}
+/// processed in time chunks. 8 Mi f32 = 32 MiB bounds memory at any duration while each
+/// chunk is still a large matrix product.
+const CHUNK_ELEMENTS: usize = 1 << 23;
 
 /// `(left, right)` padding transformers adds before a convolution over `length` samples:
 /// `padding_total = effective_kernel - stride`, split (non-causal) with the larger half on the
@@ -231,7 +214,7 @@ impl Conv1d {
         let (left, right) = conv_padding(length, self.kernel_size, self.stride, self.dilation, self.style.causal);
         let x = pad1d(x, if pad_left { left } else { 0 }, if pad_right { right } else { 0 }, self.style.pad_mode, 1)?;
         if self.stride == 1 {
-            let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, chunk_elements(x.device()))?;
+            let y = conv1d_time_major(&x, &self.taps, self.kernel_size, self.dilation, CHUNK_ELEMENTS)?;
             return Ok(y.broadcast_add(&self.bias)?);
         }
         // Frames of `stride` samples side by side make the strided convolution a stride-1 one of
@@ -242,7 +225,7 @@ impl Conv1d {
         let x = x.pad_with_zeros(1, 0, padded.div_ceil(s) * s - padded)?;
         let frames = x.reshape((b, padded.div_ceil(s), s * c_in))?;
         let phases = self.kernel_size.div_ceil(s);
-        let y = conv1d_time_major(&frames, &self.taps, phases, 1, chunk_elements(frames.device()))?;
+        let y = conv1d_time_major(&frames, &self.taps, phases, 1, CHUNK_ELEMENTS)?;
         Ok(y.narrow(1, 0, outputs)?.broadcast_add(&self.bias)?)
     }
 }
@@ -332,7 +315,7 @@ impl ConvTranspose1d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv_transpose1d_time_major(x, &self.taps, self.kernel_size, self.stride, chunk_elements(x.device()))?;
+        let y = conv_transpose1d_time_major(x, &self.taps, self.kernel_size, self.stride, CHUNK_ELEMENTS)?;
         let (left, right) =
             transposed_trim(self.kernel_size, self.stride, self.style.causal, self.style.trim_right_ratio);
         let length = y.dim(1)?;
