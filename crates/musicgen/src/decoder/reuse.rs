@@ -105,3 +105,51 @@ pub(super) fn forget(decoder: u64) {
     // During thread teardown the cache may already be gone; then there is nothing to drop.
     let _ = PARKED.try_with(|parked| parked.borrow_mut().retain(|p| p.shape.decoder != decoder));
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    /// A parked state of `rows` rows holding `mib` MiB, its buffers stand-ins (only the rules
+    /// around them are tested here; the GPU tests replay real ones).
+    fn state(decoder: u64, rows: usize, mib: usize) -> Parked {
+        let t = || Tensor::zeros(1, DType::U32, &Device::Cpu).unwrap();
+        Parked {
+            shape: Shape { decoder, rows, max_positions: 16, memory_len: 4, masked: true, prefix_len: 0 },
+            bytes: mib << 20,
+            self_kv: Vec::new(),
+            memory: None,
+            fixed: FixedBuffers { inputs: t(), positions: t(), arange: t(), open: t(), closed: t(), logits: t() },
+            graph: StepGraph::new(false),
+        }
+    }
+
+    fn parked_rows() -> Vec<usize> {
+        PARKED.with(|parked| parked.borrow().iter().map(|p| p.shape.rows).collect())
+    }
+
+    #[test]
+    fn a_parked_state_serves_only_its_own_shape_and_one_request() {
+        park(state(1, 2, 1));
+        assert!(take(&state(2, 2, 1).shape).is_none(), "another decoder's weights");
+        assert!(take(&state(1, 4, 1).shape).is_none(), "another row count");
+        assert!(take(&state(1, 2, 1).shape).is_some());
+        assert!(take(&state(1, 2, 1).shape).is_none(), "taken: the next request records its own");
+    }
+
+    #[test]
+    fn the_oldest_states_go_past_the_count_or_the_bytes() {
+        for rows in 1..=6 {
+            park(state(7, rows, 1));
+        }
+        assert_eq!(parked_rows(), [6, 5, 4, 3]);
+        park(state(7, 9, DEFAULT_MIB + 1));
+        assert_eq!(parked_rows(), [6, 5, 4, 3], "a state over the whole bound is not kept");
+        park(state(7, 10, DEFAULT_MIB - 1));
+        assert_eq!(parked_rows(), [10, 6], "the oldest went until the bytes fit");
+        forget(7);
+        assert!(parked_rows().is_empty());
+    }
+}
