@@ -428,7 +428,7 @@ impl<'m> Generation<'m> {
     }
 
     /// Runs the next decoder step and picks every item's tokens; false once all steps ran. On a
-    /// GPU the tokens are picked there ([`DeviceSampler`]) and only they come back to the host.
+    /// GPU the tokens are picked there (`kernels/sampling.cu`) and only they come back to the host.
     pub fn step(&mut self) -> Result<bool> {
         if self.is_finished() {
             return Ok(false);
