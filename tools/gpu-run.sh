@@ -211,7 +211,7 @@ for r in rows:
         print(f"{r['label']:<22} {r['total_s']:7.2f} s  {r['ms_per_step']:6.2f} ms/step  RTF {r['real_time_factor']:6.2f}x  "
               f"aggregate {r['aggregate_real_time_factor']:6.1f}x  text {r['text_encoder_s']:.3f} s  encodec {r['encodec_s']:.3f} s  "
               f"gpu {(r['peak_gpu_bytes'] or 0)/2**30:.2f} GiB  kernels/step {r.get('graph_kernels_per_step')}  "
-              f"weights {r.get('weight_read_gb_s', 0):.0f} GB/s  {r['verdict']}")
+              f"weights {r.get('weight_read_gb_s', 0):.0f} GB/s  sampling {r.get('sampling', 'host')}  {r['verdict']}")
     else:
         for c in r.get("results", []):
             if "median_s" in c:
