@@ -483,11 +483,7 @@ fn streamed_pieces_on_the_gpu_are_the_whole_track_decode() {
         return;
     }
     for name in FIXTURES {
-        let model = MusicGen::load(
-            checkpoint(name).to_str().unwrap(),
-            &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
-        )
-        .unwrap();
+        let model = f32_on_the_gpu(name);
         let sampling = SamplingParams { top_k: 32, ..SamplingParams::default() };
         let request =
             GenerationRequest::new(vec![GenerationItem { prompt: "ambient piano".into(), sampling, seed: 3 }], 34.0);
@@ -514,6 +510,15 @@ fn streamed_pieces_on_the_gpu_are_the_whole_track_decode() {
         );
         assert!(worst <= 1e-4 * peak.max(1.0), "{name}: streamed audio differs from the whole decode by {worst}");
     }
+}
+
+/// The fixture `name` in f32 on the GPU.
+fn f32_on_the_gpu(name: &str) -> MusicGen {
+    MusicGen::load(
+        checkpoint(name).to_str().unwrap(),
+        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
+    )
+    .unwrap()
 }
 
 /// Items of one request covering the sampling rules: top-k, top-p after top-k, top-p alone, a
@@ -557,11 +562,7 @@ fn tokens_picked_on_the_gpu_are_the_host_s_picks_from_the_same_logits() {
     if gpu().is_none() {
         return;
     }
-    let fixture = MusicGen::load(
-        checkpoint("tiny-stereo").to_str().unwrap(),
-        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
-    )
-    .unwrap();
+    let fixture = f32_on_the_gpu("tiny-stereo");
     // musicgen-small's vocabulary of 2048, its logits rounded through bf16: many exact ties.
     let small = MusicGen::random(
         "small",
@@ -611,11 +612,7 @@ fn batch_items_on_the_gpu_are_the_items_generated_alone() {
     if gpu().is_none() {
         return;
     }
-    let model = MusicGen::load(
-        checkpoint("tiny-mono").to_str().unwrap(),
-        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
-    )
-    .unwrap();
+    let model = f32_on_the_gpu("tiny-mono");
     let item = |i: usize| GenerationItem {
         prompt: format!("track {i}: {}", ["ambient piano", "lofi beat", "80s pop with drums", "strings"][i % 4]),
         sampling: SamplingParams::greedy(3.0),
@@ -682,11 +679,7 @@ fn a_request_of_the_same_shape_replays_the_step_the_last_one_recorded() {
     if gpu().is_none() {
         return;
     }
-    let model = MusicGen::load(
-        checkpoint("tiny-stereo").to_str().unwrap(),
-        &LoadOptions { device: DeviceSpec::Cuda(0), dtype: ModelDType::F32, ..LoadOptions::default() },
-    )
-    .unwrap();
+    let model = f32_on_the_gpu("tiny-stereo");
     let request = |prompts: [&str; 2], seed: u64| {
         let sampling = SamplingParams { top_k: 20, ..SamplingParams::default() };
         let items = prompts.iter().map(|p| GenerationItem { prompt: (*p).into(), sampling, seed }).collect();

@@ -48,7 +48,7 @@ impl KvCache {
     /// Device bytes of a fixed cache (the others are not kept between requests).
     pub(super) fn bytes(&self) -> usize {
         match self {
-            Self::Fixed(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Self::Fixed(t) => super::tensor_bytes(t),
             _ => 0,
         }
     }
