@@ -1,6 +1,6 @@
-//! Compiles the fused decoder kernels (kernels/*.cu) to PTX for CUDA builds. The target comes
-//! from CUDA_COMPUTE_CAP exactly as for candle's own kernels (cudaforge), so one setting picks
-//! the architecture of every kernel in the binary.
+//! Compiles the CUDA kernels (kernels/*.cu: the decoder's, the sampler's and EnCodec's LSTM cell)
+//! to PTX for CUDA builds. The target comes from CUDA_COMPUTE_CAP exactly as for candle's own
+//! kernels (cudaforge), so one setting picks the architecture of every kernel in the binary.
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -9,7 +9,13 @@ fn main() {
     {
         let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let ptx = cudaforge::KernelBuilder::new()
-            .source_files(["kernels/attention.cu", "kernels/gemv.cu", "kernels/sampling.cu"])
+            .source_files([
+                "kernels/attention.cu",
+                "kernels/embed.cu",
+                "kernels/gemv.cu",
+                "kernels/lstm.cu",
+                "kernels/sampling.cu",
+            ])
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()

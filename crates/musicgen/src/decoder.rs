@@ -25,6 +25,8 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 mod attention;
+#[cfg_attr(not(feature = "cuda"), path = "decoder/cuda_embed_stub.rs")]
+mod cuda_embed;
 // CUDA builds record graphs; others compile a stub with the same interface that runs eagerly.
 #[cfg_attr(not(feature = "cuda"), path = "decoder/graph_stub.rs")]
 mod graph;
@@ -416,6 +418,9 @@ impl DecoderState {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     embed_tokens: Vec<Embedding>,
+    /// The same tables stacked, `(K, vocab + 1, hidden)`: `embed_tokens` are views of it, and a
+    /// fused step's embedding kernel reads it whole.
+    embedding_tables: Tensor,
     layers: Vec<DecoderLayer>,
     layer_norm: LayerNorm,
     /// The K heads stacked into one `(K·vocab, hidden)` projection.
@@ -457,11 +462,12 @@ impl Decoder {
         let cross_attention = cfg.model_type.as_deref() != Some("musicgen_melody_decoder");
         let model = vb.pp("model").pp("decoder");
         // Tables in the activations' dtype: a step reads only one row of each.
+        let tables = (0..cfg.num_codebooks)
+            .map(|k| Ok(model.pp("embed_tokens").pp(k).get((cfg.vocab_size + 1, hidden), "weight")?))
+            .collect::<Result<Vec<_>>>()?;
+        let embedding_tables = Tensor::stack(&tables, 0)?.to_dtype(activations)?;
         let embed_tokens = (0..cfg.num_codebooks)
-            .map(|k| {
-                let weight = model.pp("embed_tokens").pp(k).get((cfg.vocab_size + 1, hidden), "weight")?;
-                Ok(Embedding::new(weight.to_dtype(activations)?, hidden))
-            })
+            .map(|k| Ok(Embedding::new(embedding_tables.get(k)?, hidden)))
             .collect::<Result<Vec<_>>>()?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(cfg, activation, activations, cross_attention, model.pp("layers").pp(i)))
@@ -471,6 +477,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
+            embedding_tables,
             layers,
             layer_norm: LayerNorm::load(hidden, activations, model.pp("layer_norm"))?,
             lm_heads: Linear::new(Tensor::cat(&heads, 0)?),
@@ -814,21 +821,24 @@ impl Decoder {
     /// data moves, so the same kernels can be recorded once and replayed.
     fn fixed_forward(&self, fixed: &FixedBuffers, self_kv: &mut [KvCache], memory: Option<&Memory>) -> Result<()> {
         let (rows, _, _) = fixed.logits.dims3()?;
-        let position = fixed.inputs.narrow(0, 0, 1)?;
-        let tokens = fixed.inputs.narrow(0, 1, rows * self.num_codebooks)?.reshape((rows, 1, self.num_codebooks))?;
-        let embedding = fixed.positions.index_select(&position, 0)?.unsqueeze(0)?;
-        let step = if self.backend == Backend::Fused {
-            DeviceStep::Fused { inputs: fixed.inputs.clone() }
+        let (xs, step) = if self.backend == Backend::Fused {
+            let xs = cuda_embed::step_embedding(&self.embedding_tables, &fixed.inputs, &fixed.positions)?;
+            (xs, DeviceStep::Fused { inputs: fixed.inputs.clone() })
         } else {
+            let position = fixed.inputs.narrow(0, 0, 1)?;
+            let tokens =
+                fixed.inputs.narrow(0, 1, rows * self.num_codebooks)?.reshape((rows, 1, self.num_codebooks))?;
+            let embedding = fixed.positions.index_select(&position, 0)?.unsqueeze(0)?;
+            let xs = self.embed(&tokens)?.broadcast_add(&embedding)?;
             let position = position.reshape((1, 1, 1, 1))?;
-            DeviceStep::Unfused {
+            let step = DeviceStep::Unfused {
                 write_index: position
                     .broadcast_as((rows, self.heads, 1, self.hidden_size / self.heads))?
                     .contiguous()?,
                 mask: fixed.arange.broadcast_le(&position)?.where_cond(&fixed.open, &fixed.closed)?,
-            }
+            };
+            (xs, step)
         };
-        let xs = self.embed(&tokens)?.broadcast_add(&embedding)?;
         let xs = self.layers(xs, self_kv, &Pass::Device(step), memory)?;
         fixed.logits.slice_set(&self.logits(&xs)?, 0, 0)?;
         Ok(())

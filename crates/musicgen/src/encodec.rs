@@ -30,6 +30,9 @@
 //! ```
 
 mod conv;
+// CUDA builds fuse the LSTM's cell step into one kernel; others compile a stub that never applies.
+#[cfg_attr(not(feature = "cuda"), path = "encodec/cuda_lstm_stub.rs")]
+mod cuda_lstm;
 mod lstm;
 mod quantizer;
 mod seanet;

@@ -2,6 +2,11 @@
 //! with a GPU (`just test-cuda`, or the executable `tools/build-cuda.sh 80 --tests` leaves, run
 //! from the repository root); elsewhere each test prints why it skipped and passes.
 //!
+//! Run on one test thread (`--test-threads=1`, as `just test-cuda` and `tools/gpu-run.sh` do)
+//! or with `RUST_MIN_STACK=67108864`: on 8 test threads with their default 2 MiB stacks the
+//! binary segfaulted (the CUDA stack, most likely the driver's PTX JIT, needs more; 64 MiB
+//! stacks passed), and one thread also keeps the GPU's memory and timings to one test at a time.
+//!
 //! Tolerances (max |a − b| / max |b|, as in the CPU parity tests):
 //! - f32 on the GPU: codes equal to transformers', logits within 1e-4, audio within 1e-3
 //!   (cuBLAS and cuDNN-free convolutions sum in another order than PyTorch on the CPU).

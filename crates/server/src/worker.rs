@@ -57,6 +57,11 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Between two tries of a write the database refused for being unreachable.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// The worker thread's stack. The CUDA stack can need more than a spawned thread's default
+/// 2 MiB (most likely the driver JIT-compiling a kernel module's PTX when it first loads): the
+/// GPU test binary run on 8 threads segfaulted on 2 MiB stacks and passed on 64 MiB (2026-12-04,
+/// H200, driver 580). Only the pages a thread touches are committed.
+const WORKER_STACK_BYTES: usize = 64 << 20;
 
 struct RunningBatch {
     ids: Vec<Uuid>,
@@ -215,37 +220,40 @@ pub fn spawn(
     let handle = WorkerHandle::default();
     let (loaded_tx, loaded) = oneshot::channel();
     let worker = Worker { handle: handle.clone(), context };
-    let thread = std::thread::Builder::new().name(format!("worker {}", worker.context.id)).spawn(move || {
-        let loaded = worker.handle.clone();
-        let on_change = Box::new(move |ids| loaded.set_loaded(ids));
-        let engines = match Engines::load_all(&models, max_loaded, options, on_change) {
-            Ok(engines) => engines,
-            Err(err) => {
-                let _ = loaded_tx.send(Err(err));
-                return;
+    let thread = std::thread::Builder::new()
+        .name(format!("worker {}", worker.context.id))
+        .stack_size(WORKER_STACK_BYTES)
+        .spawn(move || {
+            let loaded = worker.handle.clone();
+            let on_change = Box::new(move |ids| loaded.set_loaded(ids));
+            let engines = match Engines::load_all(&models, max_loaded, options, on_change) {
+                Ok(engines) => engines,
+                Err(err) => {
+                    let _ = loaded_tx.send(Err(err));
+                    return;
+                }
+            };
+            let registration = Registration { worker: worker.context.id.clone(), models: engines.infos() };
+            // Registered before anyone is told: an API node offers a model only once a worker runs it.
+            if let Err(err) = worker.block_on(worker.context.jobs.heartbeat(&registration, &[])) {
+                tracing::warn!(
+                    "worker {}: cannot register its models yet: {err}; the heartbeat retries",
+                    registration.worker
+                );
             }
-        };
-        let registration = Registration { worker: worker.context.id.clone(), models: engines.infos() };
-        // Registered before anyone is told: an API node offers a model only once a worker runs it.
-        if let Err(err) = worker.block_on(worker.context.jobs.heartbeat(&registration, &[])) {
-            tracing::warn!(
-                "worker {}: cannot register its models yet: {err}; the heartbeat retries",
-                registration.worker
-            );
-        }
-        let heartbeat =
-            worker.context.runtime.spawn(heartbeat(worker.handle.clone(), worker.context.clone(), registration));
-        if loaded_tx.send(Ok(engines.infos())).is_ok() {
-            worker.run(engines);
-        }
-        heartbeat.abort();
-        if let Err(err) = worker.block_on(worker.context.jobs.leave(&worker.context.id)) {
-            tracing::warn!(
-                "worker {}: cannot unregister: {err}; its models are dropped once its lease passes",
-                worker.context.id
-            );
-        }
-    })?;
+            let heartbeat =
+                worker.context.runtime.spawn(heartbeat(worker.handle.clone(), worker.context.clone(), registration));
+            if loaded_tx.send(Ok(engines.infos())).is_ok() {
+                worker.run(engines);
+            }
+            heartbeat.abort();
+            if let Err(err) = worker.block_on(worker.context.jobs.leave(&worker.context.id)) {
+                tracing::warn!(
+                    "worker {}: cannot unregister: {err}; its models are dropped once its lease passes",
+                    worker.context.id
+                );
+            }
+        })?;
     Ok(SpawnedWorker { handle, loaded, thread })
 }
 

@@ -83,7 +83,14 @@ impl Lstm {
             xs.reshape((t * b, dim))?.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?.reshape((t, b, 4 * dim))?;
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
-            let gates = (projected.get(step)? + h.matmul(&layer.w_hh_t)?)?;
+            let h_gates = h.matmul(&layer.w_hh_t)?;
+            // On a GPU, one kernel for what follows (the same floats).
+            if let Some((next_h, next_c)) = super::cuda_lstm::cell(&projected.get(step)?, &h_gates, c)? {
+                (*h, *c) = (next_h, next_c);
+                outputs.push(h.clone());
+                continue;
+            }
+            let gates = (projected.get(step)? + h_gates)?;
             // Sigmoid over all four gates and tanh over the cell gate costs a few wasted
             // exponentials but half the tensor operations of splitting first.
             let sig = candle_nn::ops::sigmoid(&gates)?;
