@@ -84,24 +84,30 @@ impl Lstm {
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
             let h_gates = h.matmul(&layer.w_hh_t)?;
-            // On a GPU, one kernel for what follows (the same floats).
-            if let Some((next_h, next_c)) = super::cuda_lstm::cell(&projected.get(step)?, &h_gates, c)? {
-                (*h, *c) = (next_h, next_c);
-                outputs.push(h.clone());
-                continue;
-            }
-            let gates = (projected.get(step)? + h_gates)?;
-            // Sigmoid over all four gates and tanh over the cell gate costs a few wasted
-            // exponentials but half the tensor operations of splitting first.
-            let sig = candle_nn::ops::sigmoid(&gates)?;
-            let i = sig.narrow(D::Minus1, 0, dim)?;
-            let f = sig.narrow(D::Minus1, dim, dim)?;
-            let o = sig.narrow(D::Minus1, 3 * dim, dim)?;
-            let g = gates.narrow(D::Minus1, 2 * dim, dim)?.tanh()?;
-            *c = ((f * &*c)? + (i * g)?)?;
-            *h = (o * c.tanh()?)?;
+            (*h, *c) = self.cell(&projected.get(step)?, &h_gates, c)?;
             outputs.push(h.clone());
         }
         Ok(Tensor::stack(&outputs, 0)?)
+    }
+
+    /// The new hidden and cell states `(B, dim)` from a step's input gates `x_gates` (biases
+    /// included), the hidden state's `h_gates` (both `(B, 4*dim)`) and the cell `c`: one kernel
+    /// on a GPU (the same floats), candle's ops elsewhere.
+    fn cell(&self, x_gates: &Tensor, h_gates: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(states) = super::cuda_lstm::cell(x_gates, h_gates, c)? {
+            return Ok(states);
+        }
+        let dim = self.dim;
+        let gates = (x_gates + h_gates)?;
+        // Sigmoid over all four gates and tanh over the cell gate costs a few wasted
+        // exponentials but half the tensor operations of splitting first.
+        let sig = candle_nn::ops::sigmoid(&gates)?;
+        let i = sig.narrow(D::Minus1, 0, dim)?;
+        let f = sig.narrow(D::Minus1, dim, dim)?;
+        let o = sig.narrow(D::Minus1, 3 * dim, dim)?;
+        let g = gates.narrow(D::Minus1, 2 * dim, dim)?.tanh()?;
+        let c = ((f * c)? + (i * g)?)?;
+        let h = (o * c.tanh()?)?;
+        Ok((h, c))
     }
 }
