@@ -16,6 +16,8 @@ fn main() {
                 "kernels/lstm.cu",
                 "kernels/sampling.cu",
             ])
+            // Included by the kernel files: a change to it must recompile them.
+            .watch(["kernels/convert.cuh"])
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()

@@ -10,23 +10,14 @@
 // The self-attention reads the position from device memory: a CUDA graph replays this kernel
 // with the arguments it was recorded with, and the position is what changes between steps.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "convert.cuh"
 
 #define THREADS 256
 // Keys (and values) each thread loads before using any: independent loads in flight hide the
 // memory latency a one-query attention is otherwise bound by.
 #define UNROLL 4
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // Elements of T in one 16-byte load.
 template <typename T> struct Width { static constexpr int value = 16 / sizeof(T); };

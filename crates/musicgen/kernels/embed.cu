@@ -7,20 +7,11 @@
 // per step. The sum is taken in the order and with the roundings of those ops (each add rounded
 // to the activations' type), so it gives the same values.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "convert.cuh"
+
 #define THREADS 256
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // tables: K tables of `entries` rows of `hidden`, one after the other; positions: rows of
 // `hidden`, `positions_len` of them; out: rows×hidden. One block per row. Indices past a table

@@ -15,24 +15,16 @@
 // reads are still in L2. Requires 16-byte aligned rows: in_dim a multiple of the elements per load of
 // both the weights and the activations.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "convert.cuh"
 
 #define WARPS 8
 // Weight loads each lane issues before using any: independent loads in flight hide the latency
 // a matrix-vector product is otherwise bound by.
 #define UNROLL 4
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(int8_t x) { return (float)x; }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // A weight row is read once: keep it out of L1, where the activations are reused.
 __device__ __forceinline__ uint4 load_streaming(const uint4 *at) {

@@ -18,6 +18,8 @@ pub mod audio;
 mod chroma;
 mod config;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda_view;
 mod decoder;
 mod delay;
 mod device;

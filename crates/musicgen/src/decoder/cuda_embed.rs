@@ -7,6 +7,8 @@ use candle_core::cuda::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg}
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
+use crate::cuda_view::contiguous;
+
 /// Threads per block, as `THREADS` in the kernel.
 const THREADS: u32 = 256;
 
@@ -17,17 +19,6 @@ pub(super) fn step_embedding(tables: &Tensor, inputs: &Tensor, positions: &Tenso
 }
 
 struct EmbedStep;
-
-fn contiguous<'a, T: CudaDType>(
-    storage: &'a CudaStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
-        None => candle_core::bail!("step embedding: {what} must be contiguous"),
-    }
-}
 
 impl EmbedStep {
     fn run<T: CudaDType + DeviceRepr + candle_core::WithDType>(
@@ -49,9 +40,9 @@ impl EmbedStep {
             );
         }
         let rows = tokens / codebooks;
-        let tables = contiguous::<T>(tables.0, tables.1, "the tables")?;
-        let inputs = contiguous::<u32>(inputs.0, inputs.1, "the inputs")?;
-        let positions = contiguous::<T>(positions.0, positions.1, "the positions")?;
+        let tables = contiguous::<T>(tables.0, tables.1, "step embedding", "the tables")?;
+        let inputs = contiguous::<u32>(inputs.0, inputs.1, "step embedding", "the inputs")?;
+        let positions = contiguous::<T>(positions.0, positions.1, "step embedding", "the positions")?;
         // SAFETY: the kernel writes every element of `out` (one block per row, every column).
         let mut out = unsafe { device.alloc::<T>(rows * hidden)? };
         let func = device.get_or_load_custom_func(&kernel_name(T::DTYPE)?, "musicgen_embed", crate::ptx::EMBED)?;

@@ -6,6 +6,8 @@ use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda::CudaStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
+use crate::cuda_view::contiguous;
+
 /// Threads per block.
 const THREADS: u32 = 256;
 
@@ -21,17 +23,6 @@ pub(super) fn cell(x_gates: &Tensor, h_gates: &Tensor, cell: &Tensor) -> candle_
 }
 
 struct LstmCell;
-
-fn contiguous<'a>(
-    storage: &'a CudaStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, f32>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(storage.as_cuda_slice::<f32>()?.slice(start..end)),
-        None => candle_core::bail!("LSTM cell: {what} must be contiguous"),
-    }
-}
 
 impl CustomOp3 for LstmCell {
     fn name(&self) -> &'static str {
@@ -69,9 +60,9 @@ impl CustomOp3 for LstmCell {
             );
         }
         let device = cell.device().clone();
-        let x = contiguous(x_gates, x_layout, "the input gates")?;
-        let h = contiguous(h_gates, h_layout, "the hidden gates")?;
-        let c = contiguous(cell, cell_layout, "the cell")?;
+        let x = contiguous::<f32>(x_gates, x_layout, "LSTM cell", "the input gates")?;
+        let h = contiguous::<f32>(h_gates, h_layout, "LSTM cell", "the hidden gates")?;
+        let c = contiguous::<f32>(cell, cell_layout, "LSTM cell", "the cell")?;
         // SAFETY: the kernel writes every element of `out` (both states of every (row, j)).
         let mut out = unsafe { device.alloc::<f32>(2 * rows * dim)? };
         let func = device.get_or_load_custom_func("lstm_cell_f32", "musicgen_lstm", crate::ptx::LSTM)?;

@@ -109,9 +109,9 @@ fn view_of<'a, T: CudaDType>(
     layout: &Layout,
     what: &str,
 ) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, T>> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cuda(cuda), Some((start, end))) => Ok(cuda.as_cuda_slice::<T>()?.slice(start..end)),
-        _ => candle_core::bail!("gemv: {what} must be a contiguous CUDA tensor"),
+    match storage {
+        Storage::Cuda(cuda) => crate::cuda_view::contiguous(cuda, layout, "gemv", what),
+        _ => candle_core::bail!("gemv: {what} must be a CUDA tensor"),
     }
 }
 

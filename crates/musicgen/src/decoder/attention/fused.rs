@@ -66,19 +66,18 @@ fn cpu_refused(name: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("{name} is a CUDA kernel; CPU steps use the unfused path"))
 }
 
+/// `crate::cuda_view::contiguous`, refusing a start the kernels' 16-byte loads cannot take.
 fn contiguous<'a, T: CudaDType>(
     storage: &'a CudaStorage,
     layout: &Layout,
     what: &str,
 ) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        // The kernels load 16 bytes at a time from row starts; buffers themselves are aligned.
-        Some((start, _)) if (start * std::mem::size_of::<T>()) % 16 != 0 => {
-            candle_core::bail!("fused attention: {what} starts at an unaligned offset {start}")
-        }
-        Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
-        None => candle_core::bail!("fused attention: {what} must be contiguous"),
+    // The kernels load 16 bytes at a time from row starts; buffers themselves are aligned.
+    let start = layout.start_offset();
+    if (start * std::mem::size_of::<T>()) % 16 != 0 {
+        candle_core::bail!("fused attention: {what} starts at an unaligned offset {start}")
     }
+    crate::cuda_view::contiguous(storage, layout, "fused attention", what)
 }
 
 fn kernel_name(base: &str, dtype: DType) -> candle_core::Result<String> {
